@@ -1,0 +1,165 @@
+"""The command line: argparse subcommands over the Python API.
+
+main(argv) returns the exit code. A UserError becomes one line on stderr
+and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+
+from . import api, presets
+from .config import INPUTS, PRECISIONS, UNKNOWN
+from .errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+def _csv(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoding", default=None, help="text encoding of the sources (default utf-8)")
+    p.add_argument("--lowercase", action="store_true", default=None, help="fold case (seed 003)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = Parser(prog="storyloom", description="Train a recurrent language model on a book and write in its style.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    t = sub.add_parser("train", help="train a run on text (default: the bundled Shakespeare corpus)")
+    t.add_argument("sources", nargs="*", metavar="SOURCE", help="files, directories, globs, - for stdin, .gz, or a bundled corpus name")
+    t.add_argument("--out", help="run directory (default runs/<preset>-<date>-<time>)")
+    t.add_argument("--preset", default="default", help="a named configuration (see `storyloom presets`)")
+    t.add_argument("--resume", metavar="RUN", help="continue this run from its last checkpoint")
+    g = t.add_argument_group("stopping (default: --minutes 10)")
+    g.add_argument("--steps", type=int, help="stop after this many optimizer steps")
+    g.add_argument("--epochs", type=float, help="stop after this many passes over the training text")
+    g.add_argument("--minutes", type=float, help="stop after this much wall-clock time")
+    g.add_argument("--patience", type=int, help="stop after this many evaluations without improvement (0: never; default 3)")
+    m = t.add_argument_group("model (override the preset)")
+    m.add_argument("--input", choices=INPUTS, help="how characters enter the LSTM")
+    m.add_argument("--embed", type=int, help="embedding width")
+    m.add_argument("--hidden", type=int, help="LSTM units per layer")
+    m.add_argument("--layers", type=int, help="stacked LSTM layers")
+    m.add_argument("--dropout", type=float, help="dropout on inputs, between layers and before the head")
+    o = t.add_argument_group("optimisation (override the preset)")
+    o.add_argument("--seq-len", type=int, help="T: steps of backpropagation per batch")
+    o.add_argument("--batch-size", type=int, help="B: parallel contiguous streams")
+    o.add_argument("--lr", type=float, help="peak learning rate")
+    o.add_argument("--warmup", type=int, help="linear warmup steps")
+    o.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices")
+    o.add_argument("--clip", type=float, help="gradient-norm clipping (0 disables)")
+    o.add_argument("--reset-prob", type=float, help="chance per stream and batch that its carried state is zeroed (default 0.01)")
+    o.add_argument("--evals", type=int, help="validation evaluations over the run (default 10)")
+    o.add_argument("--seed", type=int, help="random seed (default 1234)")
+    o.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 where the hardware has it natively")
+    o.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    o.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    d = t.add_argument_group("data")
+    _add_data_flags(d)
+    d.add_argument("--val-files", type=_csv, help="validation works by file name, comma-separated")
+    d.add_argument("--val-fraction", type=float, help="else hold out this share at the end of each work (default 0.05)")
+    d.add_argument("--unknown", choices=UNKNOWN, help="unseen characters in validation text: error or replace")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="bits per character of a run on texts, read as one stream")
+    e.add_argument("run", metavar="RUN")
+    e.add_argument("texts", nargs="+", metavar="TEXT", help="files, directories, globs, - or a bundled corpus name")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--which", choices=("best", "last"), default="best")
+    e.add_argument("--unknown", choices=UNKNOWN, default="error")
+    e.add_argument("--encoding", default="utf-8")
+    e.add_argument("--precision", choices=PRECISIONS, default="fp32")
+
+    w = sub.add_parser("generate", help="write text from a run")
+    w.add_argument("run", metavar="RUN")
+    w.add_argument("--prompt", default="", help="text to start from (printed first)")
+    w.add_argument("--length", type=int, default=500, help="new characters to write")
+    w.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; higher is wilder")
+    w.add_argument("--seed", type=int, help="makes the text reproducible (default: drawn and shown)")
+    w.add_argument("--which", choices=("best", "last"), default="best")
+    w.add_argument("--unknown", choices=UNKNOWN, default="error")
+
+    c = sub.add_parser("clean", help="print what the model sees of the sources")
+    c.add_argument("sources", nargs="+", metavar="SOURCE")
+    _add_data_flags(c)
+
+    sub.add_parser("presets", help="list the named configurations")
+    return ap
+
+
+TRAIN_FLAGS = ("steps", "epochs", "minutes", "patience", "input", "embed", "hidden", "layers", "dropout", "seq_len",
+               "batch_size", "lr", "warmup", "weight_decay", "clip", "reset_prob", "evals", "seed", "precision", "device", "threads",
+               "encoding", "lowercase", "val_files", "val_fraction", "unknown")
+
+
+def cmd_train(a) -> int:
+    flags = {k: getattr(a, k) for k in TRAIN_FLAGS}
+    path = api.train(a.sources, out=a.out, preset=a.preset, resume=a.resume, progress=not a.no_progress, **flags)
+    rows = [r for r in api.metrics(path) if "val_bpc" in r]
+    best = min(r["val_bpc"] for r in rows) if rows else float("nan")
+    last = rows[-1] if rows else {}
+    print(f"val bpc {last.get('val_bpc', float('nan')):.4f} (best {best:.4f}) after {last.get('step', 0)} steps "
+          f"in {last.get('elapsed_s', 0) / 60:.1f} min; run saved in {path}")
+    print(f"write with: storyloom generate {path} --prompt 'Once upon a time'")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    m = api.load(a.run, which=a.which, precision=a.precision)
+    text = api.clean_sources(a.texts, encoding=a.encoding)
+    r = m.score(text, unknown=a.unknown)
+    if a.json:
+        print(json.dumps(r))
+    else:
+        print(f"bpc {r['bpc']:.4f}  nats/char {r['nats_per_char']:.4f}  perplexity {r['perplexity']:.4f}  chars {r['chars']}")
+    return 0
+
+
+def cmd_generate(a) -> int:
+    m = api.load(a.run, which=a.which)
+    seed = a.seed
+    if seed is None:
+        seed = random.randrange(2**31)
+        print(f"seed: {seed}", file=sys.stderr)
+    pieces = m.stream(a.prompt, length=a.length, temperature=a.temperature, seed=seed, unknown=a.unknown)
+    first = next(pieces, "")  # surface prompt errors before printing anything
+    sys.stdout.write(a.prompt + first)
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_clean(a) -> int:
+    sys.stdout.write(api.clean_sources(a.sources, lowercase=bool(a.lowercase), encoding=a.encoding or "utf-8"))
+    return 0
+
+
+def cmd_presets(a) -> int:
+    for name, p in presets.PRESETS.items():
+        print(f"{name:20s} {p.description}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "clean": cmd_clean, "presets": cmd_presets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        a = build_parser().parse_args(argv)
+        return COMMANDS[a.command](a)
+    except UserError as e:
+        print(f"storyloom: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,163 @@
+"""Configuration dataclasses that validate themselves.
+
+Every field maps to one CLI flag (`hidden` -> `--hidden`), and every check
+names that flag, so the CLI can show a config error as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import UserError
+
+INPUTS = ("embedding", "onehot", "scalar")
+PRECISIONS = ("auto", "fp32", "bf16")
+UNKNOWN = ("error", "replace")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _positive(obj, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"{flag(n)} must be a positive integer, got {v!r}")
+
+
+def _non_negative(obj, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise UserError(f"{flag(n)} must be a number >= 0, got {v!r}")
+
+
+def _fraction(obj, name: str, lo_open: bool = False) -> None:
+    v = getattr(obj, name)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (0 < v < 1 if lo_open else 0 <= v < 1)
+    if not ok:
+        bound = "(0, 1)" if lo_open else "[0, 1)"
+        raise UserError(f"{flag(name)} must be in {bound}, got {v!r}")
+
+
+def _choice(obj, name: str, choices: tuple[str, ...]) -> None:
+    v = getattr(obj, name)
+    if v not in choices:
+        raise UserError(f"{flag(name)} must be one of {', '.join(choices)}, got {v!r}")
+
+
+@dataclass
+class ModelConfig:
+    """The network: input encoding -> stacked LSTM -> linear head."""
+
+    vocab_size: int = 0  # set from the tokenizer, never by hand
+    input: str = "embedding"  # embedding | onehot (seeds 000, 001) | scalar (seed 003: id / (V-1))
+    embed: int = 128  # embedding width; unused by onehot and scalar inputs
+    hidden: int = 512  # LSTM units per layer (H)
+    layers: int = 2  # stacked LSTM layers
+    dropout: float = 0.1  # on the input, between layers and before the head
+
+    def __post_init__(self) -> None:
+        _choice(self, "input", INPUTS)
+        _positive(self, "embed", "hidden", "layers")
+        _fraction(self, "dropout")
+        if self.vocab_size < 0:
+            raise UserError(f"vocab_size must be >= 0, got {self.vocab_size}")
+
+    @property
+    def input_size(self) -> int:
+        return {"embedding": self.embed, "onehot": self.vocab_size, "scalar": 1}[self.input]
+
+
+@dataclass
+class DataConfig:
+    """What the model sees and how validation text is held out."""
+
+    lowercase: bool = False  # fold case before training (seed 003)
+    val_files: tuple[str, ...] = ()  # validation works, matched by file name
+    val_fraction: float = 0.05  # else: this contiguous share at the end of each work
+    encoding: str = "utf-8"  # how source files are decoded
+    unknown: str = "error"  # unseen characters in evaluated text: error | replace
+
+    def __post_init__(self) -> None:
+        self.val_files = tuple(self.val_files)
+        _fraction(self, "val_fraction", lo_open=True)
+        _choice(self, "unknown", UNKNOWN)
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: truncated BPTT over B contiguous streams of T steps."""
+
+    seq_len: int = 64  # T: steps of backpropagation per batch
+    batch_size: int = 32  # B: parallel contiguous streams
+    lr: float = 4e-3  # peak AdamW learning rate
+    min_lr_ratio: float = 0.05  # cosine decays to lr * this
+    warmup: int = 100  # linear warmup steps
+    weight_decay: float = 0.01  # AdamW decoupled decay on matrices only
+    clip: float = 1.0  # gradient-norm clipping (0 disables)
+    reset_prob: float = 0.01  # chance per stream and batch that its carried state is zeroed
+    steps: int = 0  # stop after this many steps (0: no step limit)
+    epochs: float = 0.0  # stop after this many passes (0: no epoch limit)
+    minutes: float = 0.0  # stop after this much wall-clock time (0: no limit)
+    evals: int = 10  # evaluate this many times over the run (at equal progress)
+    patience: int = 3  # stop after this many evaluations without improvement (0: never)
+    log_every: int = 20  # steps between lines in metrics.jsonl
+    seed: int = 1234
+    precision: str = "auto"  # auto | fp32 | bf16
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # CPU threads (0: all physical cores)
+
+    def __post_init__(self) -> None:
+        _positive(self, "seq_len", "batch_size", "evals", "log_every")
+        _non_negative(self, "steps", "epochs", "minutes", "warmup", "weight_decay", "clip", "patience", "threads")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+            raise UserError(f"--lr must be in (0, 1), got {self.lr!r}")
+        _fraction(self, "reset_prob")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UserError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        _choice(self, "precision", PRECISIONS)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.steps or self.epochs or self.minutes)
+
+
+@dataclass
+class RunConfig:
+    """Everything a run was made from: saved as config.json in the run."""
+
+    preset: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sources: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        try:
+            return cls(
+                preset=d["preset"],
+                model=ModelConfig(**d["model"]),
+                data=DataConfig(**d["data"]),
+                train=TrainConfig(**d["train"]),
+                sources=tuple(d.get("sources", ())),
+            )
+        except (KeyError, TypeError) as e:
+            raise UserError(f"config.json does not describe a storyloom run ({e}); point at a run directory made by `storyloom train`") from None
+
+
+def override(cfg, **values):
+    """A copy of a config dataclass with some fields replaced, validated again."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = set(values) - names
+    if unknown:
+        raise UserError(f"unknown setting {', '.join(sorted(unknown))}")
+    return dataclasses.replace(cfg, **values)

@@ -1,0 +1,62 @@
+"""Where and how the arithmetic runs: device, precision, threads, seeds."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import torch
+
+from .errors import UserError
+
+
+def device(name: str = "auto") -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _cpu_has_native_bf16() -> bool:
+    # AMX tiles or AVX512-BF16 make bf16 matmuls faster than fp32; without
+    # them bf16 is emulated and slower, so `auto` stays in fp32.
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def native_bf16(dev: torch.device) -> bool:
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(dev)[0] >= 8
+    return _cpu_has_native_bf16()
+
+
+def resolve_precision(precision: str, dev: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if native_bf16(dev) else "fp32"
+    return precision
+
+
+def autocast(precision: str, dev: torch.device):
+    """Matmuls and the LSTM kernel in bf16; losses and optimizer state stay fp32."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype=torch.bfloat16)
+
+
+def set_threads(n: int = 0) -> int:
+    """Use physical cores: hyperthreads slow GEMM-bound work down."""
+    if n <= 0:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)

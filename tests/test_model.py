@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from storyloom.config import ModelConfig
+from storyloom.model import LanguageModel, n_params
+
+
+def make(input="embedding", layers=2, dropout=0.0):
+    torch.manual_seed(0)
+    return LanguageModel(ModelConfig(vocab_size=11, input=input, embed=8, hidden=16, layers=layers, dropout=dropout)).eval()
+
+
+@pytest.mark.parametrize("input", ["embedding", "onehot", "scalar"])
+def test_two_calls_with_carried_state_equal_one(input):
+    m = make(input)
+    x = torch.randint(0, 11, (3, 20))
+    full, _ = m(x)
+    a, s = m(x[:, :10])
+    b, _ = m(x[:, 10:], s)
+    assert full.shape == (3, 20, 11)
+    torch.testing.assert_close(torch.cat([a, b], 1), full, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_matches_the_seed_equations_step_by_step():
+    m = make("onehot", layers=1)
+    x = torch.randint(0, 11, (2, 7))
+    logits, (hT, cT) = m(x)
+    W_ih, W_hh = m.rnn.weight_ih_l0, m.rnn.weight_hh_l0
+    b = m.rnn.bias_ih_l0 + m.rnn.bias_hh_l0
+    h = torch.zeros(2, 16)
+    c = torch.zeros(2, 16)
+    outs = []
+    for t in range(7):
+        xt = torch.nn.functional.one_hot(x[:, t], 11).float()
+        z = xt @ W_ih.T + h @ W_hh.T + b
+        i, f, g, o = z.chunk(4, dim=1)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        c = f * c + i * g  # C_t = f_t * C_{t-1} + i_t * C~_t
+        h = o * torch.tanh(c)  # h_t = o_t * tanh(C_t)
+        outs.append(m.head(h))
+    torch.testing.assert_close(torch.stack(outs, 1), logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h, hT[0], rtol=1e-5, atol=1e-5)
+
+
+def test_forget_gate_bias_starts_at_one():
+    m = make()
+    H = 16
+    for layer in range(2):
+        total = getattr(m.rnn, f"bias_ih_l{layer}") + getattr(m.rnn, f"bias_hh_l{layer}")
+        assert torch.all(total[H : 2 * H] == 1.0)
+
+
+def test_seed_001_parameter_count():
+    # Seed 001: LSTM(128) + Dense over 36 characters has 89,124 parameters.
+    # PyTorch keeps two bias vectors per gate, so it has 4*128 more.
+    m = LanguageModel(ModelConfig(vocab_size=36, input="onehot", hidden=128, layers=1, dropout=0.0))
+    assert n_params(m) == 89_124 + 4 * 128

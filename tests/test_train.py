@@ -1,0 +1,110 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import storyloom
+from storyloom.batches import Batches
+from storyloom.config import ModelConfig
+from storyloom.model import LanguageModel
+from storyloom.train import evaluate, lr_at
+from storyloom.config import TrainConfig
+
+from conftest import TINY
+
+
+def losses(run):
+    return [r["train_loss"] for r in storyloom.api.metrics(run) if "train_loss" in r]
+
+
+def test_loss_falls_on_real_text(tmp_path, sonnets):
+    (tmp_path / "s.txt").write_text(sonnets)
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=250, progress=False,
+                          **{**TINY, "hidden": 64, "batch_size": 8, "seq_len": 32, "lr": 1e-2, "log_every": 10})
+    ls = losses(run)
+    assert ls[-1] < ls[0] - 0.8
+    vals = [r["val_bpc"] for r in storyloom.api.metrics(run) if "val_bpc" in r]
+    assert vals[-1] < 3.5  # a uniform guess over the ~60 characters is 5.9
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path, sonnets, monkeypatch):
+    (tmp_path / "s.txt").write_text(sonnets)
+    flags = dict(TINY, steps=40, log_every=5, evals=4, dropout=0.1, seed=7)
+    full = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "full", progress=False, **flags)
+
+    # Interrupt the second run after step 17, as SIGINT would, then resume it.
+    from storyloom.train import Trainer
+
+    real_step = Trainer.step
+
+    def step_then_stop(self, x, y, lr):
+        out = real_step(self, x, y, lr)
+        if self.pos.step == 16:
+            self.request_stop()
+        return out
+
+    monkeypatch.setattr(Trainer, "step", step_then_stop)
+    part = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "part", progress=False, **flags)
+    monkeypatch.setattr(Trainer, "step", real_step)
+    assert max(r["step"] for r in storyloom.api.metrics(part)) < 40
+    storyloom.train(resume=part, progress=False)
+    a, b = storyloom.api.metrics(full), storyloom.api.metrics(part)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    np.testing.assert_allclose(losses(full), losses(part), rtol=1e-6)
+    np.testing.assert_allclose([r["val_bpc"] for r in a if "val_bpc" in r], [r["val_bpc"] for r in b if "val_bpc" in r], rtol=1e-6)
+
+
+def test_state_is_carried_across_batches_and_reset_each_epoch(tmp_path, sonnets, monkeypatch):
+    from storyloom.train import Trainer
+
+    seen = []
+    real_step = Trainer.step
+
+    def spy(self, x, y, lr):
+        seen.append((self.pos.epoch, self.state is None))
+        return real_step(self, x, y, lr)
+
+    monkeypatch.setattr(Trainer, "step", spy)
+    (tmp_path / "s.txt").write_text(sonnets[:3000])
+    storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", epochs=2, progress=False, **TINY)
+    per_epoch = len(seen) // 2
+    assert seen[0] == (0, True) and seen[per_epoch] == (1, True)
+    assert all(not fresh for i, (_, fresh) in enumerate(seen) if i not in (0, per_epoch))
+
+
+def test_parallel_evaluation_matches_one_stream():
+    torch.manual_seed(0)
+    m = LanguageModel(ModelConfig(vocab_size=20, hidden=32, layers=2, embed=8, dropout=0.0))
+    ids = np.random.default_rng(0).integers(0, 20, 20000)
+    one = evaluate(m, ids, streams=1)
+    par = evaluate(m, ids, streams=8, warmup=256)
+    assert one["chars"] == par["chars"] == 19999
+    assert abs(one["bpc"] - par["bpc"]) < 1e-4
+
+
+def test_uniform_model_scores_log2_vocab():
+    m = LanguageModel(ModelConfig(vocab_size=16, hidden=8, layers=1, embed=4, dropout=0.0))
+    with torch.no_grad():
+        m.head.weight.zero_()
+        m.head.bias.zero_()
+    r = evaluate(m, np.arange(100) % 16)
+    assert r["bpc"] == pytest.approx(4.0)
+    assert r["perplexity"] == pytest.approx(16.0)
+
+
+def test_schedule_warms_up_then_decays():
+    c = TrainConfig(lr=1e-3, warmup=10, steps=100)
+    assert lr_at(c, 0, 0.0) == pytest.approx(1e-4)
+    assert lr_at(c, 9, 0.09) == pytest.approx(1e-3, rel=0.03)
+    assert lr_at(c, 99, 1.0) == pytest.approx(1e-3 * c.min_lr_ratio)
+
+
+def test_metrics_rows_have_the_promised_keys(tmp_path, sonnets):
+    (tmp_path / "s.txt").write_text(sonnets)
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=20, progress=False, **TINY)
+    rows = storyloom.api.metrics(run)
+    for r in rows:
+        assert {"step", "elapsed_s", "lr"} <= set(r)
+    assert any({"train_loss", "chars_per_s"} <= set(r) for r in rows)
+    assert "val_bpc" in rows[-1]
