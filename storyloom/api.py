@@ -11,21 +11,27 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
+import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import presets
-from .clean import clean
+from .clean import clean, normalize
 from .config import RunConfig, override
 from .corpus import build
 from .errors import UserError
 from .model import LanguageModel, n_params
+from .novelty import Index, report
 from .runs import Run
 from .runtime import autocast, device, resolve_precision, seed_everything, set_threads
-from .sampling import choose
+from .generate import Decoder, Stops, next_words, sample
+from .generate import beam as beam_search
+from .sampling import SampleConfig
 from .sources import BUNDLED, is_bundled, read
 from .train import Trainer, evaluate
 
@@ -103,13 +109,32 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
     return run.path
 
 
+def save_samples(path: str | Path, run: str | Path, prompt: str, samples: list[dict], settings: dict) -> None:
+    """Append samples, with the seed and settings that reproduce each, to a JSON-lines file."""
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    with open(path, "a") as f:
+        for s in samples:
+            f.write(json.dumps({"run": str(run), "prompt": prompt, **s, "settings": settings, "time": stamp}) + "\n")
+
+
 def metrics(path: str | Path) -> list[dict]:
     """The rows of a run's metrics.jsonl."""
     return Run.open(path).metrics()
 
 
+def _seed(seed: int | None) -> int:
+    return seed if seed is not None else random.randrange(2**31)
+
+
 class Writer:
-    """A trained run, ready to write and to score. Made by `storyloom.load`."""
+    """A trained run, ready to write and to score. Made by `storyloom.load`.
+
+    Sampling arguments, shared by `generate`, `stream`, `samples` and sessions:
+    temperature (0 = greedy), top_k, top_p, repetition_penalty over the last
+    penalty_window characters, ban (characters never emitted), stop (strings
+    that end the text, not included), beam (width of a length-normalised beam
+    search, 1 being greedy; deterministic, ignores the sampling filters; 0: sample), seed.
+    """
 
     def __init__(self, path: str | Path, which: str = "best", device_name: str = "cpu", precision: str = "fp32"):
         self.run = Run.open(path)
@@ -118,12 +143,33 @@ class Writer:
         self.device = device(device_name)
         self.model: LanguageModel = self.run.load_model(which, self.device)
         self.precision = resolve_precision(precision, self.device)
+        self.decoder = Decoder(self.model, self.device, self.precision)
 
     def __repr__(self) -> str:
         return f"storyloom.load({str(self.run.path)!r})"
 
+    # -- text in ---------------------------------------------------------
     def _prepare(self, text: str) -> str:
         return clean(text, self.config.data.lowercase)
+
+    def _prompt(self, prompt: str, unknown: str) -> np.ndarray:
+        """Prompt ids; an empty prompt starts the model as if at a new line."""
+        if self.config.data.lowercase:
+            prompt = prompt.lower()
+        ids = self.tokenizer.encode(normalize(prompt), unknown, "the prompt")
+        if not len(ids):
+            ids = self.tokenizer.encode("\n" if "\n" in self.tokenizer.chars else self.tokenizer.chars[0])
+        return ids
+
+    def _read(self, prompt: str, unknown: str):
+        ids = self._prompt(prompt, unknown)
+        logits, state = self.decoder.read(ids)
+        return ids, logits, state
+
+    def _sample_config(self, temperature=0.8, top_k=0, top_p=1.0, repetition_penalty=1.0, penalty_window=32, ban="",
+                       unknown="error", stop=()) -> SampleConfig:
+        banned = tuple(sorted(set(self.tokenizer.encode(ban, unknown, "--ban").tolist()))) if ban else ()
+        return SampleConfig(temperature, top_k or 0, top_p, repetition_penalty, penalty_window, banned)
 
     def score(self, text: str, unknown: str = "error") -> dict:
         """bpc, nats_per_char, perplexity and chars of `text`, read as one stream."""
@@ -132,32 +178,155 @@ class Writer:
             raise UserError("the text to score needs at least two characters")
         return evaluate(self.model, ids, self.precision)
 
-    @torch.no_grad()
-    def stream(self, prompt: str = "", length: int = 200, temperature: float = 0.8, seed: int | None = None,
-               unknown: str = "error") -> Iterator[str]:
-        """Yield new characters one at a time; the prompt is read once, then one LSTM step each."""
-        if temperature < 0:
-            raise UserError(f"--temperature must be >= 0, got {temperature}")
-        if length < 0:
-            raise UserError(f"--length must be >= 0, got {length}")
-        prompt = self.config.data.lowercase and prompt.lower() or prompt
-        ids = self.tokenizer.encode(prompt, unknown, "the prompt")
-        if not len(ids):  # an empty prompt starts the model as if at a new line
-            ids = self.tokenizer.encode("\n" if "\n" in self.tokenizer.chars else self.tokenizer.chars[0])
-        gen = torch.Generator().manual_seed(seed if seed is not None else random.randrange(2**31))
-        x = torch.from_numpy(ids.astype("int64"))[None].to(self.device)  # (1, P)
-        state = None
-        for _ in range(length):
-            with autocast(self.precision, self.device):
-                logits, state = self.model(x, state)  # (1, t, V)
-            nxt = choose(logits[:, -1].float().cpu(), temperature, gen)  # (1,)
-            yield self.tokenizer.decode(nxt.numpy())
-            x = nxt[None].to(self.device)  # (1, 1)
+    # -- text out --------------------------------------------------------
+    def stream(self, prompt: str = "", length: int = 200, temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0,
+               repetition_penalty: float = 1.0, penalty_window: int = 32, ban: str = "", stop=(), seed: int | None = None,
+               beam: int = 0, unknown: str = "error") -> Iterator[str]:
+        """Yield the new text piece by piece; the prompt is read once, then one LSTM step per character.
 
-    def generate(self, prompt: str = "", length: int = 200, temperature: float = 0.8, seed: int | None = None,
-                 unknown: str = "error") -> str:
-        """The new text after `prompt` (the prompt itself is not repeated)."""
-        return "".join(self.stream(prompt, length, temperature, seed, unknown))
+        length 0 writes until a stop string (or until the caller stops iterating), in constant memory.
+        """
+        check_length(length, beam, 1)
+        stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        cfg = self._sample_config(temperature, top_k, top_p, repetition_penalty, penalty_window, ban, unknown)
+        ids, logits, state = self._read(prompt, unknown)
+        stops = Stops(stop)
+        if beam:
+            def stopped(seq):
+                text = self.tokenizer.decode(seq)
+                hits = [text.find(s) for s in stops.stops if s in text]
+                return len(text[: min(hits)]) if hits else None
+
+            yield from self.tokenizer.decode(beam_search(self.decoder, logits, state, beam, length, cfg.banned, stopped))
+            return
+        for nxt in sample(self.decoder, logits, state, ids, cfg, [_seed(seed)], length):
+            out = stops.push(self.tokenizer.decode(nxt.numpy()))
+            if out:
+                yield out
+            if stops.done:
+                return
+        rest = stops.flush()
+        if rest:
+            yield rest
+
+    def generate(self, prompt: str = "", length: int = 200, **kw) -> str:
+        """The new text after `prompt` (the prompt is not repeated); the same arguments as `stream`."""
+        return "".join(self.stream(prompt, length, **kw))
+
+    def samples(self, prompt: str = "", num: int = 1, length: int = 200, temperature: float = 0.8, top_k: int = 0,
+                top_p: float = 1.0, repetition_penalty: float = 1.0, penalty_window: int = 32, ban: str = "", stop=(),
+                seed: int | None = None, unknown: str = "error") -> list[dict]:
+        """`num` samples drawn as one batch: [{"text": ..., "seed": ...}]; sample i uses seed + i."""
+        check_length(length, 0, num)
+        stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        cfg = self._sample_config(temperature, top_k, top_p, repetition_penalty, penalty_window, ban, unknown)
+        ids, logits, state = self._read(prompt, unknown)
+        base = _seed(seed)
+        seeds = [base + i for i in range(num)]
+        stops = [Stops(stop) for _ in seeds]
+        texts = [""] * num
+        for nxt in sample(self.decoder, logits, state, ids, cfg, seeds, length):
+            for i, t in enumerate(nxt.tolist()):
+                if not stops[i].done:
+                    texts[i] += stops[i].push(self.tokenizer.decode([t]))
+            if all(s.done for s in stops):
+                break
+        return [{"text": t + s.flush(), "seed": sd} for t, s, sd in zip(texts, stops, seeds)]
+
+    def next_chars(self, prompt: str, k: int = 5, unknown: str = "error") -> list[tuple[str, float]]:
+        """The k likeliest next characters after `prompt`, with their probabilities."""
+        _, logits, _ = self._read(prompt, unknown)
+        p = torch.softmax(logits[0], -1).topk(min(k, logits.shape[-1]))
+        return [(self.tokenizer.decode([i]), v) for v, i in zip(p.values.tolist(), p.indices.tolist())]
+
+    def session(self, story: str = "", unknown: str = "error") -> "Session":
+        """A co-writing session over a growing story, its state cached."""
+        return Session(self, story, unknown)
+
+
+class Session:
+    """A story written together: the model's state after the story is kept,
+    so a proposal starts at once however long the story is."""
+
+    def __init__(self, writer: Writer, story: str = "", unknown: str = "error"):
+        self.writer, self.unknown = writer, unknown
+        self.story = ""
+        self.ids, self.logits, self.state = writer._read("", unknown)  # the new-line primer
+        self.add(story)
+
+    def add(self, text: str) -> None:
+        """Append text to the story, reading only the new characters."""
+        w = self.writer
+        if w.config.data.lowercase:
+            text = text.lower()
+        text = normalize(text)
+        ids = w.tokenizer.encode(text, self.unknown, "your text")
+        if len(ids):
+            self.logits, self.state = w.decoder.read(ids, self.state)
+            self.ids = ids[-64:]
+            self.story += w.tokenizer.decode(ids)
+
+    def propose(self, length: int = 200, seed: int | None = None, stop=(), temperature: float = 0.8, top_k: int = 0,
+                top_p: float = 1.0, repetition_penalty: float = 1.0, penalty_window: int = 32, ban: str = "") -> str:
+        """A continuation of the story; the story itself is unchanged until `add`."""
+        w = self.writer
+        check_length(length, 0, 1)
+        cfg = w._sample_config(temperature, top_k, top_p, repetition_penalty, penalty_window, ban, self.unknown)
+        stops = Stops((stop,) if isinstance(stop, str) else tuple(stop))
+        out = ""
+        for nxt in sample(w.decoder, self.logits, self.state, self.ids, cfg, [_seed(seed)], length):
+            out += stops.push(w.tokenizer.decode(nxt.numpy()))
+            if stops.done:
+                return out
+        return out + stops.flush()
+
+    def next_chars(self, k: int = 5) -> list[tuple[str, float]]:
+        p = torch.softmax(self.logits[0], -1).topk(min(k, self.logits.shape[-1]))
+        return [(self.writer.tokenizer.decode([i]), v) for v, i in zip(p.values.tolist(), p.indices.tolist())]
+
+    def next_words(self, k: int = 5) -> list[tuple[str, float]]:
+        tok = self.writer.tokenizer
+        boundary = {tok.chars.index(c) for c in (" ", "\n") if c in tok.chars}
+        if not boundary:
+            return []
+        words = next_words(self.writer.decoder, self.logits, self.state, boundary, k)
+        return [(tok.decode(ids), math.exp(lp)) for ids, lp in words]
+
+
+def novelty(run: "str | Path | Writer", text: str) -> dict:
+    """How much of `text` is copied verbatim from the run's training text.
+
+    Returns longest_copied (characters), copied_text and copied_at (the
+    work and offset it comes from), and novel_{10,20,50}grams: the share of
+    the text's n-grams that never occur in training. The index is built on
+    first use and kept in the run directory.
+    """
+    w = run if isinstance(run, Writer) else None
+    r = w.run if w else Run.open(run)
+    tok = w.tokenizer if w else r.tokenizer()
+    lowercase = (w.config if w else r.config()).data.lowercase
+    text = normalize(text.lower() if lowercase else text)
+    return report(Index.for_run(r), tok.encode(text, "replace", "the text"), text)
+
+
+MAX_LENGTH = 1_000_000
+
+
+def check_sampling(w: Writer, length: int, beam: int = 0, num: int = 1, unknown: str = "error", **sampling) -> None:
+    """Raise UserError for absurd writing settings, before any work is done."""
+    check_length(length, beam, num)
+    w._sample_config(unknown=unknown, **sampling)
+
+
+def check_length(length: int, beam: int, num: int) -> None:
+    if not isinstance(length, int) or length < 0 or length > MAX_LENGTH:
+        raise UserError(f"--length must be between 0 and {MAX_LENGTH:,} (0: until a stop string), got {length}")
+    if beam < 0:
+        raise UserError(f"--beam must be >= 1 (or 0 for sampling), got {beam}")
+    if num < 1:
+        raise UserError(f"--num must be >= 1, got {num}")
+    if length == 0 and (beam or num > 1):
+        raise UserError("--length 0 (unbounded) works with one sample and no beam; give a --length")
 
 
 def load(path: str | Path, which: str = "best", device: str = "cpu", precision: str = "fp32") -> Writer:

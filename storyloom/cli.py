@@ -13,6 +13,7 @@ import sys
 
 from . import api, presets
 from .config import INPUTS, PRECISIONS, UNKNOWN
+from .cowrite import run_session
 from .errors import UserError
 
 
@@ -28,6 +29,17 @@ def _csv(s: str) -> tuple[str, ...]:
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoding", default=None, help="text encoding of the sources (default utf-8)")
     p.add_argument("--lowercase", action="store_true", default=None, help="fold case (seed 003)")
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; higher is wilder (default 0.8)")
+    p.add_argument("--top-k", type=int, default=0, help="sample only from the k likeliest characters")
+    p.add_argument("--top-p", type=float, default=1.0, help="sample only from the smallest set with this much probability")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages characters used in the last --penalty-window")
+    p.add_argument("--penalty-window", type=int, default=32)
+    p.add_argument("--ban", default="", metavar="CHARS", help="characters never to write")
+    p.add_argument("--stop", action="append", default=[], metavar="STRING", help="end before this string (repeatable)")
+    p.add_argument("--seed", type=int, help="makes the text reproducible (default: drawn and shown on stderr)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,11 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("generate", help="write text from a run")
     w.add_argument("run", metavar="RUN")
     w.add_argument("--prompt", default="", help="text to start from (printed first)")
-    w.add_argument("--length", type=int, default=500, help="new characters to write")
-    w.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; higher is wilder")
-    w.add_argument("--seed", type=int, help="makes the text reproducible (default: drawn and shown)")
+    w.add_argument("--length", type=int, default=500, help="new characters to write (0: until a stop string or Ctrl-C)")
+    _add_sampling_flags(w)
+    w.add_argument("--beam", type=int, default=0, help="beam search of this width instead of sampling (deterministic; 1 is greedy)")
+    w.add_argument("--num", type=int, default=1, help="write this many samples as one batch")
+    w.add_argument("--json", action="store_true", help="one JSON object per sample: {\"text\": ..., \"seed\": ...}")
+    w.add_argument("--check-novelty", action="store_true", help="report how much of the text is copied from the training text")
+    w.add_argument("--save", metavar="FILE", help="append the samples, with their seeds and settings, to this JSON-lines file")
     w.add_argument("--which", choices=("best", "last"), default="best")
     w.add_argument("--unknown", choices=UNKNOWN, default="error")
+
+    cw = sub.add_parser("write", help="co-write a story with a run, in the terminal")
+    cw.add_argument("run", metavar="RUN")
+    cw.add_argument("--length", type=int, default=200, help="characters per proposal")
+    _add_sampling_flags(cw)
+    cw.add_argument("--story", metavar="FILE", help="start from the text in this file")
+    cw.add_argument("--which", choices=("best", "last"), default="best")
+    cw.add_argument("--unknown", choices=UNKNOWN, default="replace")
 
     c = sub.add_parser("clean", help="print what the model sees of the sources")
     c.add_argument("sources", nargs="+", metavar="SOURCE")
@@ -124,20 +148,79 @@ def cmd_eval(a) -> int:
     return 0
 
 
+SAMPLING = ("temperature", "top_k", "top_p", "repetition_penalty", "penalty_window", "ban", "stop")
+
+
+def _drawn_seed(seed: int | None) -> tuple[int, bool]:
+    """The seed to use, and whether it was drawn (and so must be shown once the flags prove valid)."""
+    return (random.randrange(2**31), True) if seed is None else (seed, False)
+
+
+def _show_seed(seed: int, drawn: bool) -> None:
+    if drawn:
+        print(f"seed: {seed}", file=sys.stderr)
+
+
 def cmd_generate(a) -> int:
     m = api.load(a.run, which=a.which)
-    seed = a.seed
-    if seed is None:
-        seed = random.randrange(2**31)
-        print(f"seed: {seed}", file=sys.stderr)
-    pieces = m.stream(a.prompt, length=a.length, temperature=a.temperature, seed=seed, unknown=a.unknown)
-    first = next(pieces, "")  # surface prompt errors before printing anything
+    kw = {k: getattr(a, k) for k in SAMPLING}
+    api.check_sampling(m, a.length, a.beam, a.num, a.unknown, **kw)
+    seed, drawn = _drawn_seed(a.seed)
+    if a.num > 1 or a.json or a.save:
+        if a.beam:
+            outs = [{"text": m.generate(a.prompt, a.length, seed=seed, beam=a.beam, unknown=a.unknown, **kw), "seed": seed}]
+        else:
+            outs = m.samples(a.prompt, a.num, a.length, seed=seed, unknown=a.unknown, **kw)
+        _show_seed(seed, drawn)
+        if a.check_novelty:
+            for o in outs:
+                o["novelty"] = api.novelty(m, o["text"])
+        for i, o in enumerate(outs):
+            if a.json:
+                print(json.dumps(o))
+            else:
+                print(("---\n" if i else "") + a.prompt + o["text"])
+                if a.check_novelty:
+                    _show_novelty(o["novelty"])
+        if a.save:
+            api.save_samples(a.save, a.run, a.prompt, outs, {"length": a.length, "beam": a.beam, **kw})
+        return 0
+    pieces = m.stream(a.prompt, a.length, seed=seed, beam=a.beam, unknown=a.unknown, **kw)
+    first = next(pieces, "")  # surface prompt and flag errors before printing anything
+    _show_seed(seed, drawn)
     sys.stdout.write(a.prompt + first)
-    for piece in pieces:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    sys.stdout.flush()
+    text = [first]
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            if a.check_novelty:
+                text.append(piece)
+    except KeyboardInterrupt:
+        pass
     sys.stdout.write("\n")
+    if a.check_novelty:
+        _show_novelty(api.novelty(m, "".join(text)))
     return 0
+
+
+def _show_novelty(r: dict) -> None:
+    at = r.get("copied_at", {})
+    shares = "/".join("-" if r[f"novel_{n}grams"] is None else f"{100 * r[f'novel_{n}grams']:.1f}%" for n in (10, 20, 50))
+    print(f"novelty: longest copied span {r['longest_copied']} chars"
+          + (f" ({at['work']} at {at['work_offset']})" if at else "")
+          + f"; novel 10/20/50-grams: {shares}", file=sys.stderr)
+
+
+def cmd_write(a) -> int:
+    m = api.load(a.run, which=a.which)
+    story = api.clean_sources([a.story]) if a.story else ""
+    kw = {k: getattr(a, k) for k in SAMPLING}
+    api.check_sampling(m, a.length, **kw)
+    seed, drawn = _drawn_seed(a.seed)
+    _show_seed(seed, drawn)
+    return run_session(m, story, a.length, seed, kw, a.unknown, sys.stdin, sys.stdout)
 
 
 def cmd_clean(a) -> int:
@@ -151,7 +234,8 @@ def cmd_presets(a) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "clean": cmd_clean, "presets": cmd_presets}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "write": cmd_write, "clean": cmd_clean,
+            "presets": cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:

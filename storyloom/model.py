@@ -74,6 +74,39 @@ class LanguageModel(nn.Module):
         return self.head(self.drop(h)), state  # (B, T, V)
 
 
+    def _fused(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer: [W_ih | W_hh]^T as (I+H, 4H) and b_ih + b_hh as (4H,), cached until the weights change."""
+        version = tuple(p._version for p in self.rnn.parameters())
+        if getattr(self, "_fused_cache", (None,))[0] != version:
+            layers = []
+            for l in range(self.cfg.layers):
+                W = torch.cat([getattr(self.rnn, f"weight_ih_l{l}"), getattr(self.rnn, f"weight_hh_l{l}")], 1)
+                b = getattr(self.rnn, f"bias_ih_l{l}") + getattr(self.rnn, f"bias_hh_l{l}")
+                layers.append((W.t().contiguous().detach(), b.detach()))
+            self._fused_cache = (version, layers)
+        return self._fused_cache[1]
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """forward() for one time step, x (B,) -> logits (B, V), in eval mode.
+
+        The LSTM equations written out with each layer's weights fused into
+        one matrix: on a CPU, nn.LSTM's per-call setup costs far more than
+        one step's arithmetic, and generation is one step per character.
+        """
+        h, c = state  # (L, B, H) each
+        inp = self.inp(x[:, None])[:, 0]  # (B, I)
+        hs, cs = [], []
+        for l, (W, b) in enumerate(self._fused()):
+            z = torch.addmm(b, torch.cat([inp, h[l]], 1), W)  # (B, 4H)
+            i, f, g, o = z.chunk(4, 1)
+            c_l = torch.sigmoid(f) * c[l] + torch.sigmoid(i) * torch.tanh(g)  # C_t = f*C_{t-1} + i*C~_t
+            inp = torch.sigmoid(o) * torch.tanh(c_l)  # h_t = o*tanh(C_t)
+            hs.append(inp)
+            cs.append(c_l)
+        return self.head(inp), (torch.stack(hs), torch.stack(cs))
+
+
 def detach(state: State) -> State:
     return tuple(s.detach() for s in state)
 

@@ -1,13 +1,105 @@
-"""Choosing the next token from logits: pure functions of tensors, no text."""
+"""Choosing the next token from logits: pure functions of tensors, no text.
+
+Every function takes logits of shape (B, V) and returns a tensor of the same
+shape or the chosen ids (B,). Filters compose in the order `shape_logits`
+applies them: ban, repetition penalty, temperature, top-k, top-p.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
+from .errors import UserError
 
-def choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Next ids (B,) from logits (B, V): argmax at temperature 0, else a draw."""
+NEG = float("-inf")
+
+
+@dataclass
+class SampleConfig:
+    """How to pick each next token. temperature 0 means greedy."""
+
+    temperature: float = 0.8
+    top_k: int = 0  # keep the k likeliest (0: all)
+    top_p: float = 1.0  # keep the smallest set with probability mass >= p
+    repetition_penalty: float = 1.0  # > 1 discourages tokens seen in the last `penalty_window`
+    penalty_window: int = 32
+    banned: tuple[int, ...] = field(default_factory=tuple)  # ids never emitted
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise UserError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise UserError(f"--top-k must be >= 1 (or 0 for no limit), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not self.repetition_penalty >= 1:
+            raise UserError(f"--repetition-penalty must be >= 1, got {self.repetition_penalty}")
+        if self.penalty_window < 1:
+            raise UserError(f"--penalty-window must be >= 1, got {self.penalty_window}")
+
+
+def ban(logits: torch.Tensor, banned) -> torch.Tensor:
+    if not len(banned):
+        return logits
+    logits = logits.clone()
+    logits[:, list(banned)] = NEG
+    return logits
+
+
+def repetition_penalty(logits: torch.Tensor, recent: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL-style: a token seen in `recent` (B, W) has a positive logit divided, a negative one multiplied."""
+    if penalty == 1.0 or recent.numel() == 0:
+        return logits
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, recent, True)  # (B, V)
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(k, dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, NEG)
+
+
+def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probabilities sum to at least p."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+    probs = sorted_logits.softmax(-1)
+    before = probs.cumsum(-1) - probs  # mass of the tokens ranked above each one
+    drop_sorted = before >= p  # already reached p without this token
+    drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG)
+
+
+def shape_logits(logits: torch.Tensor, cfg: SampleConfig, recent: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply every filter in `cfg` except the draw itself; fp32 in and out."""
+    logits = ban(logits.float(), cfg.banned)
+    if recent is not None:
+        logits = repetition_penalty(logits, recent, cfg.repetition_penalty)
+    if cfg.temperature > 0:
+        logits = logits / cfg.temperature
+    return top_p(top_k(logits, cfg.top_k), cfg.top_p)
+
+
+def draw(logits: torch.Tensor, temperature: float, generators: list[torch.Generator]) -> torch.Tensor:
+    """Next ids (B,): argmax at temperature 0, else one draw per row from that row's generator.
+
+    A generator per row makes sample i of a batch depend only on its own seed.
+    """
     if temperature == 0:
         return logits.argmax(-1)
-    p = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
-    return torch.multinomial(p, 1, generator=generator).squeeze(-1)
+    probs = logits.softmax(-1)  # (B, V)
+    u = torch.cat([torch.rand(1, generator=g) for g in generators])  # (B,)
+    cdf = probs.cumsum(-1)
+    ids = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+    # guard the float edge where u*total lands past the last kept token
+    ids = ids.clamp_max(logits.shape[-1] - 1)
+    bad = probs.gather(1, ids[:, None]).squeeze(1) == 0
+    if bad.any():
+        ids[bad] = logits[bad].argmax(-1)
+    return ids

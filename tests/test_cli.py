@@ -109,3 +109,41 @@ def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "storyloom", "presets"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert r.returncode == 0 and "default" in r.stdout
+
+
+def test_write_through_piped_input(trained, capsys, monkeypatch, tmp_path):
+    import io
+
+    story = tmp_path / "story.txt"
+    script = f"Shall I compare thee\n:n\n:a\n:c 3\n1\n:w 2\n1\n:p\n:s {story}\n:q\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(script))
+    code, out, err = run_cli(capsys, "write", trained / "run", "--length", "20", "--seed", "4")
+    assert code == 0
+    assert out.count("--- proposal") == 3  # after the text, after :n, after :a
+    assert "pick 1-3" in out and "pick 1-2" in out
+    saved = story.read_text()
+    assert saved.startswith("Shall I compare thee ") and len(saved) > len("Shall I compare thee ") + 20
+    assert f"saved {len(saved)} characters" in out
+    # the same script and seed give the same session
+    monkeypatch.setattr(sys, "stdin", io.StringIO(script))
+    assert run_cli(capsys, "write", trained / "run", "--length", "20", "--seed", "4")[1] == out
+
+
+def test_generate_many_as_json_and_saved(trained, capsys, tmp_path):
+    save = tmp_path / "samples.jsonl"
+    code, out, err = run_cli(capsys, "generate", trained / "run", "--num", "3", "--length", "30", "--seed", "7", "--json",
+                             "--save", save, "--check-novelty")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["seed"] for r in rows] == [7, 8, 9]
+    assert all(len(r["text"]) == 30 and "longest_copied" in r["novelty"] for r in rows)
+    assert [json.loads(line)["seed"] for line in save.read_text().splitlines()] == [7, 8, 9]
+    code, out, err = run_cli(capsys, "generate", trained / "run", "--num", "2", "--length", "30", "--seed", "7")
+    assert out.count("\n---\n") == 1
+
+
+@pytest.mark.parametrize("flags, message", [(["--top-p", "0"], "--top-p"), (["--top-k", "-2"], "--top-k"),
+                                            (["--length", "-1"], "--length"), (["--length", "0", "--num", "2"], "--length 0"),
+                                            (["--beam", "-1"], "--beam"), (["--num", "0"], "--num")])
+def test_absurd_generate_flags(trained, capsys, flags, message):
+    code, out, err = run_cli(capsys, "generate", trained / "run", *flags)
+    assert code == 2 and message in err and err.count("\n") == 1 and out == ""

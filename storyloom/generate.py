@@ -1,0 +1,168 @@
+"""Writing with carried state: the prompt is read once, then one LSTM step per character.
+
+`Decoder` steps a model; `sample` draws a batch of continuations with the
+filters of sampling.py; `beam` runs length-normalised beam search; `Stops`
+cuts text before a stop string while it streams. Tokens here are ids; text
+only appears in `Stops`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .model import LanguageModel, State
+from .runtime import autocast
+from .sampling import SampleConfig, ban, draw, shape_logits
+
+
+class Decoder:
+    def __init__(self, model: LanguageModel, device: torch.device, precision: str = "fp32"):
+        self.model, self.device, self.precision = model.eval(), device, precision
+
+    @torch.inference_mode()
+    def read(self, ids: np.ndarray, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Feed ids (P,) to one stream in a single call; logits (1, V) for the next token."""
+        x = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)[None]  # (1, P)
+        with autocast(self.precision, self.device):
+            logits, state = self.model(x, state)  # (1, P, V)
+        return logits[:, -1].float().cpu(), state
+
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One token per stream: ids (B,) -> logits (B, V)."""
+        state = tuple(s.float() for s in state)
+        logits, state = self.model.step(ids.to(self.device), state)  # (B, V)
+        return logits.float().cpu(), state
+
+
+def expand(logits: torch.Tensor, state: State, B: int) -> tuple[torch.Tensor, State]:
+    """Copy a one-stream (logits, state) to B streams."""
+    return logits.expand(B, -1).clone(), tuple(s.expand(-1, B, -1).contiguous() for s in state)
+
+
+def sample(dec: Decoder, logits: torch.Tensor, state: State, recent: np.ndarray, cfg: SampleConfig,
+           seeds: list[int], length: int) -> Iterator[torch.Tensor]:
+    """Yield next ids (B,) for B = len(seeds) streams, forever if length is 0.
+
+    `logits`/`state` are where the prompt left one stream; `recent` holds the
+    prompt's last ids for the repetition penalty. Memory stays constant.
+    """
+    B = len(seeds)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    logits, state = expand(logits, state, B)
+    W = cfg.penalty_window if cfg.repetition_penalty != 1.0 else 0
+    rec = torch.as_tensor(np.asarray(recent[-W:] if W else recent[:0], dtype=np.int64)).expand(B, -1)  # (B, <=W)
+    n = 0
+    while length == 0 or n < length:
+        ids = draw(shape_logits(logits, cfg, rec), cfg.temperature, gens)  # (B,)
+        yield ids
+        if W:
+            rec = torch.cat([rec, ids[:, None]], 1)[:, -W:]
+        logits, state = dec.step(ids, state)
+        n += 1
+
+
+def beam(dec: Decoder, logits: torch.Tensor, state: State, width: int, length: int, banned=(),
+         stopped=lambda ids: None) -> list[int]:
+    """Length-normalised beam search: the continuation with the best mean log-probability.
+
+    `stopped(ids)` returns the number of ids to keep when a hypothesis has
+    hit a stop string, else None; such a hypothesis is finished. width 1 is
+    greedy decoding.
+    """
+    V = logits.shape[-1]
+    scores = torch.zeros(1)  # (W,) summed log-probabilities
+    seqs: list[list[int]] = [[]]
+    done: list[tuple[float, list[int]]] = []  # (mean log-prob, ids)
+    for _ in range(length):
+        logp = torch.log_softmax(ban(logits, banned), -1)  # (W, V)
+        total = (scores[:, None] + logp).flatten()
+        k = min(width, int(torch.isfinite(total).sum()))
+        if k == 0:
+            break
+        top = total.topk(k)
+        parents, toks = top.indices // V, top.indices % V
+        keep, new_seqs = [], []
+        for j, (p, t) in enumerate(zip(parents.tolist(), toks.tolist())):
+            seq = seqs[p] + [t]
+            cut = stopped(seq)
+            if cut is None:
+                keep.append(j)
+                new_seqs.append(seq)
+            else:
+                done.append((top.values[j].item() / len(seq), seq[:cut]))
+        if not keep:
+            seqs = []
+            break
+        keep_t = torch.tensor(keep)
+        seqs, scores = new_seqs, top.values[keep_t]
+        state = tuple(s[:, parents[keep_t]].contiguous() for s in state)
+        logits, state = dec.step(toks[keep_t], state)
+    done += [(sc / max(len(sq), 1), sq) for sc, sq in zip(scores.tolist(), seqs)]
+    return max(done, key=lambda d: d[0])[1] if done else []
+
+
+class Stops:
+    """Streams text, cutting it before the first stop string; holds back possible starts of one."""
+
+    def __init__(self, stops: tuple[str, ...] | list[str] = ()):
+        self.stops = [s for s in stops if s]
+        self.buf = ""
+        self.done = False
+
+    def push(self, piece: str) -> str:
+        """Text that is safe to show now; sets `done` when a stop string appeared."""
+        if self.done:
+            return ""
+        if not self.stops:
+            return piece
+        self.buf += piece
+        hits = [i for i in (self.buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.buf, self.done = self.buf[: min(hits)], "", True
+            return out
+        hold = max((k for s in self.stops for k in range(1, min(len(s), len(self.buf) + 1)) if self.buf.endswith(s[:k])), default=0)
+        out, self.buf = self.buf[: len(self.buf) - hold], self.buf[len(self.buf) - hold :]
+        return out
+
+    def flush(self) -> str:
+        out, self.buf = self.buf, ""
+        return out
+
+
+def next_words(dec: Decoder, logits: torch.Tensor, state: State, boundary: set[int], k: int,
+               max_len: int = 24) -> list[tuple[list[int], float]]:
+    """The k likeliest next words with their log-probabilities.
+
+    A word is a run of non-boundary ids (boundary: space, newline) that a
+    boundary id follows; its probability includes that boundary, so "the"
+    is not counted inside "then". A small beam search over characters.
+    """
+    V = logits.shape[-1]
+    width = max(2 * k, 8)
+    bmask = torch.zeros(V, dtype=torch.bool)
+    bmask[sorted(boundary)] = True
+    seqs: list[list[int]] = [[]]
+    lps = torch.zeros(1)  # (n,) log-probability of each live prefix
+    logp = torch.log_softmax(logits, -1)  # (n, V)
+    done: list[tuple[list[int], float]] = []
+    for _ in range(max_len):
+        ends = lps + torch.logsumexp(logp.masked_fill(~bmask, float("-inf")), -1)  # (n,)
+        done += [(sq, e) for sq, e in zip(seqs, ends.tolist()) if sq]
+        kth = sorted((d[1] for d in done), reverse=True)[k - 1] if len(done) >= k else float("-inf")
+        total = (lps[:, None] + logp.masked_fill(bmask, float("-inf"))).flatten()  # (n*V,)
+        top = total.topk(min(width, total.numel()))
+        keep = top.values > max(kth, float("-inf"))  # a prefix below the k-th word cannot beat it
+        if not keep.any():
+            break
+        idx = top.indices[keep]
+        parents, toks = idx // V, idx % V
+        seqs = [seqs[p] + [t] for p, t in zip(parents.tolist(), toks.tolist())]
+        lps = top.values[keep]
+        state = tuple(s[:, parents].contiguous() for s in state)
+        logits, state = dec.step(toks, state)
+        logp = torch.log_softmax(logits, -1)
+    return sorted(done, key=lambda d: -d[1])[:k]

@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+import torch
+
+import storyloom
+from storyloom.generate import Stops
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def m(tmp_path_factory, sonnets):
+    d = tmp_path_factory.mktemp("gen")
+    (d / "s.txt").write_text(sonnets)
+    run = storyloom.train([str(d / "s.txt")], out=d / "run", steps=60, progress=False, **{**TINY, "lr": 1e-2})
+    return storyloom.load(run)
+
+
+PROMPT = "Shall I compare thee to a summer's day?\n"
+
+
+def test_greedy_three_ways(m):
+    g = m.generate(PROMPT, 80, temperature=0)
+    assert len(g) == 80
+    assert m.generate(PROMPT, 80, temperature=1.0, top_k=1, seed=5) == g
+    assert m.generate(PROMPT, 80, beam=1) == g
+
+
+def test_seeds_reproduce_and_differ(m):
+    a = m.generate(PROMPT, 100, temperature=1.0, seed=1)
+    assert m.generate(PROMPT, 100, temperature=1.0, seed=1) == a
+    assert m.generate(PROMPT, 100, temperature=1.0, seed=2) != a
+
+
+def test_stream_concatenates_to_generate(m):
+    kw = dict(temperature=0.9, top_p=0.9, seed=3, stop=["\n\n"])
+    assert "".join(m.stream(PROMPT, 150, **kw)) == m.generate(PROMPT, 150, **kw)
+
+
+def test_stop_strings_stop_and_banned_characters_never_appear(m):
+    for seed in range(5):
+        t = m.generate(PROMPT, 300, temperature=1.0, seed=seed, stop=["e", "\n"])
+        assert "e" not in t and "\n" not in t
+        full = m.generate(PROMPT, 300, temperature=1.0, seed=seed)
+        cut = min(i for i in (full.find("e"), full.find("\n"), len(full)) if i >= 0)
+        assert t == full[:cut]
+        b = m.generate(PROMPT, 300, temperature=1.0, seed=seed, ban="e ")
+        assert "e" not in b and " " not in b and len(b) == 300
+
+
+def test_stateful_logits_equal_a_recompute_over_the_whole_text(m):
+    text = PROMPT + m.generate(PROMPT, 40, temperature=1.0, seed=9)
+    ids = m.tokenizer.encode(text)
+    dec = m.decoder
+    logits, state = dec.read(ids[: len(PROMPT)])
+    for t in range(len(PROMPT), len(ids)):
+        full, _ = dec.read(ids[:t])
+        torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-4)
+        logits, state = dec.step(torch.tensor([int(ids[t])]), state)
+
+
+def test_num_samples_each_reproducible_from_its_seed(m):
+    outs = m.samples(PROMPT, num=4, length=60, temperature=1.0, seed=100)
+    assert [o["seed"] for o in outs] == [100, 101, 102, 103]
+    assert len({o["text"] for o in outs}) > 1
+    again = m.samples(PROMPT, num=4, length=60, temperature=1.0, seed=100)
+    assert again == outs
+    assert m.generate(PROMPT, 60, temperature=1.0, seed=102) == outs[2]["text"]
+
+
+def test_beam_search_scores_at_least_as_well_as_greedy(m):
+    g = m.generate(PROMPT, 30, temperature=0)
+    b = m.generate(PROMPT, 30, beam=4)
+
+    def logprob(cont):
+        ids = m.tokenizer.encode(PROMPT + cont)
+        logits, _ = m.model(torch.from_numpy(ids.astype(np.int64))[None])
+        lp = torch.log_softmax(logits[0, :-1], -1)
+        return lp[torch.arange(len(ids) - 1), torch.from_numpy(ids[1:].astype(np.int64))][len(PROMPT) - 1:].sum().item()
+
+    assert logprob(b) >= logprob(g) - 1e-4
+
+
+def test_next_chars_are_probabilities(m):
+    top = m.next_chars(PROMPT, 5)
+    assert len(top) == 5 and all(len(c) == 1 for c, _ in top)
+    ps = [p for _, p in top]
+    assert ps == sorted(ps, reverse=True) and 0 < sum(ps) <= 1.0001
+
+
+def test_unbounded_length_stops_at_a_stop_string(m):
+    t = m.generate(PROMPT, 0, temperature=1.0, seed=1, stop=["\n"])
+    assert "\n" not in t
+
+
+def test_session_caches_state(m):
+    s = m.session("Shall I compare thee")
+    p = s.propose(30, seed=1)
+    # proposing does not change the story, and equals generating from the whole story
+    assert s.story == "Shall I compare thee"
+    assert m.generate("Shall I compare thee", 30, seed=1) == p
+    s.add(p)
+    assert s.story == "Shall I compare thee" + p
+    words = s.next_words(3)
+    assert 1 <= len(words) <= 3 and all(" " not in w for w, _ in words)
+
+
+@pytest.mark.parametrize("text, stops, pieces, out", [
+    ("hello world", ["wor"], list("hello world"), "hello "),
+    ("abcabc", ["ca"], ["ab", "cab", "c"], "ab"),
+    ("no stop here", ["xyz"], ["no st", "op here"], "no stop here"),
+])
+def test_stops_cut_before_the_stop_string(text, stops, pieces, out):
+    s = Stops(stops)
+    got = "".join(s.push(p) for p in pieces)
+    if not s.done:
+        got += s.flush()
+    assert got == out
