@@ -117,6 +117,12 @@ def save_samples(path: str | Path, run: str | Path, prompt: str, samples: list[d
             f.write(json.dumps({"run": str(run), "prompt": prompt, **s, "settings": settings, "time": stamp}) + "\n")
 
 
+def status(path: str | Path) -> dict:
+    """Where a run's training stands: step, epoch, elapsed, best bpc, and why it stopped."""
+    _, meta = Run.open(path).load_trainer()
+    return meta["position"]
+
+
 def metrics(path: str | Path) -> list[dict]:
     """The rows of a run's metrics.jsonl."""
     return Run.open(path).metrics()

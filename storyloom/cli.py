@@ -128,6 +128,12 @@ TRAIN_FLAGS = ("steps", "epochs", "minutes", "patience", "input", "embed", "hidd
 def cmd_train(a) -> int:
     flags = {k: getattr(a, k) for k in TRAIN_FLAGS}
     path = api.train(a.sources, out=a.out, preset=a.preset, resume=a.resume, progress=not a.no_progress, **flags)
+    st = api.status(path)
+    if st["stopped"] == "interrupted":
+        print(f"stopped at step {st['step']} and saved; continue with: storyloom train --resume {path}")
+        return 0
+    if st["stopped"] == "patience":
+        print(f"early stopping: no improvement in the last {st['bad_evals']} evaluations")
     rows = [r for r in api.metrics(path) if "val_bpc" in r]
     best = min(r["val_bpc"] for r in rows) if rows else float("nan")
     last = rows[-1] if rows else {}

@@ -76,7 +76,7 @@ class LanguageModel(nn.Module):
 
     def _fused(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer: [W_ih | W_hh]^T as (I+H, 4H) and b_ih + b_hh as (4H,), cached until the weights change."""
-        version = tuple(p._version for p in self.rnn.parameters())
+        version = tuple((p._version, p.dtype, p.device) for p in self.rnn.parameters())
         if getattr(self, "_fused_cache", (None,))[0] != version:
             layers = []
             for l in range(self.cfg.layers):

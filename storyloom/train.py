@@ -103,6 +103,7 @@ class Position:
     acc_steps: int = 0
     acc_chars: int = 0
     acc_time: float = 0.0
+    stopped: str = ""  # why the last session ended: "", "limit", "patience" or "interrupted"
 
 
 def opt_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -257,7 +258,12 @@ class Trainer:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
         if self.stop_requested:
+            p.stopped = "interrupted"
             self.checkpoint()
-        elif not p.history or p.history[-1][0] != p.step:
+            return p
+        p.stopped = "patience" if c.patience and p.bad_evals >= c.patience else "limit"
+        if not p.history or p.history[-1][0] != p.step:
             self.eval_and_save()
+        else:
+            self.checkpoint()
         return p

@@ -147,3 +147,27 @@ def test_generate_many_as_json_and_saved(trained, capsys, tmp_path):
 def test_absurd_generate_flags(trained, capsys, flags, message):
     code, out, err = run_cli(capsys, "generate", trained / "run", *flags)
     assert code == 2 and message in err and err.count("\n") == 1 and out == ""
+
+
+def test_sigint_checkpoints_and_resume_finishes(tmp_path, sonnets):
+    import signal
+    import time
+
+    (tmp_path / "s.txt").write_text(sonnets)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "storyloom", "train", str(tmp_path / "s.txt"), "--out", str(run), "--steps", "100000",
+           *TINY_FLAGS]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    deadline = time.time() + 60
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "storyloom train --resume" in out
+    status = json.loads((run / "trainer.json").read_text())["position"]
+    assert status["stopped"] == "interrupted" and 0 < status["step"] < 100000
+    code = main(["train", "--resume", str(run), "--steps", str(status["step"] + 5), "--no-progress"])
+    assert code == 0
+    assert json.loads((run / "trainer.json").read_text())["position"]["step"] == status["step"] + 5

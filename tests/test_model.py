@@ -55,3 +55,16 @@ def test_seed_001_parameter_count():
     # PyTorch keeps two bias vectors per gate, so it has 4*128 more.
     m = LanguageModel(ModelConfig(vocab_size=36, input="onehot", hidden=128, layers=1, dropout=0.0))
     assert n_params(m) == 89_124 + 4 * 128
+
+
+@pytest.mark.parametrize("input", ["embedding", "onehot", "scalar"])
+def test_step_equals_forward(input):
+    m = make(input, layers=2)
+    x = torch.randint(0, 11, (3, 12))
+    full, (h, c) = m(x)
+    state = m.initial_state(3)
+    for t in range(12):
+        logits, state = m.step(x[:, t], state)
+        torch.testing.assert_close(logits, full[:, t], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state[0], h, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state[1], c, rtol=1e-5, atol=1e-5)
