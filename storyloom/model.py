@@ -74,34 +74,53 @@ class LanguageModel(nn.Module):
         return self.head(self.drop(h)), state  # (B, T, V)
 
 
-    def _fused(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer: [W_ih | W_hh]^T as (I+H, 4H) and b_ih + b_hh as (4H,), cached until the weights change."""
-        version = tuple((p._version, p.dtype, p.device) for p in self.rnn.parameters())
+    def _fused(self) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Weights laid out for step(), cached until any parameter changes.
+
+        Per layer (W, b): [W_ih | W_hh]^T as (I+H, 4H) and b_ih + b_hh. When the
+        input is a lookup (embedding, one-hot), layer 0's input projection and
+        bias are folded into a (V, 4H) table, so its W is W_hh^T alone.
+        """
+        if not hasattr(self, "_plist"):
+            self._plist = list(self.parameters())  # walking the module tree each step costs more than the step
+        version = tuple((p._version, p.dtype, p.device) for p in self._plist)
         if getattr(self, "_fused_cache", (None,))[0] != version:
-            layers = []
+            rnn = self.rnn
+            emb = {nn.Embedding: lambda: self.inp.weight, OneHot: lambda: torch.eye(self.cfg.vocab_size)}.get(type(self.inp))
+            table, layers = None, []
             for l in range(self.cfg.layers):
-                W = torch.cat([getattr(self.rnn, f"weight_ih_l{l}"), getattr(self.rnn, f"weight_hh_l{l}")], 1)
-                b = getattr(self.rnn, f"bias_ih_l{l}") + getattr(self.rnn, f"bias_hh_l{l}")
-                layers.append((W.t().contiguous().detach(), b.detach()))
-            self._fused_cache = (version, layers)
+                W_ih, W_hh = getattr(rnn, f"weight_ih_l{l}"), getattr(rnn, f"weight_hh_l{l}")
+                b = getattr(rnn, f"bias_ih_l{l}") + getattr(rnn, f"bias_hh_l{l}")
+                if l == 0 and emb is not None:
+                    table = torch.addmm(b, emb().to(W_ih.dtype), W_ih.t()).detach()  # (V, 4H)
+                    layers.append((W_hh.t().contiguous().detach(), b.detach()))
+                else:
+                    layers.append((torch.cat([W_ih, W_hh], 1).t().contiguous().detach(), b.detach()))
+            self._fused_cache = (version, (table, layers))
         return self._fused_cache[1]
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """forward() for one time step, x (B,) -> logits (B, V), in eval mode.
 
-        The LSTM equations written out with each layer's weights fused into
-        one matrix: on a CPU, nn.LSTM's per-call setup costs far more than
-        one step's arithmetic, and generation is one step per character.
+        The LSTM equations written out over pre-fused weights: on a CPU,
+        nn.LSTM's per-call setup costs far more than one step's arithmetic,
+        and generation is one step per character.
         """
         h, c = state  # (L, B, H) each
-        inp = self.inp(x[:, None])[:, 0]  # (B, I)
+        H = self.cfg.hidden
+        table, layers = self._fused()
+        inp = None if table is not None else self.inp(x[:, None])[:, 0]  # (B, I)
         hs, cs = [], []
-        for l, (W, b) in enumerate(self._fused()):
-            z = torch.addmm(b, torch.cat([inp, h[l]], 1), W)  # (B, 4H)
-            i, f, g, o = z.chunk(4, 1)
-            c_l = torch.sigmoid(f) * c[l] + torch.sigmoid(i) * torch.tanh(g)  # C_t = f*C_{t-1} + i*C~_t
-            inp = torch.sigmoid(o) * torch.tanh(c_l)  # h_t = o*tanh(C_t)
+        for l, (W, b) in enumerate(layers):
+            if l == 0 and table is not None:
+                z = torch.addmm(table[x], h[0], W)  # (B, 4H): x's row holds W_ih x + b
+            else:
+                z = torch.addmm(b, torch.cat([inp, h[l]], 1), W)  # (B, 4H)
+            s = torch.sigmoid(z)  # i, f and o gates (the g slice is unused: one call beats three)
+            g = torch.tanh(z[:, 2 * H : 3 * H])  # candidate C~_t
+            c_l = torch.addcmul(s[:, H : 2 * H] * c[l], s[:, :H], g)  # C_t = f*C_{t-1} + i*C~_t
+            inp = s[:, 3 * H :] * torch.tanh(c_l)  # h_t = o*tanh(C_t)
             hs.append(inp)
             cs.append(c_l)
         return self.head(inp), (torch.stack(hs), torch.stack(cs))

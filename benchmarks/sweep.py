@@ -1,0 +1,64 @@
+"""Train several configurations for the same wall-clock budget on the benchmark split, one after another.
+
+    python benchmarks/sweep.py --minutes 3 default default:dropout=0 default:hidden=768,layers=1,dropout=0
+
+Each SPEC is a preset name, optionally followed by `:flag=value,...` with the
+`storyloom train` flags written with underscores. This is how the default
+preset was chosen (benchmarks/README.md). Prints one JSON line per SPEC with
+the validation bpc at each evaluation, the mean training bpc of the last
+five logged intervals, steps and characters per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import storyloom  # noqa: E402
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    preset, _, rest = spec.partition(":")
+    flags = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
+        flags[key] = value
+    return preset, flags
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("specs", nargs="+", metavar="SPEC")
+    ap.add_argument("--minutes", type=float, default=3.0)
+    ap.add_argument("--evals", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="storyloom-sweep-"))
+    for i, spec in enumerate(a.specs):
+        preset, flags = parse_spec(spec)
+        run = storyloom.train(["shakespeare"], out=out / f"{i:02d}-{preset}", preset=preset, minutes=a.minutes,
+                              evals=a.evals, patience=0, progress=False, **flags)
+        rows = storyloom.api.metrics(run)
+        train = [r for r in rows if "train_bpc" in r]
+        print(json.dumps({
+            "spec": spec, "minutes": a.minutes,
+            "val_bpc": [round(r["val_bpc"], 4) for r in rows if "val_bpc" in r],
+            "train_bpc_last": round(sum(r["train_bpc"] for r in train[-5:]) / len(train[-5:]), 4),
+            "steps": rows[-1]["step"],
+            "chars_per_s": round(sum(r["chars_per_s"] for r in train) / len(train)),
+            "run": str(run),
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
