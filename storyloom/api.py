@@ -158,11 +158,15 @@ class Writer:
     def _prepare(self, text: str) -> str:
         return clean(text, self.config.data.lowercase)
 
+    def _encode(self, text: str, unknown: str, what: str) -> np.ndarray:
+        """Ids of text typed by a person: normalised, and case-folded for a lowercase run."""
+        if self.config.data.lowercase:
+            text = text.lower()
+        return self.tokenizer.encode(normalize(text), unknown, what)
+
     def _prompt(self, prompt: str, unknown: str) -> np.ndarray:
         """Prompt ids; an empty prompt starts the model as if at a new line."""
-        if self.config.data.lowercase:
-            prompt = prompt.lower()
-        ids = self.tokenizer.encode(normalize(prompt), unknown, "the prompt")
+        ids = self._encode(prompt, unknown, "the prompt")
         if not len(ids):
             ids = self.tokenizer.encode("\n" if "\n" in self.tokenizer.chars else self.tokenizer.chars[0])
         return ids
@@ -193,7 +197,6 @@ class Writer:
         length 0 writes until a stop string (or until the caller stops iterating), in constant memory.
         """
         check_length(length, beam, 1)
-        stop = (stop,) if isinstance(stop, str) else tuple(stop)
         cfg = self._sample_config(temperature, top_k, top_p, repetition_penalty, penalty_window, ban, unknown)
         ids, logits, state = self._read(prompt, unknown)
         stops = Stops(stop)
@@ -224,7 +227,6 @@ class Writer:
                 seed: int | None = None, unknown: str = "error") -> list[dict]:
         """`num` samples drawn as one batch: [{"text": ..., "seed": ...}]; sample i uses seed + i."""
         check_length(length, 0, num)
-        stop = (stop,) if isinstance(stop, str) else tuple(stop)
         cfg = self._sample_config(temperature, top_k, top_p, repetition_penalty, penalty_window, ban, unknown)
         ids, logits, state = self._read(prompt, unknown)
         base = _seed(seed)
@@ -263,10 +265,7 @@ class Session:
     def add(self, text: str) -> None:
         """Append text to the story, reading only the new characters."""
         w = self.writer
-        if w.config.data.lowercase:
-            text = text.lower()
-        text = normalize(text)
-        ids = w.tokenizer.encode(text, self.unknown, "your text")
+        ids = w._encode(text, self.unknown, "your text")
         if len(ids):
             self.logits, self.state = w.decoder.read(ids, self.state)
             self.ids = ids[-64:]
@@ -278,7 +277,7 @@ class Session:
         w = self.writer
         check_length(length, 0, 1)
         cfg = w._sample_config(temperature, top_k, top_p, repetition_penalty, penalty_window, ban, self.unknown)
-        stops = Stops((stop,) if isinstance(stop, str) else tuple(stop))
+        stops = Stops(stop)
         out = ""
         for nxt in sample(w.decoder, self.logits, self.state, self.ids, cfg, [_seed(seed)], length):
             out += stops.push(w.tokenizer.decode(nxt.numpy()))

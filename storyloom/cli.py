@@ -67,10 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--batch-size", type=int, help="B: parallel contiguous streams")
     o.add_argument("--lr", type=float, help="peak learning rate")
     o.add_argument("--warmup", type=int, help="linear warmup steps")
+    o.add_argument("--min-lr-ratio", type=float, help="the cosine ends at lr times this (default 0.05)")
     o.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices")
     o.add_argument("--clip", type=float, help="gradient-norm clipping (0 disables)")
     o.add_argument("--reset-prob", type=float, help="chance per stream and batch that its carried state is zeroed (default 0.01)")
     o.add_argument("--evals", type=int, help="validation evaluations over the run (default 10)")
+    o.add_argument("--log-every", type=int, help="steps between rows of metrics.jsonl (default 20)")
     o.add_argument("--seed", type=int, help="random seed (default 1234)")
     o.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 where the hardware has it natively")
     o.add_argument("--device", choices=("auto", "cpu", "cuda"))
@@ -121,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRAIN_FLAGS = ("steps", "epochs", "minutes", "patience", "input", "embed", "hidden", "layers", "dropout", "seq_len",
-               "batch_size", "lr", "warmup", "weight_decay", "clip", "reset_prob", "evals", "seed", "precision", "device", "threads",
+               "batch_size", "lr", "warmup", "min_lr_ratio", "weight_decay", "clip", "reset_prob", "evals", "log_every", "seed", "precision", "device", "threads",
                "encoding", "lowercase", "val_files", "val_fraction", "unknown")
 
 

@@ -108,8 +108,8 @@ def beam(dec: Decoder, logits: torch.Tensor, state: State, width: int, length: i
 class Stops:
     """Streams text, cutting it before the first stop string; holds back possible starts of one."""
 
-    def __init__(self, stops: tuple[str, ...] | list[str] = ()):
-        self.stops = [s for s in stops if s]
+    def __init__(self, stops: str | tuple[str, ...] | list[str] = ()):
+        self.stops = [s for s in ((stops,) if isinstance(stops, str) else stops) if s]
         self.buf = ""
         self.done = False
 

@@ -116,3 +116,9 @@ def test_stops_cut_before_the_stop_string(text, stops, pieces, out):
     if not s.done:
         got += s.flush()
     assert got == out
+
+
+def test_beam_search_respects_stop_and_ban(m):
+    t = m.generate(PROMPT, 60, beam=3, stop=["e"], ban="a")
+    assert "e" not in t and "a" not in t
+    assert len(t) <= 60
