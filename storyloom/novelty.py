@@ -20,7 +20,7 @@ from safetensors.torch import save as st_save
 from .corpus import split
 from .errors import UserError
 from .runs import Run, write_atomic
-from .sources import BUNDLED, is_bundled, read
+from .sources import read
 
 INDEX = "novelty.safetensors"
 NS = (10, 20, 50)
@@ -63,10 +63,8 @@ class Index:
         sources = list(cfg.sources)
         if "-" in sources:
             raise UserError(f"{run.path}: trained from stdin, so its training text is not on disk to compare against")
-        data = cfg.data
-        if is_bundled(sources) and not data.val_files:
-            data.val_files = BUNDLED[is_bundled(sources)]
-        train, _ = split(read(sources, data.encoding), data)
+        # config.json holds the split exactly as trained (the bundled corpus's benchmark split included)
+        train, _ = split(read(sources, cfg.data.encoding), cfg.data)
         tok = run.tokenizer()
         ids = tok.encode("".join(t for _, t in train), "replace", "the training text")
         works, off = [], 0
