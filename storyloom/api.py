@@ -28,7 +28,7 @@ from .errors import UserError
 from .model import LanguageModel, n_params
 from .novelty import Index, report
 from .runs import Run
-from .runtime import autocast, device, resolve_precision, seed_everything, set_threads
+from .runtime import device, resolve_precision, seed_everything, set_threads
 from .generate import Decoder, Stops, next_words, sample
 from .generate import beam as beam_search
 from .sampling import SampleConfig

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from .api import Session, Writer
+from .api import Writer
 from .errors import UserError
 
 HELP = """Type text to add it to the story; the model then proposes a continuation.

@@ -1,11 +1,9 @@
-import json
 
 import numpy as np
 import pytest
 import torch
 
 import storyloom
-from storyloom.batches import Batches
 from storyloom.config import ModelConfig
 from storyloom.model import LanguageModel
 from storyloom.train import evaluate, lr_at
