@@ -132,6 +132,26 @@ def _seed(seed: int | None) -> int:
     return seed if seed is not None else random.randrange(2**31)
 
 
+def _write(w: "Writer", logits, state, recent, cfg: SampleConfig, seed: int | None, length: int,
+           stops: Stops) -> Iterator[str]:
+    """Sampled text for one stream, piece by piece, cut before any stop string."""
+    for nxt in sample(w.decoder, logits, state, recent, cfg, [_seed(seed)], length):
+        out = stops.push(w.tokenizer.decode(nxt.numpy()))
+        if out:
+            yield out
+        if stops.done:
+            return
+    rest = stops.flush()
+    if rest:
+        yield rest
+
+
+def _top_chars(tokenizer, logits: torch.Tensor, k: int) -> list[tuple[str, float]]:
+    """The k likeliest next characters under logits (1, V), with their probabilities."""
+    p = torch.softmax(logits[0], -1).topk(min(k, logits.shape[-1]))
+    return [(tokenizer.decode([i]), v) for v, i in zip(p.values.tolist(), p.indices.tolist())]
+
+
 class Writer:
     """A trained run, ready to write and to score. Made by `storyloom.load`.
 
@@ -208,15 +228,7 @@ class Writer:
 
             yield from self.tokenizer.decode(beam_search(self.decoder, logits, state, beam, length, cfg.banned, stopped))
             return
-        for nxt in sample(self.decoder, logits, state, ids, cfg, [_seed(seed)], length):
-            out = stops.push(self.tokenizer.decode(nxt.numpy()))
-            if out:
-                yield out
-            if stops.done:
-                return
-        rest = stops.flush()
-        if rest:
-            yield rest
+        yield from _write(self, logits, state, ids, cfg, seed, length, stops)
 
     def generate(self, prompt: str = "", length: int = 200, **kw) -> str:
         """The new text after `prompt` (the prompt is not repeated); the same arguments as `stream`."""
@@ -243,9 +255,7 @@ class Writer:
 
     def next_chars(self, prompt: str, k: int = 5, unknown: str = "error") -> list[tuple[str, float]]:
         """The k likeliest next characters after `prompt`, with their probabilities."""
-        _, logits, _ = self._read(prompt, unknown)
-        p = torch.softmax(logits[0], -1).topk(min(k, logits.shape[-1]))
-        return [(self.tokenizer.decode([i]), v) for v, i in zip(p.values.tolist(), p.indices.tolist())]
+        return _top_chars(self.tokenizer, self._read(prompt, unknown)[1], k)
 
     def session(self, story: str = "", unknown: str = "error") -> "Session":
         """A co-writing session over a growing story, its state cached."""
@@ -277,17 +287,10 @@ class Session:
         w = self.writer
         check_length(length, 0, 1)
         cfg = w._sample_config(temperature, top_k, top_p, repetition_penalty, penalty_window, ban, self.unknown)
-        stops = Stops(stop)
-        out = ""
-        for nxt in sample(w.decoder, self.logits, self.state, self.ids, cfg, [_seed(seed)], length):
-            out += stops.push(w.tokenizer.decode(nxt.numpy()))
-            if stops.done:
-                return out
-        return out + stops.flush()
+        return "".join(_write(w, self.logits, self.state, self.ids, cfg, seed, length, Stops(stop)))
 
     def next_chars(self, k: int = 5) -> list[tuple[str, float]]:
-        p = torch.softmax(self.logits[0], -1).topk(min(k, self.logits.shape[-1]))
-        return [(self.writer.tokenizer.decode([i]), v) for v, i in zip(p.values.tolist(), p.indices.tolist())]
+        return _top_chars(self.writer.tokenizer, self.logits, k)
 
     def next_words(self, k: int = 5) -> list[tuple[str, float]]:
         tok = self.writer.tokenizer

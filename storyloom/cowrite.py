@@ -97,8 +97,6 @@ def run_session(m: Writer, story: str, length: int, seed: int, sampling: dict, u
             else:
                 s.add(line + "\n" if line.endswith((".", "!", "?", ":")) else line + " ")
                 proposal = propose()
-        except UserError as e:
-            say(f"error: {e}")
-        except OSError as e:
+        except (UserError, OSError) as e:
             say(f"error: {e}")
     return 0

@@ -73,7 +73,6 @@ class LanguageModel(nn.Module):
         h, state = self.rnn(e, state)  # (B, T, H)
         return self.head(self.drop(h)), state  # (B, T, V)
 
-
     def _fused(self) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Weights laid out for step(), cached until any parameter changes.
 
