@@ -28,7 +28,7 @@ from .errors import UserError
 from .model import LanguageModel, n_params
 from .novelty import Index, report
 from .runs import Run
-from .runtime import device, resolve_precision, seed_everything, set_threads
+from .runtime import device, resolve_precision, seed_everything, set_deterministic, set_threads
 from .generate import Decoder, Stops, next_words, sample
 from .generate import beam as beam_search
 from .sampling import SampleConfig
@@ -36,6 +36,8 @@ from .sources import BUNDLED, is_bundled, read
 from .train import Trainer, evaluate
 
 LIMIT_FLAGS = ("steps", "epochs", "minutes")
+# What --resume may change: when to stop and how often to checkpoint; the rest is the run.
+RESUME_FLAGS = LIMIT_FLAGS + ("checkpoint_every", "checkpoint_minutes", "keep")
 DEFAULT_MINUTES = 10.0
 
 
@@ -58,21 +60,26 @@ def _configure(sources, preset: str, flags: dict) -> RunConfig:
 
 
 def train(sources=(), *, out: str | Path | None = None, preset: str = "default", resume: str | Path | None = None,
-          progress: bool = True, **flags) -> Path:
+          overwrite: bool = False, progress: bool = True, **flags) -> Path:
     """Train a run (or continue one with `resume`) and return its directory.
 
     `flags` are the `storyloom train` flags with underscores: hidden=256,
     seq_len=100, minutes=5, val_files=("a.txt",), precision="bf16", ...
+    `overwrite` replaces a run already in `out`.
     """
     flags = {k: v for k, v in flags.items() if v is not None}
+    if resume is not None and overwrite:
+        raise UserError("--overwrite starts a new run and --resume continues one; give only one of them")
     if resume is not None:
         run = Run.open(resume)
         cfg = run.config()
-        fixed = sorted(set(flags) - set(LIMIT_FLAGS))
+        fixed = sorted(set(flags) - set(RESUME_FLAGS))
         if fixed:
-            raise UserError(f"--resume continues a run as configured; drop {', '.join('--' + f.replace('_', '-') for f in fixed)} (only --steps, --epochs and --minutes may change)")
-        if flags:
+            raise UserError(f"--resume continues a run as configured; drop {', '.join('--' + f.replace('_', '-') for f in fixed)} "
+                            "(only the limits --steps/--epochs/--minutes and --checkpoint-every/--checkpoint-minutes/--keep may change)")
+        if set(flags) & set(LIMIT_FLAGS):  # new limits replace the old ones
             cfg.train = override(cfg.train, **{k: flags.get(k, 0) for k in LIMIT_FLAGS})
+        cfg.train = override(cfg.train, **{k: v for k, v in flags.items() if k not in LIMIT_FLAGS})
         if "-" in cfg.sources and not sources:
             raise UserError(f"{resume}: this run was trained from stdin; give the text again: storyloom train - --resume {resume}")
         sources = list(sources) or list(cfg.sources)
@@ -90,6 +97,7 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
         )
     cfg.model.vocab_size = len(corpus.tokenizer)
     set_threads(tc.threads)
+    set_deterministic(tc.deterministic)
     dev = device(tc.device)
     precision = resolve_precision(tc.precision, dev)
     seed_everything(tc.seed)
@@ -99,7 +107,7 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
         info = {"params": n_params(model), "train_chars": int(len(corpus.train)), "val_chars": corpus.val_chars,
                 "train_works": corpus.train_names, "val_works": corpus.val_names, "precision": precision,
                 "device": str(dev), "torch": torch.__version__}
-        run = Run.create(out or Path("runs") / f"{preset}-{stamp}", cfg, corpus.tokenizer, info)
+        run = Run.create(out or Path("runs") / f"{preset}-{stamp}", cfg, corpus.tokenizer, info, overwrite)
     trainer = Trainer(model, corpus.train, corpus.val, tc, run, precision)
     if resume is not None:
         trainer.restore()
@@ -196,10 +204,10 @@ class Writer:
         logits, state = self.decoder.read(ids)
         return ids, logits, state
 
-    def _sample_config(self, temperature=0.8, top_k=0, top_p=1.0, repetition_penalty=1.0, penalty_window=32, ban="",
+    def _sample_config(self, temperature=0.8, top_k=None, top_p=1.0, repetition_penalty=1.0, penalty_window=32, ban="",
                        unknown="error", stop=()) -> SampleConfig:
         banned = tuple(sorted(set(self.tokenizer.encode(ban, unknown, "--ban").tolist()))) if ban else ()
-        return SampleConfig(temperature, top_k or 0, top_p, repetition_penalty, penalty_window, banned)
+        return SampleConfig(temperature, top_k, top_p, repetition_penalty, penalty_window, banned)
 
     def score(self, text: str, unknown: str = "error") -> dict:
         """bpc, nats_per_char, perplexity and chars of `text`, read as one stream."""
@@ -209,7 +217,7 @@ class Writer:
         return evaluate(self.model, ids, self.precision)
 
     # -- text out --------------------------------------------------------
-    def stream(self, prompt: str = "", length: int = 200, temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0,
+    def stream(self, prompt: str = "", length: int = 200, temperature: float = 0.8, top_k: int | None = None, top_p: float = 1.0,
                repetition_penalty: float = 1.0, penalty_window: int = 32, ban: str = "", stop=(), seed: int | None = None,
                beam: int = 0, unknown: str = "error") -> Iterator[str]:
         """Yield the new text piece by piece; the prompt is read once, then one LSTM step per character.
@@ -234,7 +242,7 @@ class Writer:
         """The new text after `prompt` (the prompt is not repeated); the same arguments as `stream`."""
         return "".join(self.stream(prompt, length, **kw))
 
-    def samples(self, prompt: str = "", num: int = 1, length: int = 200, temperature: float = 0.8, top_k: int = 0,
+    def samples(self, prompt: str = "", num: int = 1, length: int = 200, temperature: float = 0.8, top_k: int | None = None,
                 top_p: float = 1.0, repetition_penalty: float = 1.0, penalty_window: int = 32, ban: str = "", stop=(),
                 seed: int | None = None, unknown: str = "error") -> list[dict]:
         """`num` samples drawn as one batch: [{"text": ..., "seed": ...}]; sample i uses seed + i."""
@@ -281,7 +289,7 @@ class Session:
             self.ids = ids[-64:]
             self.story += w.tokenizer.decode(ids)
 
-    def propose(self, length: int = 200, seed: int | None = None, stop=(), temperature: float = 0.8, top_k: int = 0,
+    def propose(self, length: int = 200, seed: int | None = None, stop=(), temperature: float = 0.8, top_k: int | None = None,
                 top_p: float = 1.0, repetition_penalty: float = 1.0, penalty_window: int = 32, ban: str = "") -> str:
         """A continuation of the story; the story itself is unchanged until `add`."""
         w = self.writer
@@ -317,7 +325,9 @@ def novelty(run: "str | Path | Writer", text: str) -> dict:
     return report(Index.for_run(r), tok.encode(text, "replace", "the text"), text)
 
 
-MAX_LENGTH = 1_000_000
+MAX_LENGTH = 1_000_000  # characters per sample; --length 0 streams without a limit
+MAX_NUM = 4096  # samples in one batch
+MAX_BEAM = 256  # beam width
 
 
 def check_sampling(w: Writer, length: int, beam: int = 0, num: int = 1, unknown: str = "error", **sampling) -> None:
@@ -329,10 +339,10 @@ def check_sampling(w: Writer, length: int, beam: int = 0, num: int = 1, unknown:
 def check_length(length: int, beam: int, num: int) -> None:
     if not isinstance(length, int) or length < 0 or length > MAX_LENGTH:
         raise UserError(f"--length must be between 0 and {MAX_LENGTH:,} (0: until a stop string), got {length}")
-    if beam < 0:
-        raise UserError(f"--beam must be >= 1 (or 0 for sampling), got {beam}")
-    if num < 1:
-        raise UserError(f"--num must be >= 1, got {num}")
+    if not 0 <= beam <= MAX_BEAM:
+        raise UserError(f"--beam must be between 1 and {MAX_BEAM} (or 0 for sampling), got {beam}")
+    if not 1 <= num <= MAX_NUM:
+        raise UserError(f"--num must be between 1 and {MAX_NUM:,}, got {num}")
     if length == 0 and (beam or num > 1):
         raise UserError("--length 0 (unbounded) works with one sample and no beam; give a --length")
 

@@ -33,7 +33,7 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; higher is wilder (default 0.8)")
-    p.add_argument("--top-k", type=int, default=0, help="sample only from the k likeliest characters")
+    p.add_argument("--top-k", type=int, help="sample only from the k likeliest characters")
     p.add_argument("--top-p", type=float, default=1.0, help="sample only from the smallest set with this much probability")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages characters used in the last --penalty-window")
     p.add_argument("--penalty-window", type=int, default=32)
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default runs/<preset>-<date>-<time>)")
     t.add_argument("--preset", default="default", help="a named configuration (see `storyloom presets`)")
     t.add_argument("--resume", metavar="RUN", help="continue this run from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     g = t.add_argument_group("stopping (default: --minutes 10)")
     g.add_argument("--steps", type=int, help="stop after this many optimizer steps")
     g.add_argument("--epochs", type=float, help="stop after this many passes over the training text")
@@ -77,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 where the hardware has it natively")
     o.add_argument("--device", choices=("auto", "cpu", "cuda"))
     o.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    k = t.add_argument_group("checkpoints and faults")
+    k.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default 0: at evaluations and the end)")
+    k.add_argument("--checkpoint-minutes", type=float, help="also checkpoint after M minutes since the last (default 5; 0: never)")
+    k.add_argument("--keep", type=int, help="how many of the newest checkpoints to keep (default 2)")
+    k.add_argument("--bad-steps", type=int, help="non-finite steps in a row before restoring the last checkpoint at half the rate (default 5)")
+    k.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic kernels: a resumed run repeats an uninterrupted one bit for bit (needs --steps or --epochs)")
     d = t.add_argument_group("data")
     _add_data_flags(d)
     d.add_argument("--val-files", type=_csv, help="validation works by file name, comma-separated")
@@ -124,12 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 TRAIN_FLAGS = ("steps", "epochs", "minutes", "patience", "input", "embed", "hidden", "layers", "dropout", "seq_len",
                "batch_size", "lr", "warmup", "min_lr_ratio", "weight_decay", "clip", "reset_prob", "evals", "log_every", "seed", "precision", "device", "threads",
-               "encoding", "lowercase", "val_files", "val_fraction", "unknown")
+               "encoding", "lowercase", "val_files", "val_fraction", "unknown", "checkpoint_every", "checkpoint_minutes", "keep",
+               "bad_steps", "deterministic")
 
 
 def cmd_train(a) -> int:
     flags = {k: getattr(a, k) for k in TRAIN_FLAGS}
-    path = api.train(a.sources, out=a.out, preset=a.preset, resume=a.resume, progress=not a.no_progress, **flags)
+    path = api.train(a.sources, out=a.out, preset=a.preset, resume=a.resume, overwrite=a.overwrite,
+                     progress=not a.no_progress, **flags)
     st = api.status(path)
     if st["stopped"] == "interrupted":
         print(f"stopped at step {st['step']} and saved; continue with: storyloom train --resume {path}")

@@ -7,6 +7,7 @@ names that flag, so the CLI can show a config error as it is.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from .errors import UserError
@@ -14,6 +15,9 @@ from .errors import UserError
 INPUTS = ("embedding", "onehot", "scalar")
 PRECISIONS = ("auto", "fp32", "bf16")
 UNKNOWN = ("error", "replace")
+# Beyond these a typo is likelier than a wish; each is far past what fits on the machines we target.
+LIMITS = {"embed": 65_536, "hidden": 65_536, "layers": 64, "seq_len": 1_000_000, "batch_size": 1_000_000,
+          "steps": 10**12, "epochs": 1e6, "minutes": 1e6, "evals": 100_000, "keep": 1_000}
 
 
 def flag(name: str) -> str:
@@ -30,8 +34,14 @@ def _positive(obj, *names: str) -> None:
 def _non_negative(obj, *names: str) -> None:
     for n in names:
         v = getattr(obj, n)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise UserError(f"{flag(n)} must be a number >= 0, got {v!r}")
+
+
+def _at_most(obj, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) > LIMITS[n]:
+            raise UserError(f"{flag(n)} must be at most {LIMITS[n]:,}, got {getattr(obj, n)!r}")
 
 
 def _fraction(obj, name: str, lo_open: bool = False) -> None:
@@ -62,6 +72,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _choice(self, "input", INPUTS)
         _positive(self, "embed", "hidden", "layers")
+        _at_most(self, "embed", "hidden", "layers")
         _fraction(self, "dropout")
         if self.vocab_size < 0:
             raise UserError(f"vocab_size must be >= 0, got {self.vocab_size}")
@@ -109,10 +120,20 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads (0: all physical cores)
+    checkpoint_every: int = 0  # also checkpoint every this many steps (0: only at evaluations and the end)
+    checkpoint_minutes: float = 5.0  # also checkpoint after this much wall-clock time since the last (0: never)
+    keep: int = 2  # checkpoints kept in the run (the newest ones)
+    bad_steps: int = 5  # non-finite steps in a row before restoring the last good checkpoint
+    deterministic: bool = False  # deterministic kernels: a resumed run repeats an uninterrupted one bit for bit
 
     def __post_init__(self) -> None:
-        _positive(self, "seq_len", "batch_size", "evals", "log_every")
-        _non_negative(self, "steps", "epochs", "minutes", "warmup", "weight_decay", "clip", "patience", "threads")
+        _positive(self, "seq_len", "batch_size", "evals", "log_every", "keep", "bad_steps")
+        _non_negative(self, "steps", "epochs", "minutes", "warmup", "weight_decay", "clip", "patience", "threads",
+                      "checkpoint_every", "checkpoint_minutes")
+        _at_most(self, "seq_len", "batch_size", "steps", "epochs", "minutes", "evals", "keep")
+        if self.deterministic and self.minutes:
+            raise UserError("--deterministic needs --steps or --epochs, not --minutes: a wall-clock limit makes the "
+                            "learning-rate schedule depend on timing")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
             raise UserError(f"--lr must be in (0, 1), got {self.lr!r}")
         _fraction(self, "reset_prob")

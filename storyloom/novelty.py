@@ -14,12 +14,13 @@ import json
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .corpus import split
 from .errors import UserError
-from .runs import Run, write_atomic
+from .runs import Run
 from .sources import read
 
 INDEX = "novelty.safetensors"
@@ -51,14 +52,15 @@ class Index:
 
     @classmethod
     def for_run(cls, run: Run) -> "Index":
-        path = run.file(INDEX)
-        if path.exists():
+        if run.has(INDEX):
             try:
-                with safe_open(str(path), "pt") as f:
-                    works = [tuple(w) for w in json.loads(f.metadata()["works"])]
-                    return cls(f.get_tensor("text").numpy(), f.get_tensor("sa").numpy(), works)
-            except (SafetensorError, OSError, KeyError, ValueError, TypeError):
-                path.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
+                data = run.read(INDEX)
+                head = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+                works = [tuple(w) for w in json.loads(head["__metadata__"]["works"])]
+                t = st_load(data)
+                return cls(t["text"].numpy(), t["sa"].numpy(), works)
+            except (UserError, SafetensorError, KeyError, ValueError, TypeError):
+                pass  # a damaged cache is rebuilt, never trusted
         cfg = run.config()
         sources = list(cfg.sources)
         if "-" in sources:
@@ -73,8 +75,8 @@ class Index:
             off += len(t)
         sa = suffix_array(ids)
         idx = cls(ids, sa, works)
-        write_atomic(path, st_save({"text": torch.from_numpy(ids.astype(np.int64)), "sa": torch.from_numpy(sa)},
-                                   metadata={"works": json.dumps(works)}))
+        run.put(INDEX, st_save({"text": torch.from_numpy(ids.astype(np.int64)), "sa": torch.from_numpy(sa)},
+                               metadata={"works": json.dumps(works)}))
         return idx
 
     def where(self, pos: int) -> tuple[str, int]:

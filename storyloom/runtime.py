@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 
+import numpy as np
 import torch
 
 from .errors import UserError
@@ -59,4 +60,13 @@ def set_threads(n: int = 0) -> int:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels only (an error names any op that has none)."""
+    if on:
+        # cuBLAS needs a fixed workspace to be deterministic; harmless on CPU.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)

@@ -21,17 +21,17 @@ class SampleConfig:
     """How to pick each next token. temperature 0 means greedy."""
 
     temperature: float = 0.8
-    top_k: int = 0  # keep the k likeliest (0: all)
+    top_k: int | None = None  # keep the k likeliest (None: all)
     top_p: float = 1.0  # keep the smallest set with probability mass >= p
     repetition_penalty: float = 1.0  # > 1 discourages tokens seen in the last `penalty_window`
     penalty_window: int = 32
     banned: tuple[int, ...] = field(default_factory=tuple)  # ids never emitted
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:
-            raise UserError(f"--temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise UserError(f"--top-k must be >= 1 (or 0 for no limit), got {self.top_k}")
+        if not 0 <= self.temperature < float("inf"):
+            raise UserError(f"--temperature must be a number >= 0 (0 is greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise UserError(f"--top-k must be >= 1 (leave it out to keep every character), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
         if not self.repetition_penalty >= 1:
@@ -57,8 +57,8 @@ def repetition_penalty(logits: torch.Tensor, recent: torch.Tensor, penalty: floa
     return torch.where(seen, penalised, logits)
 
 
-def top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
-    if k <= 0 or k >= logits.shape[-1]:
+def top_k(logits: torch.Tensor, k: int | None) -> torch.Tensor:
+    if k is None or k >= logits.shape[-1]:
         return logits
     kth = logits.topk(k, dim=-1).values[:, -1:]  # (B, 1)
     return logits.masked_fill(logits < kth, NEG)

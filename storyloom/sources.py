@@ -37,6 +37,9 @@ def is_bundled(sources: list[str] | tuple[str, ...]) -> str | None:
     return None
 
 
+TEXT_SUFFIXES = (".txt", ".text", ".md", "")
+
+
 def expand(source: str) -> list[Path] | None:
     """Paths one SOURCE stands for (None for stdin)."""
     if source == "-":
@@ -48,7 +51,12 @@ def expand(source: str) -> list[Path] | None:
         files = sorted(f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
         if not files:
             raise UserError(f"{source}: directory holds no files; point at a directory of text files")
-        return files
+        # A book's folder often carries covers and HTML beside the text: take the text.
+        texts = [f for f in files if Path(f.name.removesuffix(".gz")).suffix.lower() in TEXT_SUFFIXES]
+        if not texts:
+            raise UserError(f"{source}: no text files in the directory (.txt, .text, .md or no suffix, optionally .gz); "
+                            "name other files directly to read them")
+        return texts
     if GLOB_CHARS & set(source):
         files = sorted(Path(f) for f in glob.glob(source, recursive=True) if Path(f).is_file())
         if not files:

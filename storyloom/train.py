@@ -4,12 +4,14 @@ fit() runs truncated BPTT: B contiguous streams, T steps a batch, the LSTM
 state carried (detached) from batch to batch and reset at each epoch. AdamW
 with linear warmup then cosine decay over the run's progress, gradient-norm
 clipping, evaluation at equal steps of progress, early stopping, and
-checkpoints that resume exactly.
+checkpoints that resume exactly. A step whose loss or gradient is not finite
+is skipped; too many in a row restore the last checkpoint at a lower rate.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import signal
 import threading
 import time
@@ -24,6 +26,7 @@ from .batches import Batches
 from .config import TrainConfig
 from .model import LanguageModel, State, detach
 from .runs import Run
+from .errors import UserError
 from .runtime import autocast
 
 LN2 = math.log(2)
@@ -104,6 +107,35 @@ class Position:
     acc_chars: int = 0
     acc_time: float = 0.0
     stopped: str = ""  # why the last session ended: "", "limit", "patience" or "interrupted"
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient, over the whole run
+    bad_streak: int = 0  # non-finite steps in a row, now
+    recoveries: int = 0  # times the last checkpoint was restored after bad_steps non-finite steps
+    lr_scale: float = 1.0  # halved at each recovery
+
+
+MAX_RECOVERIES = 3  # then training stops: the learning rate is 1/8 of the asked one and it still diverges
+
+
+def rng_to_checkpoint() -> tuple[dict[str, torch.Tensor], dict]:
+    """Every random stream training may touch: torch (and CUDA), numpy, python."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(keys.astype(np.int64))}
+    if torch.cuda.is_available():
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = st
+    meta = {"numpy": [name, int(pos), int(has_gauss), float(gauss)], "python": random.getstate()}
+    return tensors, meta
+
+
+def rng_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    name, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = meta["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
 
 
 def opt_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -132,6 +164,7 @@ class Trainer:
         self.loss_sum = torch.zeros(())  # summed on device; read only when logging
         self.state: State | None = None
         self.stop_requested = False
+        self.last_checkpoint = time.perf_counter()
 
     def request_stop(self, *_) -> None:
         """Finish the current step, checkpoint and return (SIGINT and SIGTERM call this)."""
@@ -153,24 +186,45 @@ class Trainer:
     def checkpoint(self) -> None:
         self.pos.acc_loss = float(self.loss_sum)
         tensors, groups = opt_to_tensors(self.opt)
-        tensors["rng.torch"] = torch.get_rng_state()
+        rng, rng_meta = rng_to_checkpoint()
+        tensors.update(rng)
         if self.state is not None:
             tensors["state.h"], tensors["state.c"] = (s.float() for s in self.state)
-        self.run.save_weights(self.model, "last")
-        self.run.save_trainer(tensors, {"position": self.pos.__dict__, "param_groups": groups})
+        meta = {"position": self.pos.__dict__, "param_groups": groups, "rng": rng_meta}
+        self.run.save_checkpoint(self.pos.step, self.model, tensors, meta, self.cfg.keep)
+        self.last_checkpoint = time.perf_counter()
 
     def restore(self) -> None:
-        tensors, meta = self.run.load_trainer()
-        self.model.load_state_dict(self.run.load_model("last").state_dict())
+        """Continue exactly from the run's newest checkpoint."""
+        ck = self.run.latest()
+        tensors, meta = ck.trainer()
+        self.model.load_state_dict(ck.weights())
         opt_from_tensors(self.opt, tensors, meta["param_groups"])
-        torch.set_rng_state(tensors["rng.torch"])
+        rng_from_checkpoint(tensors, meta["rng"])
         self.pos = Position(**meta["position"])
         self.loss_sum = torch.tensor(self.pos.acc_loss)
         self.state = (tensors["state.h"].to(self.dev), tensors["state.c"].to(self.dev)) if "state.h" in tensors else None
         self.run.truncate_metrics(self.pos.step)
 
+    def recover(self) -> None:
+        """After bad_steps non-finite steps in a row: back to the last checkpoint, at half the learning rate."""
+        now = self.pos
+        if now.recoveries >= MAX_RECOVERIES:
+            at = self.run.latest()
+            raise UserError(f"training diverged: {now.bad_streak} non-finite steps in a row after {now.recoveries} restores "
+                            f"at ever lower learning rates; the last good checkpoint (step {at.step}) is kept in "
+                            f"{self.run.path}; retrain with a lower --lr or a smaller --clip")
+        self.restore()
+        # Time, faults and recoveries are the run's history, not the checkpoint's.
+        self.pos.elapsed, self.pos.skipped = now.elapsed, now.skipped
+        self.pos.recoveries, self.pos.lr_scale, self.pos.bad_streak = now.recoveries + 1, now.lr_scale / 2, 0
+        self.run.append_metrics({"step": self.pos.step, "epoch": self.pos.epoch, "elapsed_s": round(now.elapsed, 3),
+                                 "event": "restored after non-finite steps", "skipped": now.skipped,
+                                 "lr_scale": self.pos.lr_scale})
+
     # -- the loop --------------------------------------------------------
-    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor | None:
+        """One optimizer step; None (and nothing changed) if the loss or the gradient is not finite."""
         for g in self.opt.param_groups:
             g["lr"] = lr
         state = self.state
@@ -186,13 +240,19 @@ class Trainer:
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if not bool(torch.isfinite(loss.detach() + norm)):
+            self.opt.zero_grad(set_to_none=True)
+            return None
         if self.cfg.clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.clip, norm)
         self.opt.step()
         self.state = detach(state)
         return loss.detach()
 
-    def eval_and_save(self) -> dict:
+    def evaluate_now(self) -> dict:
+        """Validation bpc now; keeps the weights as best.safetensors when they are the best yet."""
         r = evaluate(self.model, self.val, self.precision, streams=16)
         p = self.pos
         p.evals_done += 1
@@ -202,13 +262,17 @@ class Trainer:
             self.run.save_weights(self.model, "best")
         else:
             p.bad_evals += 1
-        self.checkpoint()
         return r
 
     def _catch_signals(self) -> dict:
         if threading.current_thread() is not threading.main_thread():
             return {}
         return {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def checkpoint_due(self, evaluated: bool) -> bool:
+        c = self.cfg
+        return (evaluated or bool(c.checkpoint_every and self.pos.step % c.checkpoint_every == 0)
+                or bool(c.checkpoint_minutes and time.perf_counter() - self.last_checkpoint >= 60 * c.checkpoint_minutes))
 
     def fit(self, show_progress: bool = True) -> Position:
         c, p, n = self.cfg, self.pos, len(self.batches)
@@ -218,6 +282,7 @@ class Trainer:
         last_val = p.history[-1][2] if p.history else None
         t0 = time.perf_counter()
         start_elapsed = p.elapsed
+        self.last_checkpoint = t0
         handlers = self._catch_signals()
         try:
             while self.progress() < 1.0 and not self.stop_requested:
@@ -227,20 +292,31 @@ class Trainer:
                 x, y = self.batches[p.batch]
                 x, y = x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
                 ts = time.perf_counter()
-                lr = lr_at(c, p.step, self.progress())
-                self.loss_sum += self.step(x, y, lr)
+                lr = lr_at(c, p.step, self.progress()) * p.lr_scale
+                loss = self.step(x, y, lr)
                 p.step, p.batch = p.step + 1, p.batch + 1
+                p.elapsed = start_elapsed + time.perf_counter() - t0
+                if loss is None:
+                    p.skipped, p.bad_streak = p.skipped + 1, p.bad_streak + 1
+                    if p.bad_streak >= c.bad_steps:
+                        self.recover()
+                        p = self.pos
+                    continue
+                p.bad_streak = 0
+                self.loss_sum += loss
                 p.acc_steps, p.acc_chars = p.acc_steps + 1, p.acc_chars + x.numel()
                 p.acc_time += time.perf_counter() - ts
-                p.elapsed = start_elapsed + time.perf_counter() - t0
                 row = None
                 if p.step % c.log_every == 0:
                     mean = self.loss_sum.item() / p.acc_steps
                     row = {"step": p.step, "epoch": p.epoch, "elapsed_s": round(p.elapsed, 3), "train_loss": mean,
                            "train_bpc": mean / LN2, "chars_per_s": round(p.acc_chars / p.acc_time, 1), "lr": lr}
+                    if p.skipped:
+                        row["skipped"] = p.skipped
                     self.loss_sum, p.acc_steps, p.acc_chars, p.acc_time = torch.zeros(()), 0, 0, 0.0
-                if self.progress() >= min(1.0, (p.evals_done + 1) / c.evals):
-                    r = self.eval_and_save()
+                evaluated = self.progress() >= min(1.0, (p.evals_done + 1) / c.evals)
+                if evaluated:
+                    r = self.evaluate_now()
                     last_val = r["bpc"]
                     row = row or {"step": p.step, "epoch": p.epoch, "elapsed_s": round(p.elapsed, 3), "lr": lr}
                     row.update(val_bpc=r["bpc"], val_nats_per_char=r["nats_per_char"], val_perplexity=r["perplexity"])
@@ -253,17 +329,19 @@ class Trainer:
                     bar.refresh()
                 if c.patience and p.bad_evals >= c.patience:
                     break
+                if self.checkpoint_due(evaluated) and self.progress() < 1.0:
+                    self.checkpoint()
         finally:
             bar.close()
             for sig, h in handlers.items():
                 signal.signal(sig, h)
         if self.stop_requested:
             p.stopped = "interrupted"
-            self.checkpoint()
-            return p
-        p.stopped = "patience" if c.patience and p.bad_evals >= c.patience else "limit"
-        if not p.history or p.history[-1][0] != p.step:
-            self.eval_and_save()
         else:
-            self.checkpoint()
+            p.stopped = "patience" if c.patience and p.bad_evals >= c.patience else "limit"
+            if not p.history or p.history[-1][0] != p.step:
+                r = self.evaluate_now()
+                self.run.append_metrics({"step": p.step, "epoch": p.epoch, "elapsed_s": round(p.elapsed, 3), "val_bpc": r["bpc"],
+                                         "val_nats_per_char": r["nats_per_char"], "val_perplexity": r["perplexity"]})
+        self.checkpoint()
         return p

@@ -45,3 +45,15 @@ def test_bom_newlines_and_nfc():
 def test_lowercase_is_optional():
     assert clean("Once Upon A Time") == "Once Upon A Time"
     assert clean("Once Upon A Time", lowercase=True) == "once upon a time"
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(), st.booleans())
+def test_fuzz_cleaning_any_unicode_never_fails_and_is_stable(text, lowercase):
+    out = clean(text, lowercase)
+    assert isinstance(out, str) and "\r" not in out
+    assert normalize(out) == out  # what the model sees is already normal

@@ -1,9 +1,12 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+
+import storyloom
 
 from storyloom.cli import main
 
@@ -51,12 +54,9 @@ def test_clean_and_presets(tmp_path, capsys):
     assert [l.split()[0] for l in lines] == ["default", "story-writer", "shakespeare", "mysterious-island", "heart-of-darkness"]
 
 
-BAD = ["missing path", "binary file", "undecodable file", "empty text", "too short for one batch", "bad flag value",
-       "negative seq len", "unknown preset", "not a run", "missing run"]
-
-
 def bad_inputs(tmp_path):
-    binary = tmp_path / "bin.txt"
+    """Each bad input to the CLI and a piece of the one line it must give (docs/reliability.md lists them)."""
+    binary = tmp_path / "binary.bin"
     binary.write_bytes(b"\x7fELF\x00\x00\x01\x02")
     latin = tmp_path / "latin.txt"
     latin.write_bytes("caf\u00e9 au lait".encode("latin-1"))
@@ -64,18 +64,51 @@ def bad_inputs(tmp_path):
     empty.write_text("")
     short = tmp_path / "short.txt"
     short.write_text("To be, or not to be, that is the question.\n" * 10)
+    nodir = tmp_path / "no-text"
+    nodir.mkdir()
+    (nodir / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
+    pt = tmp_path / "model.pt"
+    pt.write_bytes(b"\x80\x04\x95\x00")
     return {
         "missing path": (["train", tmp_path / "nope.txt"], "nope.txt: no such file"),
         "binary file": (["train", binary], "binary"),
         "undecodable file": (["train", latin], "--encoding"),
         "empty text": (["train", empty], "no text left"),
+        "directory with no text": (["train", nodir], "no-text: no text files in the directory"),
         "too short for one batch": (["train", short], "fewer than one batch needs"),
-        "bad flag value": (["train", short, "--hidden", "0"], "--hidden must be a positive integer"),
+        "zero hidden size": (["train", short, "--hidden", "0"], "--hidden must be a positive integer"),
+        "negative layers": (["train", short, "--layers", "-2"], "--layers must be a positive integer"),
+        "absurd hidden size": (["train", short, "--hidden", "1000000"], "--hidden must be at most 65,536"),
+        "zero seq len": (["train", short, "--seq-len", "0"], "--seq-len must be a positive integer"),
         "negative seq len": (["train", short, "--seq-len", "-3"], "--seq-len"),
+        "zero batch size": (["train", short, "--batch-size", "0"], "--batch-size must be a positive integer"),
+        "zero learning rate": (["train", short, "--lr", "0"], "--lr must be in (0, 1)"),
+        "dropout of 1": (["train", short, "--dropout", "1"], "--dropout must be in [0, 1)"),
+        "negative epochs": (["train", short, "--epochs", "-1"], "--epochs must be a number >= 0"),
+        "minutes not a number": (["train", short, "--minutes", "nan"], "--minutes must be a number >= 0"),
+        "validation share of 1": (["train", short, "--val-fraction", "1"], "--val-fraction must be in (0, 1)"),
+        "zero keep": (["train", short, "--keep", "0"], "--keep must be a positive integer"),
+        "deterministic with minutes": (["train", short, "--deterministic", "--minutes", "1"], "--deterministic needs --steps"),
+        "not a number": (["train", short, "--hidden", "many"], "invalid int value: 'many'"),
+        "unknown flag": (["train", short, "--hiden", "3"], "unrecognized arguments: --hiden"),
         "unknown preset": (["train", short, "--preset", "nope"], "--preset 'nope'"),
+        "resume and overwrite": (["train", short, "--resume", tmp_path, "--overwrite"], "give only one of them"),
         "not a run": (["eval", tmp_path, short], "not a storyloom run"),
         "missing run": (["generate", tmp_path / "none"], "no such run"),
+        "a text file as a run": (["generate", short], "a file, not a run directory"),
+        "a pickle as a run": (["generate", pt], "never unpickles"),
     }
+
+
+BAD = ["missing path", "binary file", "undecodable file", "empty text", "directory with no text", "too short for one batch",
+       "zero hidden size", "negative layers", "absurd hidden size", "zero seq len", "negative seq len", "zero batch size",
+       "zero learning rate", "dropout of 1", "negative epochs", "minutes not a number", "validation share of 1", "zero keep",
+       "deterministic with minutes", "not a number", "unknown flag", "unknown preset", "resume and overwrite", "not a run",
+       "missing run", "a text file as a run", "a pickle as a run"]
+
+
+def test_every_bad_input_is_tested(tmp_path):
+    assert sorted(bad_inputs(tmp_path)) == sorted(BAD)
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -141,15 +174,33 @@ def test_generate_many_as_json_and_saved(trained, capsys, tmp_path):
     assert out.count("\n---\n") == 1
 
 
-@pytest.mark.parametrize("flags, message", [(["--top-p", "0"], "--top-p"), (["--top-k", "-2"], "--top-k"),
-                                            (["--length", "-1"], "--length"), (["--length", "0", "--num", "2"], "--length 0"),
-                                            (["--beam", "-1"], "--beam"), (["--num", "0"], "--num")])
-def test_absurd_generate_flags(trained, capsys, flags, message):
+ABSURD_WRITING = {
+    "temperature below 0": (["--temperature", "-1"], "--temperature must be a number >= 0"),
+    "top-p of 0": (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    "top-p above 1": (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    "top-k of 0": (["--top-k", "0"], "--top-k must be >= 1"),
+    "negative top-k": (["--top-k", "-2"], "--top-k must be >= 1"),
+    "negative length": (["--length", "-1"], "--length must be between 0 and 1,000,000"),
+    "length beyond the maximum": (["--length", "1000001"], "--length must be between 0 and 1,000,000"),
+    "unbounded length with many samples": (["--length", "0", "--num", "2"], "--length 0"),
+    "negative beam": (["--beam", "-1"], "--beam must be between 1 and 256"),
+    "beam beyond the maximum": (["--beam", "1000"], "--beam must be between 1 and 256"),
+    "zero samples": (["--num", "0"], "--num must be between 1 and 4,096"),
+    "samples beyond the maximum": (["--num", "100000"], "--num must be between 1 and 4,096"),
+    "repetition penalty below 1": (["--repetition-penalty", "0.5"], "--repetition-penalty must be >= 1"),
+    "unseen character in the prompt": (["--prompt", "\u00e9t\u00e9 \U0001f600"], "--unknown replace"),
+    "unseen character to ban": (["--ban", "\u00e9"], "--ban"),
+}
+
+
+@pytest.mark.parametrize("case", ABSURD_WRITING)
+def test_absurd_generate_flags(trained, capsys, case):
+    flags, message = ABSURD_WRITING[case]
     code, out, err = run_cli(capsys, "generate", trained / "run", *flags)
     assert code == 2 and message in err and err.count("\n") == 1 and out == ""
 
 
-def test_sigint_checkpoints_and_resume_finishes(tmp_path, sonnets):
+def test_fault_sigint_checkpoints_and_resume_finishes(tmp_path, sonnets):
     import signal
     import time
 
@@ -166,8 +217,56 @@ def test_sigint_checkpoints_and_resume_finishes(tmp_path, sonnets):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert "storyloom train --resume" in out
-    status = json.loads((run / "trainer.json").read_text())["position"]
+    status = storyloom.status(run)
     assert status["stopped"] == "interrupted" and 0 < status["step"] < 100000
     code = main(["train", "--resume", str(run), "--steps", str(status["step"] + 5), "--no-progress"])
     assert code == 0
-    assert json.loads((run / "trainer.json").read_text())["position"]["step"] == status["step"] + 5
+    assert storyloom.status(run)["step"] == status["step"] + 5
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+VALUES = ["0", "-1", "1", "2", "0.5", "nan", "inf", "1e9", "abc", "", "\u00e9"]
+GENERATE_FLAGS = ["--temperature", "--top-k", "--top-p", "--repetition-penalty", "--penalty-window", "--ban", "--stop",
+                  "--seed", "--beam", "--num", "--prompt", "--which", "--unknown"]
+TRAIN_FLAGS = ["--hidden", "--layers", "--embed", "--seq-len", "--batch-size", "--lr", "--dropout", "--warmup", "--clip",
+               "--reset-prob", "--evals", "--log-every", "--keep", "--checkpoint-every", "--val-fraction", "--input",
+               "--precision", "--patience", "--epochs", "--minutes", "--bad-steps", "--min-lr-ratio"]
+
+
+def _flags(names):
+    pair = st.tuples(st.sampled_from(names), st.sampled_from(VALUES)).map(list)
+    switch = st.sampled_from(["--json", "--lowercase", "--deterministic", "--bogus"]).map(lambda f: [f])
+    return st.lists(st.one_of(pair, pair, switch), max_size=5).map(lambda xs: [a for x in xs for a in x])
+
+
+def _one_clear_line_or_success(code, out, err):
+    assert code in (0, 2), (code, err)
+    if code == 2:
+        assert err.startswith("storyloom: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flags=_flags(GENERATE_FLAGS), length=st.sampled_from(["1", "7", "-1", "abc", "2000000"]))
+def test_fuzz_generate_flags(trained, capsys, flags, length):
+    _one_clear_line_or_success(*run_cli(capsys, "generate", trained / "run", *flags, "--length", length))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flags=_flags(TRAIN_FLAGS))
+def test_fuzz_train_flags(trained, capsys, tmp_path_factory, flags):
+    out = tmp_path_factory.mktemp("fuzz") / "run"
+    argv = ["train", trained / "s.txt", "--out", out, *TINY_FLAGS, *flags, "--steps", "2", "--threads", "1"]
+    _one_clear_line_or_success(*run_cli(capsys, *argv))
+
+
+def test_reliability_doc_lists_every_case(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).parent
+    doc = (root.parent / "docs" / "reliability.md").read_text()
+    names = [n for f in root.glob("test_*.py") for n in re.findall(r"^def (test_(?:fault|fuzz)_\w+)", f.read_text(), flags=re.M)]
+    assert len(names) > 20
+    for case in [*names, *bad_inputs(tmp_path), *ABSURD_WRITING]:
+        assert f"| {case} |" in doc or f"`{case}`" in doc, f"docs/reliability.md does not list {case}"

@@ -1,8 +1,12 @@
+import errno
 import json
 import pickle
+import shutil
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import storyloom
 from storyloom.errors import UserError
@@ -18,47 +22,122 @@ def run(tmp_path_factory, sonnets):
     return storyloom.train([str(d / "a.txt")], out=d / "run", steps=30, progress=False, **TINY)
 
 
+@pytest.fixture
+def copy(run, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    return bad
+
+
 def test_a_run_is_safetensors_and_json(run):
-    names = sorted(p.name for p in run.iterdir())
-    assert names == ["best.safetensors", "config.json", "last.safetensors", "metrics.jsonl", "trainer.json",
-                     "trainer.safetensors", "vocab.json"]
-    for p in run.iterdir():
-        head = p.read_bytes()[:2]
-        assert head != b"\x80\x04" and head != b"\x80\x02", f"{p.name} looks pickled"
+    names = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+    checkpoint = ["manifest.json", "model.safetensors", "trainer.json", "trainer.safetensors"]
+    assert names == ["best.safetensors", *(f"checkpoints/step-{s:08d}/{f}" for s in (15, 30) for f in checkpoint),
+                     "config.json", "manifest.json", "metrics.jsonl", "vocab.json"]  # --keep 2 by default
+    for p in run.rglob("*.*"):
+        if p.is_file():
+            head = p.read_bytes()[:2]
+            assert head not in (b"\x80\x04", b"\x80\x02"), f"{p.name} looks pickled"
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["hidden"] == 32 and cfg["info"]["params"] > 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest) == {"best.safetensors", "config.json", "vocab.json", "metrics.jsonl"}
+    assert all(len(e["sha256"]) == 64 and e["bytes"] > 0 for e in manifest.values())
 
 
 def test_reloaded_run_gives_identical_logits(run):
     a = storyloom.load(run)
-    b = storyloom.load(run)
+    b = storyloom.load(run, which="last")
     x = torch.from_numpy(a.tokenizer.encode("Shall I compare thee").astype("int64"))[None]
     with torch.no_grad():
-        torch.testing.assert_close(a.model(x)[0], b.model(x)[0], rtol=0, atol=0)
+        torch.testing.assert_close(a.model(x)[0], b.model(x)[0], rtol=0, atol=0)  # the run ended on its best eval
     assert a.model.training is False
 
 
-def test_weights_that_do_not_match_the_config_are_refused(run, tmp_path):
-    import shutil
-
-    bad = tmp_path / "bad"
-    shutil.copytree(run, bad)
-    cfg = json.loads((bad / "config.json").read_text())
+def test_fault_hand_edited_config_is_refused(copy):
+    cfg = json.loads((copy / "config.json").read_text())
     cfg["model"]["hidden"] = 64
-    (bad / "config.json").write_text(json.dumps(cfg))
+    (copy / "config.json").write_text(json.dumps(cfg, indent=1))
+    with pytest.raises(UserError, match=r"config.json: .*(SHA-256 differs|truncated)"):
+        storyloom.load(copy)
+
+
+def test_fault_weights_that_do_not_match_the_config_are_refused(copy):
+    # Rewritten through the run, so the manifest agrees: the shapes still must not.
+    r = Run(copy)
+    cfg = json.loads(r.read("config.json"))
+    cfg["model"]["hidden"] = 64
+    r.put("config.json", json.dumps(cfg).encode())
     with pytest.raises(UserError, match="do not match config.json"):
-        storyloom.load(bad)
+        storyloom.load(copy)
 
 
-def test_damaged_weights_are_refused(run, tmp_path):
-    import shutil
+def test_fault_mismatched_vocabulary_is_refused(copy):
+    r = Run(copy)
+    vocab = json.loads(r.read("vocab.json"))
+    vocab["chars"] = vocab["chars"][:-1]
+    r.put("vocab.json", json.dumps(vocab).encode())
+    with pytest.raises(UserError, match="vocab.json has"):
+        storyloom.load(copy)
 
-    bad = tmp_path / "bad"
-    shutil.copytree(run, bad)
-    data = (bad / "best.safetensors").read_bytes()
-    (bad / "best.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserError, match="damaged weights"):
-        storyloom.load(bad)
+
+def test_fault_truncated_weights_are_refused(copy):
+    data = (copy / "best.safetensors").read_bytes()
+    (copy / "best.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=r"best.safetensors: truncated"):
+        storyloom.load(copy)
+
+
+def test_fault_flipped_byte_is_refused(copy):
+    data = bytearray((copy / "best.safetensors").read_bytes())
+    data[-7] ^= 0x01  # inside a weight: safetensors itself would load it
+    (copy / "best.safetensors").write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"best.safetensors: its SHA-256 differs"):
+        storyloom.load(copy)
+
+
+def test_fault_flipped_byte_in_a_checkpoint_is_refused(copy):
+    ck = next((copy / "checkpoints").iterdir())
+    data = bytearray((ck / "trainer.safetensors").read_bytes())
+    data[-3] ^= 0x10
+    (ck / "trainer.safetensors").write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"trainer.safetensors: its SHA-256 differs"):
+        storyloom.train(resume=copy, progress=False, steps=40)
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_fault_planted_pickle_is_never_loaded(copy, tmp_path):
+    marker = tmp_path / "pwned"
+    (copy / "best.safetensors").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(UserError, match="never unpickles"):
+        storyloom.load(copy)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model.pth", "weights.pkl", "checkpoint"])
+def test_fault_pickle_given_as_a_run_is_refused(tmp_path, name):
+    marker = tmp_path / "pwned"
+    path = tmp_path / name
+    if name.endswith(".pt"):
+        torch.save({"w": torch.zeros(2)}, path)  # torch's zip format, a pickle inside
+    else:
+        path.write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(UserError, match="never unpickles"):
+        storyloom.load(path)
+    assert not marker.exists()
+
+
+def test_a_directory_of_pickles_is_not_a_run(tmp_path):
+    torch.save({"w": torch.zeros(2)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UserError, match="pytorch_model.bin: pickles, which storyloom never loads"):
+        Run.open(tmp_path)
 
 
 def test_a_directory_that_is_not_a_run(tmp_path):
@@ -66,6 +145,31 @@ def test_a_directory_that_is_not_a_run(tmp_path):
         Run.open(tmp_path)
     with pytest.raises(UserError, match="no such run"):
         Run.open(tmp_path / "nope")
+
+
+def test_fault_missing_manifest_is_refused(copy):
+    (copy / "manifest.json").unlink()
+    with pytest.raises(UserError, match="no manifest.json"):
+        storyloom.load(copy)
+
+
+def test_fault_crash_between_manifest_and_file_still_verifies(copy, monkeypatch):
+    """A kill after the manifest accepts the new hash but before the file lands."""
+    r = Run(copy)
+    import storyloom.runs as runs
+
+    real = runs.write_atomic
+
+    def die_on_weights(path, data):
+        if path.name == "best.safetensors":
+            raise KeyboardInterrupt  # stands in for SIGKILL mid-save
+        real(path, data)
+
+    monkeypatch.setattr(runs, "write_atomic", die_on_weights)
+    with pytest.raises(KeyboardInterrupt):
+        r.put("best.safetensors", b"{}")
+    monkeypatch.setattr(runs, "write_atomic", real)
+    storyloom.load(copy)  # the old weights, still accepted
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
@@ -82,18 +186,68 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     assert [x.name for x in tmp_path.iterdir()] == ["f.json"]
 
 
-def test_pickle_is_never_loaded(run, tmp_path):
-    import shutil
+def test_fault_full_disk_during_checkpoint_keeps_the_previous(copy, monkeypatch):
+    import storyloom.runs as runs
 
-    bad = tmp_path / "bad"
+    before = [c.step for c in Run(copy).checkpoints()]
+    real = runs._write_synced
+    calls = []
+
+    def fill_up(path, data):
+        calls.append(path.name)
+        if path.name == "trainer.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(runs, "_write_synced", fill_up)
+    with pytest.raises(UserError, match=r"step-00000040: could not save the checkpoint \(No space left on device\); the checkpoint at step 30 is intact"):
+        storyloom.train(resume=copy, progress=False, steps=40)
+    monkeypatch.setattr(runs, "_write_synced", real)
+    assert "trainer.safetensors" in calls
+    assert [c.step for c in Run(copy).checkpoints()] == before
+    assert not [p for p in (copy / "checkpoints").iterdir() if p.name.startswith(".")]  # no half-written directory
+    storyloom.load(copy, which="last")
+    storyloom.train(resume=copy, progress=False, steps=40)  # and it resumes from there
+    assert storyloom.api.status(copy)["step"] == 40
+
+
+def test_keep_rotates_checkpoints(tmp_path, sonnets):
+    (tmp_path / "a.txt").write_text(sonnets)
+    run = storyloom.train([str(tmp_path / "a.txt")], out=tmp_path / "r", steps=20, checkpoint_every=4, keep=3,
+                          progress=False, **TINY)
+    assert [c.step for c in Run(run).checkpoints()] == [12, 16, 20]
+
+
+def test_fault_out_holding_another_run_needs_overwrite(run, tmp_path, sonnets):
+    (tmp_path / "a.txt").write_text(sonnets)
+    dest = tmp_path / "dest"
+    shutil.copytree(run, dest)
+    before = (dest / "manifest.json").read_bytes()
+    with pytest.raises(UserError, match="already holds a run.*--overwrite"):
+        storyloom.train([str(tmp_path / "a.txt")], out=dest, steps=5, progress=False, **TINY)
+    assert (dest / "manifest.json").read_bytes() == before
+    storyloom.train([str(tmp_path / "a.txt")], out=dest, steps=5, overwrite=True, progress=False, **TINY)
+    assert storyloom.api.status(dest)["step"] == 5
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds other files"):
+        storyloom.train([str(tmp_path / "a.txt")], out=other, steps=5, overwrite=True, progress=False, **TINY)
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["config.json", "vocab.json", "best.safetensors", "manifest.json"]), junk=st.binary(max_size=300),
+       cut=st.integers(min_value=0, max_value=400))
+def test_fuzz_random_bytes_in_a_run_file_give_a_clear_error(run, tmp_path_factory, name, junk, cut):
+    bad = tmp_path_factory.mktemp("fuzz") / "r"
     shutil.copytree(run, bad)
-    marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    (bad / "best.safetensors").write_bytes(pickle.dumps(Payload()))
-    with pytest.raises(UserError):
+    data = (bad / name).read_bytes()
+    new = data[:cut] + junk
+    (bad / name).write_bytes(new)
+    try:
         storyloom.load(bad)
-    assert not marker.exists()
+    except UserError as e:
+        assert "\n" not in str(e)
+    else:
+        assert new == data or name == "manifest.json" and json.loads(new) == json.loads(data)

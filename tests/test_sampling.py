@@ -55,7 +55,7 @@ def test_draw_never_picks_a_filtered_token():
 
 
 @pytest.mark.parametrize("kw, flag", [({"temperature": -0.1}, "--temperature"), ({"top_p": 0.0}, "--top-p"),
-                                      ({"top_p": 1.5}, "--top-p"), ({"top_k": -1}, "--top-k"),
+                                      ({"top_p": 1.5}, "--top-p"), ({"top_k": -1}, "--top-k"), ({"top_k": 0}, "--top-k"),
                                       ({"repetition_penalty": 0.5}, "--repetition-penalty")])
 def test_absurd_settings_name_their_flag(kw, flag):
     with pytest.raises(UserError, match=flag):

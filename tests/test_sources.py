@@ -59,3 +59,20 @@ def test_other_encodings(tmp_path):
 def test_empty_directory(tmp_path):
     with pytest.raises(UserError, match="holds no files"):
         read([str(tmp_path)])
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=2000), st.sampled_from(["utf-8", "latin-1", "utf-16"]))
+def test_fuzz_random_bytes_are_text_or_one_clear_error(tmp_path_factory, data, encoding):
+    p = tmp_path_factory.mktemp("fuzz") / "f.txt"
+    p.write_bytes(data)
+    try:
+        docs = read([str(p)], encoding)
+    except UserError as e:
+        assert "\n" not in str(e) and "f.txt" in str(e)
+    else:
+        assert all(isinstance(d.text, str) for d in docs)

@@ -40,3 +40,23 @@ def test_large_vocab_uses_wider_dtype():
     tok = CharTokenizer.fit(text)
     assert tok.encode(text).dtype == np.uint16
     assert tok.decode(tok.encode(text)) == text
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1), st.text())
+def test_fuzz_round_trip_and_unseen_characters(train, other):
+    tok = CharTokenizer.fit(train)
+    assert tok.decode(tok.encode(train)) == train
+    assert CharTokenizer.from_dict(tok.to_dict()).decode(tok.encode(train)) == train
+    unseen = set(other) - set(train)
+    if unseen:
+        with pytest.raises(UserError, match="never seen"):
+            tok.encode(other, "error")
+    else:
+        assert tok.decode(tok.encode(other)) == other
+    replaced = tok.encode(other, "replace")
+    assert len(replaced) == len(other) and set(tok.decode(replaced)) <= set(train)

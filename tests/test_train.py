@@ -106,3 +106,100 @@ def test_metrics_rows_have_the_promised_keys(tmp_path, sonnets):
         assert {"step", "elapsed_s", "lr"} <= set(r)
     assert any({"train_loss", "chars_per_s"} <= set(r) for r in rows)
     assert "val_bpc" in rows[-1]
+
+
+KILL_FLAGS = ["--hidden", "48", "--layers", "1", "--embed", "16", "--seq-len", "16", "--batch-size", "8", "--evals", "4",
+              "--threads", "1", "--precision", "fp32", "--dropout", "0.1", "--log-every", "1", "--checkpoint-every", "7",
+              "--deterministic", "--no-progress"]
+
+
+def _storyloom(*args):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "storyloom", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
+def _rows(run):
+    return [(r["step"], r.get("train_loss"), r.get("val_bpc")) for r in storyloom.api.metrics(run)]
+
+
+def test_fault_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, sonnets):
+    import random
+    import signal
+    import time
+
+    (tmp_path / "s.txt").write_text(sonnets)
+    steps = 400
+    full = _storyloom("train", tmp_path / "s.txt", "--out", tmp_path / "full", "--steps", steps, *KILL_FLAGS)
+    assert full.wait(timeout=120) == 0, full.stderr.read()
+
+    target = random.randrange(20, 300)
+    part = _storyloom("train", tmp_path / "s.txt", "--out", tmp_path / "part", "--steps", steps, *KILL_FLAGS)
+    metrics = tmp_path / "part" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and part.poll() is None:
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        if len(lines) >= target:
+            break
+        time.sleep(0.005)
+    part.send_signal(signal.SIGKILL)
+    part.wait(timeout=30)
+    assert part.returncode == -signal.SIGKILL, f"finished before the kill at row {target}"
+    killed_at = storyloom.status(tmp_path / "part")["step"]
+    assert killed_at < steps
+
+    resumed = _storyloom("train", "--resume", tmp_path / "part", "--no-progress")
+    assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
+    assert _rows(tmp_path / "part") == _rows(tmp_path / "full"), f"killed near row {target}, checkpoint {killed_at}"
+
+
+def _poison(monkeypatch, bad_calls):
+    """Make training forward passes number `bad_calls` (counted from 1) produce NaN logits."""
+    from storyloom.model import LanguageModel
+
+    real, calls = LanguageModel.forward, [0]
+
+    def forward(self, x, state=None):
+        logits, state = real(self, x, state)
+        if torch.is_grad_enabled():
+            calls[0] += 1
+            if calls[0] in bad_calls:
+                logits = logits * float("nan")
+        return logits, state
+
+    monkeypatch.setattr(LanguageModel, "forward", forward)
+
+
+def test_fault_a_few_nan_steps_are_skipped(tmp_path, sonnets, monkeypatch):
+    (tmp_path / "s.txt").write_text(sonnets)
+    _poison(monkeypatch, {10, 11, 12})
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=30, progress=False, **{**TINY, "log_every": 5})
+    st = storyloom.status(run)
+    assert st["step"] == 30 and st["skipped"] == 3 and st["recoveries"] == 0
+    assert all(np.isfinite(r["train_loss"]) for r in storyloom.metrics(run) if "train_loss" in r)
+    assert all(torch.isfinite(p).all() for p in storyloom.load(run).model.parameters())
+
+
+def test_fault_nan_streak_restores_the_last_checkpoint_at_half_the_rate(tmp_path, sonnets, monkeypatch):
+    (tmp_path / "s.txt").write_text(sonnets)
+    _poison(monkeypatch, set(range(14, 19)))  # 5 in a row: --bad-steps 5
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=30, checkpoint_every=10, progress=False,
+                          **{**TINY, "log_every": 5})
+    st = storyloom.status(run)
+    assert st["step"] == 30 and st["recoveries"] == 1 and st["lr_scale"] == 0.5 and st["skipped"] == 5
+    events = [r for r in storyloom.metrics(run) if "event" in r]
+    assert len(events) == 1 and events[0]["step"] == 10
+    assert [r["step"] for r in storyloom.metrics(run) if "train_loss" in r] == [5, 10, 15, 20, 25, 30]
+
+
+def test_fault_endless_nans_stop_with_the_last_good_checkpoint(tmp_path, sonnets, monkeypatch):
+    (tmp_path / "s.txt").write_text(sonnets)
+    _poison(monkeypatch, set(range(12, 10_000)))
+    with pytest.raises(storyloom.UserError, match=r"training diverged.*last good checkpoint \(step 10\).*lower --lr"):
+        storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=30, checkpoint_every=10, progress=False, **TINY)
+    m = storyloom.load(tmp_path / "r", which="last")
+    assert all(torch.isfinite(p).all() for p in m.model.parameters())
+    assert storyloom.status(tmp_path / "r")["step"] == 10
