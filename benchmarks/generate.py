@@ -46,7 +46,7 @@ def timed(fn, repeats: int = 3) -> float:
 @torch.inference_mode()
 def window_refeed(m, prompt: str, n: int, window: int = 40) -> str:
     """The seeds' generation: every new character re-reads the last `window` characters from a zero state."""
-    ids = list(m.tokenizer.encode(prompt)[-window:].astype(np.int64))
+    ids = list(m.tokenizer.ids(prompt)[-window:].astype(np.int64))
     out = []
     for _ in range(n):
         x = torch.tensor(ids[-window:])[None]  # (1, window)

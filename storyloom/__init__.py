@@ -1,8 +1,9 @@
 """storyloom: train a recurrent language model on a book and write in its style."""
 
-from .api import Session, Writer, clean_sources, load, metrics, novelty, status, train
+from . import compare
+from .api import Session, Writer, clean_sources, load, metrics, novelty, status, train, validation_text
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .errors import UserError
 
-__all__ = ["load", "train", "status", "metrics", "novelty", "clean_sources", "Writer", "Session", "UserError", "ModelConfig", "DataConfig", "TrainConfig", "RunConfig"]
+__all__ = ["load", "train", "status", "metrics", "validation_text", "novelty", "compare", "clean_sources", "Writer", "Session", "UserError", "ModelConfig", "DataConfig", "TrainConfig", "RunConfig"]
 __version__ = "0.1.0"

@@ -23,10 +23,10 @@ import torch
 from . import presets
 from .clean import clean, normalize
 from .config import RunConfig, override
-from .corpus import build
+from .corpus import build, split
 from .errors import UserError
 from .model import LanguageModel, n_params
-from .novelty import Index, report
+from .novelty import Index, codepoints, report
 from .runs import Run
 from .runtime import device, resolve_precision, seed_everything, set_deterministic, set_threads
 from .generate import Decoder, Stops, next_words, sample
@@ -104,11 +104,13 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
     model = LanguageModel(cfg.model).to(dev)
     if resume is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        info = {"params": n_params(model), "train_chars": int(len(corpus.train)), "val_chars": corpus.val_chars,
+        info = {"params": n_params(model), "level": corpus.tokenizer.kind, "vocab": len(corpus.tokenizer),
+                "train_chars": corpus.train_chars, "train_tokens": int(len(corpus.train)), "val_chars": corpus.val_chars,
+                "val_tokens": int(len(corpus.val)),
                 "train_works": corpus.train_names, "val_works": corpus.val_names, "precision": precision,
                 "device": str(dev), "torch": torch.__version__}
         run = Run.create(out or Path("runs") / f"{preset}-{stamp}", cfg, corpus.tokenizer, info, overwrite)
-    trainer = Trainer(model, corpus.train, corpus.val, tc, run, precision)
+    trainer = Trainer(model, corpus, tc, run, precision)
     if resume is not None:
         trainer.restore()
         if tc != run.config().train:  # new limits are part of the run from now on
@@ -131,6 +133,15 @@ def status(path: str | Path) -> dict:
     return meta["position"]
 
 
+def validation_text(path: str | Path) -> str:
+    """The cleaned validation text of a run, split exactly as it was trained."""
+    cfg = Run.open(path).config()
+    if "-" in cfg.sources:
+        raise UserError(f"{path}: trained from stdin, so its validation text is not on disk")
+    _, val = split(read(list(cfg.sources), cfg.data.encoding), cfg.data)
+    return "".join(t for _, t in val)
+
+
 def metrics(path: str | Path) -> list[dict]:
     """The rows of a run's metrics.jsonl."""
     return Run.open(path).metrics()
@@ -143,8 +154,9 @@ def _seed(seed: int | None) -> int:
 def _write(w: "Writer", logits, state, recent, cfg: SampleConfig, seed: int | None, length: int,
            stops: Stops) -> Iterator[str]:
     """Sampled text for one stream, piece by piece, cut before any stop string."""
+    piece = w.tokenizer.stream()
     for nxt in sample(w.decoder, logits, state, recent, cfg, [_seed(seed)], length):
-        out = stops.push(w.tokenizer.decode(nxt.numpy()))
+        out = stops.push(piece(int(nxt[0])))
         if out:
             yield out
         if stops.done:
@@ -154,10 +166,12 @@ def _write(w: "Writer", logits, state, recent, cfg: SampleConfig, seed: int | No
         yield rest
 
 
-def _top_chars(tokenizer, logits: torch.Tensor, k: int) -> list[tuple[str, float]]:
+def _top_tokens(tokenizer, logits: torch.Tensor, k: int) -> list[tuple[str, float]]:
     """The k likeliest next characters under logits (1, V), with their probabilities."""
-    p = torch.softmax(logits[0], -1).topk(min(k, logits.shape[-1]))
-    return [(tokenizer.decode([i]), v) for v, i in zip(p.values.tolist(), p.indices.tolist())]
+    p = torch.softmax(logits[0], -1)
+    p[tokenizer.never()] = 0
+    top = p.topk(min(k, logits.shape[-1]))
+    return [(tokenizer.decode([i]), v) for v, i in zip(top.values.tolist(), top.indices.tolist())]
 
 
 class Writer:
@@ -190,14 +204,12 @@ class Writer:
         """Ids of text typed by a person: normalised, and case-folded for a lowercase run."""
         if self.config.data.lowercase:
             text = text.lower()
-        return self.tokenizer.encode(normalize(text), unknown, what)
+        return self.tokenizer.ids(normalize(text), unknown, what)
 
     def _prompt(self, prompt: str, unknown: str) -> np.ndarray:
         """Prompt ids; an empty prompt starts the model as if at a new line."""
         ids = self._encode(prompt, unknown, "the prompt")
-        if not len(ids):
-            ids = self.tokenizer.encode("\n" if "\n" in self.tokenizer.chars else self.tokenizer.chars[0])
-        return ids
+        return ids if len(ids) else self.tokenizer.primer()
 
     def _read(self, prompt: str, unknown: str):
         ids = self._prompt(prompt, unknown)
@@ -206,15 +218,18 @@ class Writer:
 
     def _sample_config(self, temperature=0.8, top_k=None, top_p=1.0, repetition_penalty=1.0, penalty_window=32, ban="",
                        unknown="error", stop=()) -> SampleConfig:
-        banned = tuple(sorted(set(self.tokenizer.encode(ban, unknown, "--ban").tolist()))) if ban else ()
+        banned = tuple(sorted(set(self.tokenizer.never()) | set(self.tokenizer.banned(ban, unknown) if ban else ())))
         return SampleConfig(temperature, top_k, top_p, repetition_penalty, penalty_window, banned)
 
     def score(self, text: str, unknown: str = "error") -> dict:
-        """bpc, nats_per_char, perplexity and chars of `text`, read as one stream."""
-        ids = self.tokenizer.encode(self._prepare(text), unknown, "the text")
-        if len(ids) < 2:
-            raise UserError("the text to score needs at least two characters")
-        return evaluate(self.model, ids, self.precision)
+        """bpc, nats_per_char, perplexity (per character), chars, token_perplexity and tokens of `text`, read as one stream.
+
+        bpc compares across char, word and BPE runs: see `evaluate`.
+        """
+        s = self.tokenizer.scored(self._prepare(text), unknown, "the text")
+        if len(s.ids) < 2:
+            raise UserError("the text to score needs at least two tokens")
+        return evaluate(self.model, s.ids, self.precision, chars=s.chars, extra_nats=s.extra_nats)
 
     # -- text out --------------------------------------------------------
     def stream(self, prompt: str = "", length: int = 200, temperature: float = 0.8, top_k: int | None = None, top_p: float = 1.0,
@@ -229,12 +244,12 @@ class Writer:
         ids, logits, state = self._read(prompt, unknown)
         stops = Stops(stop)
         if beam:
-            def stopped(seq):
-                text = self.tokenizer.decode(seq)
-                hits = [text.find(s) for s in stops.stops if s in text]
-                return len(text[: min(hits)]) if hits else None
-
-            yield from self.tokenizer.decode(beam_search(self.decoder, logits, state, beam, length, cfg.banned, stopped))
+            decode = self.tokenizer.decode
+            found = beam_search(self.decoder, logits, state, beam, length, cfg.banned,
+                                lambda seq: any(s in decode(seq) for s in stops.stops))
+            text = decode(found)
+            hits = [text.find(s) for s in stops.stops if s in text]
+            yield text[: min(hits)] if hits else text
             return
         yield from _write(self, logits, state, ids, cfg, seed, length, stops)
 
@@ -253,17 +268,18 @@ class Writer:
         seeds = [base + i for i in range(num)]
         stops = [Stops(stop) for _ in seeds]
         texts = [""] * num
+        pieces = [self.tokenizer.stream() for _ in seeds]
         for nxt in sample(self.decoder, logits, state, ids, cfg, seeds, length):
             for i, t in enumerate(nxt.tolist()):
                 if not stops[i].done:
-                    texts[i] += stops[i].push(self.tokenizer.decode([t]))
+                    texts[i] += stops[i].push(pieces[i](t))
             if all(s.done for s in stops):
                 break
         return [{"text": t + s.flush(), "seed": sd} for t, s, sd in zip(texts, stops, seeds)]
 
     def next_chars(self, prompt: str, k: int = 5, unknown: str = "error") -> list[tuple[str, float]]:
         """The k likeliest next characters after `prompt`, with their probabilities."""
-        return _top_chars(self.tokenizer, self._read(prompt, unknown)[1], k)
+        return _top_tokens(self.tokenizer, self._read(prompt, unknown)[1], k)
 
     def session(self, story: str = "", unknown: str = "error") -> "Session":
         """A co-writing session over a growing story, its state cached."""
@@ -298,11 +314,14 @@ class Session:
         return "".join(_write(w, self.logits, self.state, self.ids, cfg, seed, length, Stops(stop)))
 
     def next_chars(self, k: int = 5) -> list[tuple[str, float]]:
-        return _top_chars(self.writer.tokenizer, self.logits, k)
+        return _top_tokens(self.writer.tokenizer, self.logits, k)
 
     def next_words(self, k: int = 5) -> list[tuple[str, float]]:
+        """The k likeliest next words: whole tokens where tokens are words or subwords, else spelled out."""
         tok = self.writer.tokenizer
-        boundary = {tok.chars.index(c) for c in (" ", "\n") if c in tok.chars}
+        if tok.words_are_tokens:
+            return _top_tokens(tok, self.logits, k)
+        boundary = set(tok.boundaries())
         if not boundary:
             return []
         words = next_words(self.writer.decoder, self.logits, self.state, boundary, k)
@@ -319,10 +338,9 @@ def novelty(run: "str | Path | Writer", text: str) -> dict:
     """
     w = run if isinstance(run, Writer) else None
     r = w.run if w else Run.open(run)
-    tok = w.tokenizer if w else r.tokenizer()
     lowercase = (w.config if w else r.config()).data.lowercase
     text = normalize(text.lower() if lowercase else text)
-    return report(Index.for_run(r), tok.encode(text, "replace", "the text"), text)
+    return report(Index.for_run(r), codepoints(text), text)
 
 
 MAX_LENGTH = 1_000_000  # characters per sample; --length 0 streams without a limit

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import sys
 
 from . import api, presets
-from .config import INPUTS, PRECISIONS, UNKNOWN
+from .config import INPUTS, LEVELS, PRECISIONS, UNKNOWN
+from .compare import compare
 from .cowrite import run_session
 from .errors import UserError
 
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--hidden", type=int, help="LSTM units per layer")
     m.add_argument("--layers", type=int, help="stacked LSTM layers")
     m.add_argument("--dropout", type=float, help="dropout on inputs, between layers and before the head")
+    m.add_argument("--tie", action="store_true", default=None, help="the head reuses the embedding (a projection bridges embed != hidden)")
     o = t.add_argument_group("optimisation (override the preset)")
     o.add_argument("--seq-len", type=int, help="T: steps of backpropagation per batch")
     o.add_argument("--batch-size", type=int, help="B: parallel contiguous streams")
@@ -90,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--val-files", type=_csv, help="validation works by file name, comma-separated")
     d.add_argument("--val-fraction", type=float, help="else hold out this share at the end of each work (default 0.05)")
     d.add_argument("--unknown", choices=UNKNOWN, help="unseen characters in validation text: error or replace")
+    d.add_argument("--level", choices=LEVELS, help="tokens: char (default), word, or bpe (byte-level BPE)")
+    d.add_argument("--vocab-size", type=int, help="bpe: vocabulary to learn (default 2000)")
+    d.add_argument("--max-vocab", type=int, help="word: keep the most frequent words, <unk> included (default 20000; 0: all)")
+    d.add_argument("--min-count", type=int, help="word: rarer words become <unk> (default 2)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="bits per character of a run on texts, read as one stream")
@@ -122,6 +129,23 @@ def build_parser() -> argparse.ArgumentParser:
     cw.add_argument("--which", choices=("best", "last"), default="best")
     cw.add_argument("--unknown", choices=UNKNOWN, default="replace")
 
+    cp = sub.add_parser("compare", help="train several configurations for the same time and report bpc side by side")
+    cp.add_argument("specs", nargs="+", metavar="SPEC", help="a preset, optionally with overrides: default:level=bpe,vocab_size=2000")
+    cp.add_argument("--out", required=True, help="directory for report.md, curves.png, results.jsonl and the runs")
+    cp.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of each run (default 10)")
+    cp.add_argument("--source", action="append", default=[], metavar="SOURCE",
+                    help="training text, as for train (repeatable; default: the bundled corpus and its benchmark split)")
+    _add_data_flags(cp)
+    cp.add_argument("--val-files", type=_csv, help="validation works by file name, comma-separated")
+    cp.add_argument("--val-fraction", type=float, help="else hold out this share at the end of each work")
+    cp.add_argument("--unknown", choices=UNKNOWN, help="unseen characters in validation text: error or replace")
+    cp.add_argument("--seed", type=int)
+    cp.add_argument("--precision", choices=PRECISIONS)
+    cp.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    cp.add_argument("--threads", type=int)
+    cp.add_argument("--overwrite", action="store_true", help="replace runs left in --out by an earlier compare")
+    cp.add_argument("--no-progress", action="store_true")
+
     c = sub.add_parser("clean", help="print what the model sees of the sources")
     c.add_argument("sources", nargs="+", metavar="SOURCE")
     _add_data_flags(c)
@@ -133,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 TRAIN_FLAGS = ("steps", "epochs", "minutes", "patience", "input", "embed", "hidden", "layers", "dropout", "seq_len",
                "batch_size", "lr", "warmup", "min_lr_ratio", "weight_decay", "clip", "reset_prob", "evals", "log_every", "seed", "precision", "device", "threads",
                "encoding", "lowercase", "val_files", "val_fraction", "unknown", "checkpoint_every", "checkpoint_minutes", "keep",
-               "bad_steps", "deterministic")
+               "bad_steps", "deterministic", "tie", "level", "vocab_size", "max_vocab", "min_count")
 
 
 def cmd_train(a) -> int:
@@ -162,7 +186,8 @@ def cmd_eval(a) -> int:
     if a.json:
         print(json.dumps(r))
     else:
-        print(f"bpc {r['bpc']:.4f}  nats/char {r['nats_per_char']:.4f}  perplexity {r['perplexity']:.4f}  chars {r['chars']}")
+        print(f"bpc {r['bpc']:.4f}  nats/char {r['nats_per_char']:.4f}  perplexity {r['perplexity']:.4f}  chars {r['chars']}  "
+              f"token perplexity {r['token_perplexity']:.4f}  tokens {r['tokens']}")
     return 0
 
 
@@ -241,6 +266,17 @@ def cmd_write(a) -> int:
     return run_session(m, story, a.length, seed, kw, a.unknown, sys.stdin, sys.stdout)
 
 
+COMPARE_FLAGS = ("encoding", "lowercase", "val_files", "val_fraction", "unknown", "seed", "precision", "device", "threads")
+
+
+def cmd_compare(a) -> int:
+    flags = {k: getattr(a, k) for k in COMPARE_FLAGS if getattr(a, k) is not None}
+    out = compare(a.specs, a.source, minutes=a.minutes, out=a.out, overwrite=a.overwrite, progress=not a.no_progress,
+                  command="storyloom " + shlex.join(a.argv), **flags)
+    print(f"report: {out / 'report.md'}  curves: {out / 'curves.png'}")
+    return 0
+
+
 def cmd_clean(a) -> int:
     sys.stdout.write(api.clean_sources(a.sources, lowercase=bool(a.lowercase), encoding=a.encoding or "utf-8"))
     return 0
@@ -252,13 +288,15 @@ def cmd_presets(a) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "write": cmd_write, "clean": cmd_clean,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "write": cmd_write, "compare": cmd_compare, "clean": cmd_clean,
             "presets": cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
         a = build_parser().parse_args(argv)
+        a.argv = argv  # for reports that quote their command
         return COMMANDS[a.command](a)
     except UserError as e:
         print(f"storyloom: error: {e}", file=sys.stderr)

@@ -15,6 +15,7 @@ from .errors import UserError
 INPUTS = ("embedding", "onehot", "scalar")
 PRECISIONS = ("auto", "fp32", "bf16")
 UNKNOWN = ("error", "replace")
+LEVELS = ("char", "word", "bpe")
 # Beyond these a typo is likelier than a wish; each is far past what fits on the machines we target.
 LIMITS = {"embed": 65_536, "hidden": 65_536, "layers": 64, "seq_len": 1_000_000, "batch_size": 1_000_000,
           "steps": 10**12, "epochs": 1e6, "minutes": 1e6, "evals": 100_000, "keep": 1_000}
@@ -68,9 +69,12 @@ class ModelConfig:
     hidden: int = 512  # LSTM units per layer (H)
     layers: int = 2  # stacked LSTM layers
     dropout: float = 0.1  # on the input, between layers and before the head
+    tie: bool = False  # the head reuses the embedding (through a projection when embed != hidden)
 
     def __post_init__(self) -> None:
         _choice(self, "input", INPUTS)
+        if self.tie and self.input != "embedding":
+            raise UserError(f"--tie shares the embedding with the head, so it needs --input embedding, not {self.input}")
         _positive(self, "embed", "hidden", "layers")
         _at_most(self, "embed", "hidden", "layers")
         _fraction(self, "dropout")
@@ -91,11 +95,22 @@ class DataConfig:
     val_fraction: float = 0.05  # else: this contiguous share at the end of each work
     encoding: str = "utf-8"  # how source files are decoded
     unknown: str = "error"  # unseen characters in evaluated text: error | replace
+    level: str = "char"  # tokens: char | word | bpe
+    vocab_size: int = 2000  # bpe: the vocabulary to learn (the 256 bytes plus merges)
+    max_vocab: int = 20000  # word: the most frequent words kept, <unk> included (0: all)
+    min_count: int = 2  # word: rarer words become <unk>, so the model learns to predict it
 
     def __post_init__(self) -> None:
         self.val_files = tuple(self.val_files)
         _fraction(self, "val_fraction", lo_open=True)
         _choice(self, "unknown", UNKNOWN)
+        _choice(self, "level", LEVELS)
+        _positive(self, "min_count")
+        _non_negative(self, "max_vocab")
+        if isinstance(self.max_vocab, float) or self.max_vocab == 1:
+            raise UserError(f"--max-vocab must be a whole number of at least 2 (<unk> and one word), or 0 for all; got {self.max_vocab!r}")
+        if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size, int) or not 257 <= self.vocab_size <= 1_000_000:
+            raise UserError(f"--vocab-size must be between 257 (the 256 bytes and one merge) and 1,000,000, got {self.vocab_size!r}")
 
 
 @dataclass

@@ -15,15 +15,17 @@ from .clean import clean
 from .config import DataConfig
 from .errors import UserError
 from .sources import Document
-from .tokenize import CharTokenizer
+from .tokenize import Tokenizer, fit
 
 
 @dataclass
 class Corpus:
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
     train: np.ndarray  # token ids of the training text, works concatenated
     val: np.ndarray  # token ids of the validation text, read as one stream
-    val_chars: int  # characters in the validation text (bpc divides by this)
+    val_chars: int  # characters of the validation text that are scored (bpc divides by this)
+    val_extra_nats: float  # nats charged outside the model (word level: spelling out <unk>)
+    train_chars: int  # characters of the training text (chars/s = tokens/s * train_chars / len(train))
     train_names: list[str]
     val_names: list[str]
 
@@ -51,7 +53,7 @@ def split(docs: list[Document], cfg: DataConfig) -> tuple[list[tuple[str, str]],
     return train, val
 
 
-def build(docs: list[Document], cfg: DataConfig, tokenizer: CharTokenizer | None = None) -> Corpus:
+def build(docs: list[Document], cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Corpus:
     train, val = split(docs, cfg)
     train_text = "".join(t for _, t in train)
     val_text = "".join(t for _, t in val)
@@ -59,12 +61,17 @@ def build(docs: list[Document], cfg: DataConfig, tokenizer: CharTokenizer | None
         raise UserError("the training text is empty after cleaning; give more text")
     if len(val_text) < 2:
         raise UserError("the validation text is empty; raise --val-fraction or give --val-files")
-    tok = tokenizer or CharTokenizer.fit(train_text)
+    tok = tokenizer or fit(train_text, cfg.level, cfg.vocab_size, cfg.max_vocab, cfg.min_count)
+    # Resuming keeps the run's tokenizer; at word level words the vocabulary dropped are <unk> in training too.
+    train_ids = tok.ids(train_text, "replace" if tok.charges_unknown else "error", "the training text")
+    scored = tok.scored(val_text, cfg.unknown, "the validation text")
     return Corpus(
         tokenizer=tok,
-        train=tok.encode(train_text, "error", "the training text"),
-        val=tok.encode(val_text, cfg.unknown, "the validation text"),
-        val_chars=len(val_text),
+        train=train_ids,
+        val=scored.ids,
+        val_chars=scored.chars,
+        val_extra_nats=scored.extra_nats,
+        train_chars=len(train_text),
         train_names=[n for n, _ in train],
         val_names=[n for n, _ in val],
     )

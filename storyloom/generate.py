@@ -66,12 +66,11 @@ def sample(dec: Decoder, logits: torch.Tensor, state: State, recent: np.ndarray,
 
 
 def beam(dec: Decoder, logits: torch.Tensor, state: State, width: int, length: int, banned=(),
-         stopped=lambda ids: None) -> list[int]:
+         stopped=lambda ids: False) -> list[int]:
     """Length-normalised beam search: the continuation with the best mean log-probability.
 
-    `stopped(ids)` returns the number of ids to keep when a hypothesis has
-    hit a stop string, else None; such a hypothesis is finished. width 1 is
-    greedy decoding.
+    A hypothesis for which `stopped(ids)` is true (it wrote a stop string) is
+    finished; the caller cuts the text. width 1 is greedy decoding.
     """
     V = logits.shape[-1]
     scores = torch.zeros(1)  # (W,) summed log-probabilities
@@ -88,12 +87,11 @@ def beam(dec: Decoder, logits: torch.Tensor, state: State, width: int, length: i
         keep, new_seqs = [], []
         for j, (p, t) in enumerate(zip(parents.tolist(), toks.tolist())):
             seq = seqs[p] + [t]
-            cut = stopped(seq)
-            if cut is None:
+            if stopped(seq):
+                done.append((top.values[j].item() / len(seq), seq))
+            else:
                 keep.append(j)
                 new_seqs.append(seq)
-            else:
-                done.append((top.values[j].item() / len(seq), seq[:cut]))
         if not keep:
             seqs = []
             break

@@ -54,7 +54,12 @@ class LanguageModel(nn.Module):
         self.inp = make_input(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.rnn = nn.LSTM(cfg.input_size, H, L, batch_first=True, dropout=cfg.dropout if L > 1 else 0.0)
-        self.head = nn.Linear(H, V)
+        # Tying (Press & Wolf, 2017) makes the head reuse the embedding; a
+        # projection maps H to the embedding width when the two differ.
+        self.proj = nn.Linear(H, cfg.embed, bias=False) if cfg.tie and cfg.embed != H else None
+        self.head = nn.Linear(cfg.embed if self.proj is not None else H, V)
+        if cfg.tie:
+            self.head.weight = self.inp.weight
         with torch.no_grad():
             # PyTorch orders the gates i, f, g, o. A forget bias of 1 keeps the
             # cell state flowing early in training (Jozefowicz et al., 2015).
@@ -71,7 +76,11 @@ class LanguageModel(nn.Module):
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         e = self.drop(self.inp(x))  # (B, T, I)
         h, state = self.rnn(e, state)  # (B, T, H)
-        return self.head(self.drop(h)), state  # (B, T, V)
+        return self.out(self.drop(h)), state  # (B, T, V)
+
+    def out(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) from the top LSTM layer's output (..., H)."""
+        return self.head(h if self.proj is None else self.proj(h))
 
     def _fused(self) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Weights laid out for step(), cached until any parameter changes.
@@ -122,7 +131,7 @@ class LanguageModel(nn.Module):
             inp = s[:, 3 * H :] * torch.tanh(c_l)  # h_t = o*tanh(C_t)
             hs.append(inp)
             cs.append(c_l)
-        return self.head(inp), (torch.stack(hs), torch.stack(cs))
+        return self.out(inp), (torch.stack(hs), torch.stack(cs))
 
 
 def detach(state: State) -> State:

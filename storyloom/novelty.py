@@ -27,6 +27,11 @@ INDEX = "novelty.safetensors"
 NS = (10, 20, 50)
 
 
+def codepoints(text: str) -> np.ndarray:
+    """Novelty is about characters at every level: the index holds code points, not token ids."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
+
+
 def suffix_array(s: np.ndarray) -> np.ndarray:
     """Suffix array by prefix doubling: O(n log n) numpy sorts, no Python loop over positions."""
     n = len(s)
@@ -67,8 +72,7 @@ class Index:
             raise UserError(f"{run.path}: trained from stdin, so its training text is not on disk to compare against")
         # config.json holds the split exactly as trained (the bundled corpus's benchmark split included)
         train, _ = split(read(sources, cfg.data.encoding), cfg.data)
-        tok = run.tokenizer()
-        ids = tok.encode("".join(t for _, t in train), "replace", "the training text")
+        ids = codepoints("".join(t for _, t in train))
         works, off = [], 0
         for name, t in train:
             works.append((name, off))

@@ -56,10 +56,24 @@ PRESETS: dict[str, Preset] = {
         data=dict(lowercase=True),
         train=dict(seq_len=100, batch_size=128, lr=2e-3),
     ),
+    "word": Preset(
+        "seed 003's bonus: words (and punctuation, whitespace runs) with an embedding: 20k words, embedding 256 tied "
+        "to the head, LSTM 768, T=32 words, B=32; case kept so its bpc compares with the character runs",
+        model=dict(input="embedding", embed=256, hidden=768, layers=1, dropout=0.1, tie=True),
+        data=dict(level="word", max_vocab=20000, min_count=2),
+        train=dict(seq_len=32, batch_size=32, lr=4e-3),
+    ),
+    "bpe": Preset(
+        "byte-level BPE of 2000 tokens (about 2.7 characters each): embedding 256 tied to the head, LSTM 768, "
+        "T=32 tokens, B=32",
+        model=dict(input="embedding", embed=256, hidden=768, layers=1, dropout=0.1, tie=True),
+        data=dict(level="bpe", vocab_size=2000),
+        train=dict(seq_len=32, batch_size=32, lr=4e-3),
+    ),
 }
 
-MODEL_FLAGS = ("input", "embed", "hidden", "layers", "dropout")
-DATA_FLAGS = ("lowercase", "val_files", "val_fraction", "encoding", "unknown")
+MODEL_FLAGS = ("input", "embed", "hidden", "layers", "dropout", "tie")
+DATA_FLAGS = ("lowercase", "val_files", "val_fraction", "encoding", "unknown", "level", "vocab_size", "max_vocab", "min_count")
 
 
 def names() -> list[str]:

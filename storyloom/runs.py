@@ -38,7 +38,7 @@ from safetensors.torch import save as st_save
 from .config import RunConfig
 from .errors import UserError
 from .model import LanguageModel
-from .tokenize import CharTokenizer
+from .tokenize import Tokenizer, from_dict
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
@@ -177,7 +177,7 @@ class Run:
 
     # -- making and opening ----------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, cfg: RunConfig, tokenizer: CharTokenizer, info: dict, overwrite: bool = False) -> "Run":
+    def create(cls, path: str | Path, cfg: RunConfig, tokenizer: Tokenizer, info: dict, overwrite: bool = False) -> "Run":
         run = cls(path)
         if run.path.is_file():
             raise UserError(f"--out {run.path}: a file, not a directory; choose another --out")
@@ -247,10 +247,10 @@ class Run:
         d["train"] = train
         self.put("config.json", _dumps(d))
 
-    def tokenizer(self) -> CharTokenizer:
+    def tokenizer(self) -> Tokenizer:
         d = _json(self.file("vocab.json"), self.read("vocab.json"))
         try:
-            return CharTokenizer.from_dict(d)
+            return from_dict(d)
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{self.file('vocab.json')}: not a storyloom vocabulary ({e}); the run is damaged") from None
 
@@ -369,4 +369,5 @@ def write_json(path: Path, obj) -> None:
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    return st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    # safetensors refuses tensors that share memory (a tied head and embedding): save copies.
+    return st_save({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()})

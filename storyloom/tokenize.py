@@ -1,32 +1,76 @@
-"""Text <-> token ids. The vocabulary is fitted on training text and saved in every run.
+"""Text <-> token ids at three levels; the vocabulary is fitted on training text and saved in every run.
 
-Encoding is vectorised through numpy: the text becomes an array of code
-points (via UTF-32) and a lookup table indexed by code point maps them to
-ids, so there is no per-character Python loop (100 MB encodes in about 2 s).
+    char  one id per distinct character (the seeds' model)
+    word  words, single punctuation marks and whitespace runs, plus <unk>
+    bpe   byte-level BPE trained with Hugging Face `tokenizers`
+
+Each level round-trips exactly: decode(encode(text)) == text for any text
+the vocabulary covers (BPE covers every text). Each tokenizer offers:
+
+    encode(text) -> list[int], decode(ids) -> str     the public pair (m.tokenizer)
+    ids(text, unknown, what) -> np.ndarray            the same, vectorised, for corpora
+    scored(text, unknown) -> Scored                   ids plus what bpc needs (see below)
+    primer(), banned(chars, unknown), never(), stream(), words_are_tokens
+
+bpc compares across levels because it is measured in characters: the total
+nats of every token after the first (the first is context), plus the nats
+charged for spelling out each <unk> (word level), over the characters those
+tokens cover.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+
 import numpy as np
 
 from .errors import UserError
+
+LEVELS = ("char", "word", "bpe")
+
+
+@dataclass
+class Scored:
+    ids: np.ndarray  # token ids of the whole text
+    chars: int  # characters covered by the scored tokens (all but the first)
+    extra_nats: float  # nats charged outside the model: spelling out <unk> tokens
 
 
 def _codepoints(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
-def _show(chars) -> str:
-    return " ".join(repr(c) for c in sorted(chars)[:20]) + (" ..." if len(chars) > 20 else "")
+def _show(items) -> str:
+    return " ".join(repr(c) for c in sorted(items)[:20]) + (" ..." if len(items) > 20 else "")
+
+
+def _dtype(n: int) -> np.dtype:
+    """The smallest unsigned type that holds every id."""
+    return np.dtype(np.uint8 if n <= 256 else np.uint16 if n <= 65536 else np.uint32)
+
+
+def _unknown_error(what: str, kind: str, missing) -> UserError:
+    return UserError(f"{what} has {len(missing)} {kind} never seen in training: {_show(missing)}; "
+                     "remove them or pass --unknown replace")
 
 
 class CharTokenizer:
-    """One id per distinct character, in code-point order."""
+    """One id per distinct character, in code-point order.
+
+    Encoding is vectorised through numpy: the text becomes an array of code
+    points (via UTF-32) and a lookup table indexed by code point maps them to
+    ids, so there is no per-character Python loop (100 MB encodes in about 2 s).
+    """
 
     kind = "char"
+    words_are_tokens = False
+    charges_unknown = False  # an unseen character is refused, or replaced under --unknown replace
 
     def __init__(self, chars: list[str], replacement: str | None = None):
-        if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
+        if len(set(chars)) != len(chars) or any(not isinstance(c, str) or len(c) != 1 for c in chars):
             raise ValueError("a character vocabulary holds distinct single characters")
         self.chars = sorted(chars)
         self._cps = np.array([ord(c) for c in self.chars], dtype=np.uint32)
@@ -48,15 +92,10 @@ class CharTokenizer:
     def __len__(self) -> int:
         return len(self.chars)
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
     def dtype(self) -> np.dtype:
-        """The smallest unsigned type that holds every id."""
-        return np.dtype(np.uint8 if len(self) <= 256 else np.uint16 if len(self) <= 65536 else np.uint32)
+        return _dtype(len(self))
 
-    def encode(self, text: str, unknown: str = "error", what: str = "text") -> np.ndarray:
+    def ids(self, text: str, unknown: str = "error", what: str = "text") -> np.ndarray:
         cps = _codepoints(text)
         if not len(cps):
             return np.zeros(0, dtype=self.dtype())
@@ -66,24 +105,262 @@ class CharTokenizer:
         bad = ids < 0
         if bad.any():
             if unknown != "replace":
-                missing = {chr(c) for c in np.unique(cps[bad])}
-                raise UserError(
-                    f"{what} has {len(missing)} character(s) never seen in training: {_show(missing)}; "
-                    f"remove them or pass --unknown replace"
-                )
+                raise _unknown_error(what, "character(s)", {chr(c) for c in np.unique(cps[bad])})
             ids[bad] = self.chars.index(self.replacement)
         return ids.astype(self.dtype())
+
+    def scored(self, text: str, unknown: str = "error", what: str = "text") -> Scored:
+        return Scored(self.ids(text, unknown, what), max(len(text) - 1, 0), 0.0)
 
     def decode(self, ids) -> str:
         ids = np.asarray(ids, dtype=np.int64)
         return self._cps[ids].tobytes().decode("utf-32-le", "surrogatepass")
+
+    def primer(self) -> np.ndarray:
+        """What an empty prompt starts from: a new line, as at the start of a paragraph."""
+        return self.ids("\n" if "\n" in self.chars else self.chars[0])
+
+    def banned(self, chars: str, unknown: str = "error") -> list[int]:
+        return sorted(set(self.ids(chars, unknown, "--ban").tolist()))
+
+    def never(self) -> list[int]:
+        """Ids never to generate."""
+        return []
+
+    def boundaries(self) -> list[int]:
+        """Ids that end a word, for offering next words."""
+        return [self.chars.index(c) for c in (" ", "\n") if c in self.chars]
+
+    def stream(self):
+        """id -> text, for streaming: every id is one whole character."""
+        return lambda i: self.chars[i]
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "chars": self.chars, "replacement": self.replacement}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CharTokenizer":
-        if d.get("kind") != cls.kind or not isinstance(d.get("chars"), list):
-            raise UserError("vocab.json is not a character vocabulary; the run directory is damaged or not a storyloom run")
         return cls(d["chars"], d.get("replacement"))
 
+    # the public pair, on lists
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        return self.ids(text, unknown).tolist()
+
+
+# A word is letters/digits with inner apostrophes ("don't", "o'er"); every
+# whitespace run is one token; anything else is a token of one character.
+# Together they cover every string, so decoding is concatenation.
+WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*|\s+|.", re.S)
+UNK = "<unk>"
+OTHER_CODEPOINTS = 0x110000
+
+
+class WordTokenizer:
+    """Words, punctuation marks and whitespace runs; the rest is <unk> (id 0).
+
+    An <unk> is not free when scored: its spelling is charged under a
+    character bigram model of the training tokens (start and end-of-token
+    symbols; each bigram smoothed toward a unigram with add-one, an "other"
+    symbol spread uniformly over all code points for characters never seen).
+    The word model gives P(<unk>) and the spelling model P(spelling), which
+    sums to at most 1 over all strings, so word-level bpc is an honest upper
+    bound.
+    """
+
+    kind = "word"
+    words_are_tokens = True
+    charges_unknown = True  # unknown words are <unk>, their spelling charged when scored
+    PRIOR = 30.0  # weight of the unigram in each smoothed bigram, in pseudo-counts
+
+    def __init__(self, tokens: list[str], char_counts: dict[str, int], n_tokens: int, bigrams: list | None = None):
+        if not tokens or tokens[0] != UNK or len(set(tokens)) != len(tokens):
+            raise ValueError("a word vocabulary starts with <unk> and holds distinct tokens")
+        self.tokens = tokens
+        self.index = {t: i for i, t in enumerate(tokens)}
+        self.char_counts, self.n_tokens, self.bigrams = char_counts, n_tokens, bigrams or []
+        z = sum(char_counts.values()) + n_tokens + len(char_counts) + 2  # add-one over chars, end, other
+        self._uni = {c: (n + 1) / z for c, n in char_counts.items()}
+        self._uni_end = (n_tokens + 1) / z
+        self._uni_other = 1 / z / OTHER_CODEPOINTS  # one particular unseen code point
+        self._pair = {(a, b): n for a, b, n in self.bigrams}  # "" is the start (as a) and the end (as b)
+        self._ctx = Counter()
+        for a, _, n in self.bigrams:
+            self._ctx[a] += n
+
+    @classmethod
+    def fit(cls, text: str, max_vocab: int = 0, min_count: int = 1) -> "WordTokenizer":
+        counts = Counter(WORD.findall(text))
+        kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+        if max_vocab:
+            kept = kept[: max_vocab - 1]
+        pairs: Counter = Counter()
+        for t, n in counts.items():
+            for a, b in zip(("", *t), (*t, "")):
+                pairs[a, b] += n
+        return cls([UNK, *kept], dict(Counter(text)), sum(counts.values()), sorted([a, b, n] for (a, b), n in pairs.items()))
+
+    def spelling_nats(self, token: str) -> float:
+        """What spelling out an unknown token costs, in nats: -log P(chars, end) under the bigram model."""
+        nats = 0.0
+        for a, b in zip(("", *token), (*token, "")):
+            uni = self._uni_end if b == "" else self._uni.get(b, self._uni_other)
+            nats -= math.log((self._pair.get((a, b), 0) + self.PRIOR * uni) / (self._ctx.get(a, 0) + self.PRIOR))
+        return nats
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def dtype(self) -> np.dtype:
+        return _dtype(len(self))
+
+    def _ids(self, pieces: list[str], unknown: str, what: str) -> np.ndarray:
+        get = self.index.get
+        ids = np.fromiter((get(p, -1) for p in pieces), dtype=np.int64, count=len(pieces))
+        bad = ids < 0
+        if bad.any():
+            if unknown != "replace":
+                raise _unknown_error(what, "word(s)", {p for p, b in zip(pieces, bad) if b})
+            ids[bad] = 0
+        return ids.astype(self.dtype())
+
+    def ids(self, text: str, unknown: str = "error", what: str = "text") -> np.ndarray:
+        return self._ids(WORD.findall(text), unknown, what)
+
+    def scored(self, text: str, unknown: str = "error", what: str = "text") -> Scored:
+        pieces = WORD.findall(text)
+        ids = self._ids(pieces, "replace", what)  # unknown words are charged, never refused
+        extra = sum(self.spelling_nats(p) for p, i in zip(pieces[1:], ids[1:].tolist()) if i == 0)
+        return Scored(ids, len(text) - (len(pieces[0]) if pieces else 0), extra)
+
+    def decode(self, ids) -> str:
+        t = self.tokens
+        return "".join(t[i] for i in np.asarray(ids, dtype=np.int64).tolist())
+
+    def primer(self) -> np.ndarray:
+        return np.array([self.index.get("\n", 1 if len(self) > 1 else 0)], dtype=self.dtype())
+
+    def banned(self, chars: str, unknown: str = "error") -> list[int]:
+        s = set(chars)
+        return [i for i, t in enumerate(self.tokens) if i and s & set(t)]
+
+    def never(self) -> list[int]:
+        return [0]  # <unk> has no spelling to write
+
+    def boundaries(self) -> list[int]:
+        return []
+
+    def stream(self):
+        return lambda i: self.tokens[i]
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "tokens": self.tokens, "char_counts": self.char_counts, "n_tokens": self.n_tokens,
+                "bigrams": self.bigrams}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WordTokenizer":
+        return cls(list(d["tokens"]), {str(k): int(v) for k, v in d["char_counts"].items()}, int(d["n_tokens"]),
+                   [[str(a), str(b), int(n)] for a, b, n in d["bigrams"]])
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        return self.ids(text, unknown).tolist()
+
+
+class BPETokenizer:
+    """Byte-level BPE from Hugging Face `tokenizers`: every text encodes, nothing is unknown."""
+
+    kind = "bpe"
+    words_are_tokens = True
+    charges_unknown = False  # nothing is unknown to byte-level BPE
+    MIN_VOCAB = 257  # the 256 byte symbols, and at least one merge
+
+    def __init__(self, tok):
+        from tokenizers import decoders
+
+        self.tok = tok
+        self._len = tok.get_vocab_size()
+        self._decoders = decoders
+
+    @classmethod
+    def fit(cls, text: str, vocab_size: int) -> "BPETokenizer":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        lines = text.splitlines(keepends=True)
+        tok.train_from_iterator(("".join(lines[i : i + 1000]) for i in range(0, len(lines), 1000)), trainer)
+        return cls(tok)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def dtype(self) -> np.dtype:
+        return _dtype(len(self))
+
+    def ids(self, text: str, unknown: str = "error", what: str = "text") -> np.ndarray:
+        return np.array(self.tok.encode(text).ids, dtype=self.dtype())
+
+    def scored(self, text: str, unknown: str = "error", what: str = "text") -> Scored:
+        enc = self.tok.encode(text)
+        # The first token's end, in characters: where a character spans two
+        # tokens it counts as unscored, so bpc errs high, never low.
+        return Scored(np.array(enc.ids, dtype=self.dtype()), len(text) - (enc.offsets[0][1] if enc.ids else 0), 0.0)
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(np.asarray(ids, dtype=np.int64).tolist(), skip_special_tokens=False)
+
+    def primer(self) -> np.ndarray:
+        return self.ids("\n")
+
+    def banned(self, chars: str, unknown: str = "error") -> list[int]:
+        s = set(chars)
+        return [i for i in range(len(self)) if s & set(self.decode([i]))]
+
+    def never(self) -> list[int]:
+        return []
+
+    def boundaries(self) -> list[int]:
+        return []
+
+    def stream(self):
+        """id -> text: bytes of a character split over tokens come out once it is whole."""
+        ds = self._decoders.DecodeStream(skip_special_tokens=False)
+        return lambda i: ds.step(self.tok, int(i)) or ""
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "tokenizer": self.tok.to_str()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BPETokenizer":
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_str(d["tokenizer"]))
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        return self.tok.encode(text).ids
+
+
+Tokenizer = CharTokenizer | WordTokenizer | BPETokenizer
+KINDS = {c.kind: c for c in (CharTokenizer, WordTokenizer, BPETokenizer)}
+
+
+def fit(text: str, level: str = "char", vocab_size: int = 0, max_vocab: int = 0, min_count: int = 1) -> Tokenizer:
+    if level == "word":
+        return WordTokenizer.fit(text, max_vocab, min_count)
+    if level == "bpe":
+        return BPETokenizer.fit(text, vocab_size)
+    return CharTokenizer.fit(text)
+
+
+def from_dict(d: dict) -> Tokenizer:
+    """A saved vocabulary; ValueError, KeyError or TypeError if it is not one."""
+    if not isinstance(d, dict) or d.get("kind") not in KINDS:
+        raise ValueError(f"unknown tokenizer kind {d.get('kind') if isinstance(d, dict) else d!r}")
+    try:
+        return KINDS[d["kind"]].from_dict(d)
+    except Exception as e:  # tokenizers raises its own exception type on a damaged JSON
+        if isinstance(e, (KeyError, TypeError, ValueError)):
+            raise
+        raise ValueError(str(e).splitlines()[0]) from None

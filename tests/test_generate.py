@@ -50,7 +50,7 @@ def test_stop_strings_stop_and_banned_characters_never_appear(m):
 
 def test_stateful_logits_equal_a_recompute_over_the_whole_text(m):
     text = PROMPT + m.generate(PROMPT, 40, temperature=1.0, seed=9)
-    ids = m.tokenizer.encode(text)
+    ids = m.tokenizer.ids(text)
     dec = m.decoder
     logits, state = dec.read(ids[: len(PROMPT)])
     for t in range(len(PROMPT), len(ids)):
@@ -73,7 +73,7 @@ def test_beam_search_scores_at_least_as_well_as_greedy(m):
     b = m.generate(PROMPT, 30, beam=4)
 
     def logprob(cont):
-        ids = m.tokenizer.encode(PROMPT + cont)
+        ids = m.tokenizer.ids(PROMPT + cont)
         logits, _ = m.model(torch.from_numpy(ids.astype(np.int64))[None])
         lp = torch.log_softmax(logits[0, :-1], -1)
         return lp[torch.arange(len(ids) - 1), torch.from_numpy(ids[1:].astype(np.int64))][len(PROMPT) - 1:].sum().item()
@@ -122,3 +122,49 @@ def test_beam_search_respects_stop_and_ban(m):
     t = m.generate(PROMPT, 60, beam=3, stop=["e"], ban="a")
     assert "e" not in t and "a" not in t
     assert len(t) <= 60
+
+
+# -- every level -------------------------------------------------------------
+@pytest.fixture(scope="module", params=["word", "bpe"])
+def level_run(request, tmp_path_factory, sonnets):
+    d = tmp_path_factory.mktemp(request.param)
+    (d / "s.txt").write_text(sonnets)
+    extra = {"vocab_size": 300} if request.param == "bpe" else {"min_count": 2}
+    run = storyloom.train([str(d / "s.txt")], out=d / "run", steps=40, level=request.param, tie=True, progress=False,
+                          **{**TINY, "lr": 1e-2}, **extra)
+    return storyloom.load(run)
+
+
+def test_generation_round_trips_at_every_level(level_run):
+    m = level_run
+    assert m.config.data.level in ("word", "bpe") and m.config.model.tie
+    text = m.generate(PROMPT, 30, seed=3)
+    assert text == m.generate(PROMPT, 30, seed=3) and text
+    pieces = list(m.stream(PROMPT, 30, seed=3))
+    assert "".join(pieces) == text
+    if m.config.data.level == "word":  # each piece is one token of the vocabulary, spelled exactly; never <unk>
+        assert len(pieces) == 30 and all(p in m.tokenizer.index and p != "<unk>" for p in pieces)
+    else:
+        assert m.tokenizer.decode(m.tokenizer.encode(text)) == text
+    assert m.generate(PROMPT, 20, temperature=0) == m.generate(PROMPT, 20, beam=1)
+    cut = m.generate(PROMPT, 60, temperature=0, stop=" ")
+    assert " " not in cut
+    assert all(" " not in s["text"] for s in m.samples(PROMPT, 3, 20, seed=1, ban=" "))
+
+
+def test_scores_are_comparable_bpc_at_every_level(level_run, sonnets):
+    r = level_run.score(sonnets[-3000:])
+    assert r["chars"] > 2900 and r["tokens"] < r["chars"]
+    assert 0 < r["bpc"] < 12 and r["token_perplexity"] > 1
+
+
+def test_unknown_prompt_words(level_run):
+    m = level_run
+    if m.config.data.level == "word":
+        with pytest.raises(storyloom.UserError, match="word\\(s\\) never seen in training: 'Zyzzyva'"):
+            m.generate("Zyzzyva said", 5)
+        assert m.generate("Zyzzyva said", 5, unknown="replace", seed=1)
+    else:
+        assert m.generate("Zyzzyva said \U0001f600", 5, seed=1)  # bytes: nothing is unknown
+    words = m.session(PROMPT).next_words(3)
+    assert len(words) == 3 and all(isinstance(w, str) and 0 < p <= 1 for w, p in words)

@@ -68,3 +68,19 @@ def test_step_equals_forward(input):
         torch.testing.assert_close(logits, full[:, t], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(state[0], h, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(state[1], c, rtol=1e-5, atol=1e-5)
+
+
+def test_tied_head_shares_the_embedding_through_a_projection():
+    from storyloom.config import ModelConfig
+    from storyloom.model import LanguageModel
+
+    m = LanguageModel(ModelConfig(vocab_size=50, embed=16, hidden=32, layers=1, dropout=0.0, tie=True))
+    assert m.head.weight is m.inp.weight and m.proj.weight.shape == (16, 32)
+    same = LanguageModel(ModelConfig(vocab_size=50, embed=32, hidden=32, layers=1, dropout=0.0, tie=True))
+    assert same.proj is None and same.head.weight is same.inp.weight
+    x = torch.randint(0, 50, (2, 7))
+    logits, state = m(x)
+    step_logits, _ = m.step(x[:, 0], m.initial_state(2))
+    torch.testing.assert_close(step_logits, logits[:, 0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="--tie"):
+        ModelConfig(vocab_size=50, input="onehot", tie=True)

@@ -48,7 +48,7 @@ def test_a_run_is_safetensors_and_json(run):
 def test_reloaded_run_gives_identical_logits(run):
     a = storyloom.load(run)
     b = storyloom.load(run, which="last")
-    x = torch.from_numpy(a.tokenizer.encode("Shall I compare thee").astype("int64"))[None]
+    x = torch.from_numpy(a.tokenizer.ids("Shall I compare thee").astype("int64"))[None]
     with torch.no_grad():
         torch.testing.assert_close(a.model(x)[0], b.model(x)[0], rtol=0, atol=0)  # the run ended on its best eval
     assert a.model.training is False
