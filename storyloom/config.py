@@ -16,6 +16,7 @@ INPUTS = ("embedding", "onehot", "scalar")
 PRECISIONS = ("auto", "fp32", "bf16")
 UNKNOWN = ("error", "replace")
 LEVELS = ("char", "word", "bpe")
+CELLS = ("lstm", "lstm-reference", "gru", "rnn", "transformer")
 # Beyond these a typo is likelier than a wish; each is far past what fits on the machines we target.
 LIMITS = {"embed": 65_536, "hidden": 65_536, "layers": 64, "seq_len": 1_000_000, "batch_size": 1_000_000,
           "steps": 10**12, "epochs": 1e6, "minutes": 1e6, "evals": 100_000, "keep": 1_000}
@@ -70,9 +71,16 @@ class ModelConfig:
     layers: int = 2  # stacked LSTM layers
     dropout: float = 0.1  # on the input, between layers and before the head
     tie: bool = False  # the head reuses the embedding (through a projection when embed != hidden)
+    cell: str = "lstm"  # lstm | lstm-reference | gru | rnn | transformer
+    heads: int = 4  # transformer: attention heads (hidden must be a multiple)
+    context: int = 128  # transformer: tokens of carried context, and the longest piece attended at once
 
     def __post_init__(self) -> None:
         _choice(self, "input", INPUTS)
+        _choice(self, "cell", CELLS)
+        _positive(self, "heads", "context")
+        if self.cell == "transformer" and self.hidden % self.heads:
+            raise UserError(f"--hidden {self.hidden} must be a multiple of --heads {self.heads} for the transformer")
         if self.tie and self.input != "embedding":
             raise UserError(f"--tie shares the embedding with the head, so it needs --input embedding, not {self.input}")
         _positive(self, "embed", "hidden", "layers")

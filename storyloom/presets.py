@@ -9,6 +9,7 @@ one-target-per-window recipe spends T LSTM steps to learn one character.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, override
@@ -70,10 +71,17 @@ PRESETS: dict[str, Preset] = {
         data=dict(level="bpe", vocab_size=2000),
         train=dict(seq_len=32, batch_size=32, lr=4e-3),
     ),
+    "transformer": Preset(
+        "seed 002's next step, attention: a causal Transformer of 4 blocks, width 256, 4 heads, each character "
+        "attending to the 128 before it, T=64, B=32",
+        model=dict(input="embedding", embed=128, hidden=256, layers=4, dropout=0.0, cell="transformer", heads=4, context=128),
+        train=dict(seq_len=64, batch_size=32, lr=2e-3),
+    ),
 }
 
-MODEL_FLAGS = ("input", "embed", "hidden", "layers", "dropout", "tie")
-DATA_FLAGS = ("lowercase", "val_files", "val_fraction", "encoding", "unknown", "level", "vocab_size", "max_vocab", "min_count")
+# Which config each flag belongs to. ModelConfig.vocab_size comes from the tokenizer; --vocab-size is BPE's.
+MODEL_FLAGS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size")
+DATA_FLAGS = tuple(f.name for f in dataclasses.fields(DataConfig))
 
 
 def names() -> list[str]:

@@ -199,7 +199,7 @@ class Trainer:
         rng, rng_meta = rng_to_checkpoint()
         tensors.update(rng)
         if self.state is not None:
-            tensors["state.h"], tensors["state.c"] = (s.float() for s in self.state)
+            tensors.update({f"state.{i}": s.float() for i, s in enumerate(self.state)})
         meta = {"position": self.pos.__dict__, "param_groups": groups, "rng": rng_meta}
         self.run.save_checkpoint(self.pos.step, self.model, tensors, meta, self.cfg.keep)
         self.last_checkpoint = time.perf_counter()
@@ -213,7 +213,8 @@ class Trainer:
         rng_from_checkpoint(tensors, meta["rng"])
         self.pos = Position(**meta["position"])
         self.loss_sum = torch.tensor(self.pos.acc_loss)
-        self.state = (tensors["state.h"].to(self.dev), tensors["state.c"].to(self.dev)) if "state.h" in tensors else None
+        parts = sorted((k for k in tensors if k.startswith("state.")), key=lambda k: int(k.split(".")[1]))
+        self.state = tuple(tensors[k].to(self.dev) for k in parts) or None
         self.run.truncate_metrics(self.pos.step)
 
     def recover(self) -> None:

@@ -53,7 +53,7 @@ def test_clean_and_presets(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "presets")
     lines = out.strip().splitlines()
     assert [l.split()[0] for l in lines] == ["default", "story-writer", "shakespeare", "mysterious-island", "heart-of-darkness",
-                                            "word", "bpe"]
+                                            "word", "bpe", "transformer"]
 
 
 def bad_inputs(tmp_path):

@@ -25,8 +25,8 @@ def test_forward_matches_the_seed_equations_step_by_step():
     m = make("onehot", layers=1)
     x = torch.randint(0, 11, (2, 7))
     logits, (hT, cT) = m(x)
-    W_ih, W_hh = m.rnn.weight_ih_l0, m.rnn.weight_hh_l0
-    b = m.rnn.bias_ih_l0 + m.rnn.bias_hh_l0
+    W_ih, W_hh = m.cell.weight_ih_l0, m.cell.weight_hh_l0
+    b = m.cell.bias_ih_l0 + m.cell.bias_hh_l0
     h = torch.zeros(2, 16)
     c = torch.zeros(2, 16)
     outs = []
@@ -46,7 +46,7 @@ def test_forget_gate_bias_starts_at_one():
     m = make()
     H = 16
     for layer in range(2):
-        total = getattr(m.rnn, f"bias_ih_l{layer}") + getattr(m.rnn, f"bias_hh_l{layer}")
+        total = getattr(m.cell, f"bias_ih_l{layer}") + getattr(m.cell, f"bias_hh_l{layer}")
         assert torch.all(total[H : 2 * H] == 1.0)
 
 

@@ -1,0 +1,279 @@
+"""The sequence cells behind `--cell`: what turns embedded tokens into hidden states.
+
+Every cell maps e (B, T, I) and a carried state to h (B, T, H) and the new
+state, and steps one token at a time for generation. A state is a tuple of
+tensors with the batch on dim 1, so the trainer, the sampler and beam search
+can zero, copy and reorder streams without knowing the cell.
+
+    lstm            torch's fused LSTM (oneDNN on CPU, cuDNN on GPU): the default
+    lstm-reference  the same LSTM written out from the seed equations, one step at a
+                    time, recording its gates; same parameter names, so it loads
+                    an `lstm` run's weights and gives the same outputs
+    gru             torch's GRU
+    rnn             a plain tanh RNN, the cell whose gradients vanish
+    transformer     a small causal Transformer (seed 002's next step): attention over
+                    the tokens of this call plus `context` carried ones
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+State = tuple[torch.Tensor, ...]  # each (L, B, ...): batch on dim 1
+
+
+def init_forget_bias(lstm: nn.Module, H: int, layers: int) -> None:
+    # Gates are ordered i, f, g, o. A forget bias of 1 keeps the cell state
+    # flowing early in training (Jozefowicz et al., 2015).
+    with torch.no_grad():
+        for l in range(layers):
+            getattr(lstm, f"bias_ih_l{l}")[H : 2 * H].fill_(1.0)
+            getattr(lstm, f"bias_hh_l{l}")[H : 2 * H].zero_()
+
+
+class LSTM(nn.LSTM):
+    """The default: torch's fused kernel for sequences, a hand-written step for generation."""
+
+    def __init__(self, I: int, H: int, L: int, dropout: float):
+        super().__init__(I, H, L, batch_first=True, dropout=dropout if L > 1 else 0.0)
+        init_forget_bias(self, H, L)
+
+    def initial_state(self, B: int, device=None) -> State:
+        z = torch.zeros(self.num_layers, B, self.hidden_size, device=device)
+        return z, z.clone()
+
+    def forward(self, e: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        h, (hn, cn) = super().forward(e, state)  # (B, T, H)
+        return h, (hn, cn)
+
+    def fold(self, table: torch.Tensor) -> torch.Tensor:
+        """Layer 0's input projection and biases applied to every row of an input table (V, I) -> (V, 4H)."""
+        b = self.bias_ih_l0 + self.bias_hh_l0
+        return torch.addmm(b, table.to(self.weight_ih_l0.dtype), self.weight_ih_l0.t())
+
+    def _fused(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer [W_ih | W_hh]^T (I+H, 4H) and b_ih + b_hh, cached until a parameter changes."""
+        if not hasattr(self, "_plist"):
+            self._plist = list(self.parameters())  # walking the module tree each step costs more than the step
+        version = tuple((p._version, p.dtype, p.device) for p in self._plist)
+        if getattr(self, "_cache", (None,))[0] != version:
+            layers = []
+            for l in range(self.num_layers):
+                W_ih, W_hh = getattr(self, f"weight_ih_l{l}"), getattr(self, f"weight_hh_l{l}")
+                b = getattr(self, f"bias_ih_l{l}") + getattr(self, f"bias_hh_l{l}")
+                layers.append((torch.cat([W_ih, W_hh], 1).t().contiguous().detach(), b.detach()))
+            self._cache = (version, layers)
+        return self._cache[1]
+
+    @torch.no_grad()
+    def step(self, e: torch.Tensor | None, state: State, z0: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """One step, e (B, I) -> h (B, H); or z0 (B, 4H), layer 0's input gates already looked up.
+
+        The LSTM equations over pre-fused weights: on a CPU, nn.LSTM's per-call
+        setup costs far more than one step's arithmetic.
+        """
+        h, c = state  # (L, B, H) each
+        H = self.hidden_size
+        inp, hs, cs = e, [], []
+        for l, (W, b) in enumerate(self._fused()):
+            if l == 0 and z0 is not None:
+                z = torch.addmm(z0, h[0], W[-H:])  # (B, 4H): z0 holds W_ih x + b
+            else:
+                z = torch.addmm(b, torch.cat([inp, h[l]], 1), W)  # (B, 4H)
+            s = torch.sigmoid(z)  # i, f and o gates (the g slice is unused: one call beats three)
+            g = torch.tanh(z[:, 2 * H : 3 * H])  # candidate C~_t
+            c_l = torch.addcmul(s[:, H : 2 * H] * c[l], s[:, :H], g)  # C_t = f*C_{t-1} + i*C~_t
+            inp = s[:, 3 * H :] * torch.tanh(c_l)  # h_t = o*tanh(C_t)
+            hs.append(inp)
+            cs.append(c_l)
+        return inp, (torch.stack(hs), torch.stack(cs))
+
+
+class ReferenceLSTM(nn.Module):
+    """An LSTM written out from the seed equations, for reading and for looking inside.
+
+    Parameters are named and laid out as torch's (gates stacked i, f, g, o),
+    so `lstm` weights load as they are. With `record = True`, forward keeps
+    each layer's gates and cell state in `self.gates`: {"input", "forget",
+    "output", "cell"} -> (L, B, T, H).
+    """
+
+    def __init__(self, I: int, H: int, L: int, dropout: float):
+        super().__init__()
+        self.input_size, self.hidden_size, self.num_layers, self.dropout = I, H, L, dropout
+        k = 1 / math.sqrt(H)  # torch's initialisation, U(-1/sqrt(H), 1/sqrt(H))
+        for l in range(L):
+            for name, shape in ((f"weight_ih_l{l}", (4 * H, I if l == 0 else H)), (f"weight_hh_l{l}", (4 * H, H)),
+                                (f"bias_ih_l{l}", (4 * H,)), (f"bias_hh_l{l}", (4 * H,))):
+                self.register_parameter(name, nn.Parameter(torch.empty(shape).uniform_(-k, k)))
+        init_forget_bias(self, H, L)
+        self.record = False
+        self.gates: dict[str, torch.Tensor] = {}
+
+    def initial_state(self, B: int, device=None) -> State:
+        z = torch.zeros(self.num_layers, B, self.hidden_size, device=device)
+        return z, z.clone()
+
+    def cell(self, l: int, x: torch.Tensor, h: torch.Tensor, C: torch.Tensor):
+        """One layer, one step: x (B, I), h and C (B, H) -> the gates, C_t and h_t."""
+        W_ih, W_hh = getattr(self, f"weight_ih_l{l}"), getattr(self, f"weight_hh_l{l}")
+        z = x @ W_ih.t() + getattr(self, f"bias_ih_l{l}") + h @ W_hh.t() + getattr(self, f"bias_hh_l{l}")  # (B, 4H)
+        zi, zf, zg, zo = z.chunk(4, dim=-1)
+        f = torch.sigmoid(zf)  # forget gate: how much of C_{t-1} to keep
+        i = torch.sigmoid(zi)  # input gate: how much of the candidate to write
+        C_tilde = torch.tanh(zg)  # candidate values
+        C = f * C + i * C_tilde  # the cell state: the long-term memory
+        o = torch.sigmoid(zo)  # output gate: how much of the memory to show
+        h = o * torch.tanh(C)  # the hidden state: what the next layer and step see
+        return (i, f, o), C, h
+
+    def forward(self, e: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        B, T, _ = e.shape
+        h0, c0 = state if state is not None else self.initial_state(B, e.device)
+        hs, cs = list(h0.unbind(0)), list(c0.unbind(0))
+        rec: list[list[list[torch.Tensor]]] = [[[] for _ in range(4)] for _ in range(self.num_layers)]
+        outs = []
+        for t in range(T):
+            x = e[:, t]
+            for l in range(self.num_layers):
+                (i, f, o), cs[l], hs[l] = self.cell(l, x, hs[l], cs[l])
+                if self.record:
+                    for store, v in zip(rec[l], (i, f, o, cs[l])):
+                        store.append(v.detach())
+                x = hs[l]
+                if l < self.num_layers - 1 and self.dropout and self.training:
+                    x = F.dropout(x, self.dropout, True)
+            outs.append(x)
+        if self.record:
+            self.gates = {name: torch.stack([torch.stack(rec[l][k], 1) for l in range(self.num_layers)])
+                          for k, name in enumerate(("input", "forget", "output", "cell"))}  # (L, B, T, H)
+        return torch.stack(outs, 1), (torch.stack(hs), torch.stack(cs))
+
+    def step(self, e: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        h, state = self.forward(e[:, None], state)
+        return h[:, 0], state
+
+
+class _TorchRNN:
+    """GRU and tanh RNN: torch's kernels, the state a one-tensor tuple."""
+
+    def initial_state(self, B: int, device=None) -> State:
+        return (torch.zeros(self.num_layers, B, self.hidden_size, device=device),)
+
+    def forward(self, e: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        h, hn = super().forward(e, state[0] if state is not None else None)  # (B, T, H)
+        return h, (hn,)
+
+    def step(self, e: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        h, state = self.forward(e[:, None], state)
+        return h[:, 0], state
+
+
+class GRU(_TorchRNN, nn.GRU):
+    def __init__(self, I: int, H: int, L: int, dropout: float):
+        nn.GRU.__init__(self, I, H, L, batch_first=True, dropout=dropout if L > 1 else 0.0)
+
+
+class RNN(_TorchRNN, nn.RNN):
+    def __init__(self, I: int, H: int, L: int, dropout: float):
+        nn.RNN.__init__(self, I, H, L, nonlinearity="tanh", batch_first=True, dropout=dropout if L > 1 else 0.0)
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attention(norm(x)), then x + MLP(norm(x))."""
+
+    def __init__(self, H: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.norm1, self.norm2 = nn.LayerNorm(H), nn.LayerNorm(H)
+        self.qkv, self.proj = nn.Linear(H, 3 * H), nn.Linear(H, H)
+        self.mlp = nn.Sequential(nn.Linear(H, 4 * H), nn.GELU(), nn.Linear(4 * H, H))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, H); cache (B, C, 2H): keys and values of the C tokens before; bias (B, nh, T, C+T)."""
+        B, T, H = x.shape
+        q, k, v = self.qkv(self.norm1(x)).split(H, -1)  # (B, T, H) each
+        kv = torch.cat([cache.to(k.dtype), torch.cat([k, v], -1)], 1)  # (B, C+T, 2H)
+        K, V = kv.split(H, -1)
+        heads = lambda t: t.view(B, t.shape[1], self.heads, H // self.heads).transpose(1, 2)  # noqa: E731  (B, nh, S, hd)
+        a = F.scaled_dot_product_attention(heads(q), heads(K), heads(V), attn_mask=bias.to(q.dtype),
+                                           dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(B, T, H)))
+        return x + self.drop(self.mlp(self.norm2(x))), kv
+
+
+class Transformer(nn.Module):
+    """A small causal Transformer: each token attends to itself and the `context` tokens before it.
+
+    Positions enter as ALiBi biases (Press et al., 2022): minus a per-head
+    slope times the distance, so a token's output depends only on the tokens
+    in its window, wherever a call starts. The state is each layer's keys and
+    values for the last `context` tokens (L, B, C*2H) and which of them exist
+    (1, B, C): a stream continues across calls exactly as the recurrent cells
+    do, and zeroing a stream's state empties its context.
+    """
+
+    def __init__(self, I: int, H: int, L: int, dropout: float, heads: int, context: int):
+        super().__init__()
+        self.input_size, self.hidden_size, self.num_layers, self.C, self.heads = I, H, L, context, heads
+        self.inp = nn.Linear(I, H)
+        self.blocks = nn.ModuleList(Block(H, heads, dropout) for _ in range(L))
+        self.norm = nn.LayerNorm(H)
+        self.register_buffer("slopes", torch.tensor([2 ** (-8 * (h + 1) / heads) for h in range(heads)]), persistent=False)
+
+    def initial_state(self, B: int, device=None) -> State:
+        C, H, L = self.C, self.hidden_size, self.num_layers
+        return torch.zeros(L, B, C * 2 * H, device=device), torch.zeros(1, B, C, device=device)
+
+    def _bias(self, valid: torch.Tensor, T: int) -> torch.Tensor:
+        """(B, nh, T, C+T): -slope * distance inside each query's window, -inf outside it or on a missing token."""
+        C, dev = self.C, valid.device
+        q = torch.arange(T, device=dev)[:, None] + C  # query positions in the window
+        k = torch.arange(C + T, device=dev)[None]
+        dist = (q - k).float()  # (T, C+T)
+        inside = (dist >= 0) & (dist <= C)
+        keys = torch.cat([valid, torch.ones(valid.shape[0], T, dtype=torch.bool, device=dev)], 1)  # (B, C+T)
+        ok = inside[None, None] & keys[:, None, None, :]
+        return torch.where(ok, -self.slopes[None, :, None, None] * dist, float("-inf"))
+
+    def _piece(self, e: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        B, T, _ = e.shape
+        C, H = self.C, self.hidden_size
+        caches, valid = state[0].view(self.num_layers, B, C, 2 * H), state[1][0] > 0.5
+        bias = self._bias(valid, T)
+        x, new = self.inp(e), []
+        for blk, cache in zip(self.blocks, caches):
+            x, kv = blk(x, cache, bias)
+            new.append(kv[:, -C:].float())
+        keys = torch.cat([valid, torch.ones(B, T, dtype=torch.bool, device=e.device)], 1)[:, -C:]
+        return self.norm(x), (torch.stack(new).view(self.num_layers, B, C * 2 * H), keys[None].float())
+
+    def forward(self, e: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        state = state if state is not None else self.initial_state(e.shape[0], e.device)
+        outs = []
+        for s in range(0, e.shape[1], self.C):  # pieces of at most C tokens bound the attention's memory
+            h, state = self._piece(e[:, s : s + self.C], state)
+            outs.append(h)
+        return torch.cat(outs, 1), state
+
+    def step(self, e: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        h, state = self.forward(e[:, None], state)
+        return h[:, 0], state
+
+
+def make_cell(cfg: ModelConfig) -> nn.Module:
+    I, H, L, p = cfg.input_size, cfg.hidden, cfg.layers, cfg.dropout
+    return {
+        "lstm": lambda: LSTM(I, H, L, p),
+        "lstm-reference": lambda: ReferenceLSTM(I, H, L, p),
+        "gru": lambda: GRU(I, H, L, p),
+        "rnn": lambda: RNN(I, H, L, p),
+        "transformer": lambda: Transformer(I, H, L, p, cfg.heads, cfg.context),
+    }[cfg.cell]()
