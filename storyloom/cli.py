@@ -12,10 +12,12 @@ import random
 import shlex
 import sys
 
-from . import api, presets
+from . import api, plots, presets
 from .config import CELLS, INPUTS, LEVELS, PRECISIONS, UNKNOWN
 from .compare import compare
 from .cowrite import run_session
+from .experiments import EXPERIMENTS
+from .inspection import inspect
 from .errors import UserError
 
 
@@ -149,6 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--overwrite", action="store_true", help="replace runs left in --out by an earlier compare")
     cp.add_argument("--no-progress", action="store_true")
 
+    x = sub.add_parser("experiment", help="measure the seeds' claims: long-range (memory across K steps) or gradients")
+    x.add_argument("name", choices=tuple(EXPERIMENTS), metavar="NAME", help="long-range or gradients")
+    x.add_argument("--out", required=True, help="directory for the plots, results.json and report.md")
+    x.add_argument("--steps", type=int, help="training steps per model (long-range default 600, gradients default 300)")
+    x.add_argument("--threads", type=int, default=0)
+
+    i = sub.add_parser("inspect", help="a self-contained HTML page of what each unit of a run responds to")
+    i.add_argument("run", metavar="RUN")
+    i.add_argument("texts", nargs="+", metavar="TEXT", help="files, globs, - or a bundled corpus name")
+    i.add_argument("--out", required=True, help="the HTML file to write")
+    i.add_argument("--chars", type=int, default=3000, help="read this many characters of the text (default 3000)")
+    i.add_argument("--offset", type=int, default=0, help="start this many characters into the text")
+    i.add_argument("--unit", type=int, help="the unit to colour by first (default: the best-correlated)")
+    i.add_argument("--which", choices=("best", "last"), default="best")
+    i.add_argument("--encoding", default="utf-8")
+
+    pl = sub.add_parser("plot", help="train and validation bpc of runs against steps and wall time, as a PNG")
+    pl.add_argument("runs", nargs="+", metavar="RUN")
+    pl.add_argument("--out", required=True, help="the PNG file to write")
+
     c = sub.add_parser("clean", help="print what the model sees of the sources")
     c.add_argument("sources", nargs="+", metavar="SOURCE")
     _add_data_flags(c)
@@ -280,6 +302,32 @@ def cmd_compare(a) -> int:
     return 0
 
 
+def cmd_experiment(a) -> int:
+    kw = {"steps": a.steps} if a.steps is not None else {}
+    if a.steps is not None and a.steps < 1:
+        raise UserError(f"--steps must be a positive integer, got {a.steps}")
+    EXPERIMENTS[a.name](a.out, threads=a.threads, **kw)
+    print(f"report: {a.out}/report.md")
+    return 0
+
+
+def cmd_inspect(a) -> int:
+    if a.chars < 3 or a.offset < 0:
+        raise UserError("--chars must be at least 3 and --offset at least 0")
+    text = api.clean_sources(a.texts, encoding=a.encoding)[a.offset : a.offset + a.chars]
+    r = inspect(a.run, text, a.out, unit=a.unit, which=a.which)
+    top = r["ranked"][0] if r["ranked"] else None
+    print(f"wrote {a.out}" + (f"; best-correlated: unit {top['unit']} with {top['feature']} (r = {top['r']:+.2f})" if top else ""))
+    return 0
+
+
+def cmd_plot(a) -> int:
+    runs = [(str(r), api.metrics(r)) for r in a.runs]
+    plots.run_curves(runs, a.out)
+    print(f"wrote {a.out}")
+    return 0
+
+
 def cmd_clean(a) -> int:
     sys.stdout.write(api.clean_sources(a.sources, lowercase=bool(a.lowercase), encoding=a.encoding or "utf-8"))
     return 0
@@ -291,7 +339,8 @@ def cmd_presets(a) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "write": cmd_write, "compare": cmd_compare, "clean": cmd_clean,
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "write": cmd_write, "compare": cmd_compare,
+            "experiment": cmd_experiment, "inspect": cmd_inspect, "plot": cmd_plot, "clean": cmd_clean,
             "presets": cmd_presets}
 
 

@@ -15,7 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
-from . import api, presets
+from . import api, plots, presets
 from .config import DataConfig, ModelConfig, TrainConfig
 from .errors import UserError
 
@@ -83,26 +83,6 @@ def measure(path: Path, spec: str, val_text: str) -> dict:
     }
 
 
-def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for r in results:
-        xs, ys = zip(*r["curve"]) if r["curve"] else ((), ())
-        ax.plot([x / 60 for x in xs], ys, marker="o", ms=3, label=f"{r['spec']} ({r['val_bpc']:.3f})")
-    ax.set_xlabel("wall-clock minutes of training")
-    ax.set_ylabel("validation bits per character")
-    ax.set_title("storyloom compare: the same validation text, every level in bpc")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def report(results: list[dict], minutes: float, sources, command: str) -> str:
     lines = [
         "# storyloom compare", "",
@@ -144,6 +124,6 @@ def compare(specs: list[str], sources=(), *, minutes: float = 10.0, out: str | P
         results.append(measure(path, spec, api.validation_text(path)))
         results[-1]["wall_s"] = round(time.perf_counter() - t, 1)
         (out / "results.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "curve"}) + "\n" for r in results))
-    plot(results, out / "curves.png")
+    plots.compare_curves(results, out / "curves.png")
     (out / "report.md").write_text(report(results, minutes, [str(s) for s in sources], command or "storyloom.compare(...)"))
     return out
