@@ -23,7 +23,8 @@ import torch
 from . import presets
 from .clean import clean, normalize
 from .config import RunConfig, override
-from .corpus import build, split
+from .corpus import build, load_prepared, prepared_dir, split
+from .corpus import prepare as prepare_corpus
 from .errors import UserError
 from .model import LanguageModel, n_params
 from .novelty import Index, codepoints, report
@@ -87,7 +88,22 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
     else:
         cfg = _configure(sources, preset, flags)
         tokenizer = None
-    corpus = build(read(sources, cfg.data.encoding), cfg.data, tokenizer)
+    prep = prepared_dir(sources)
+    if prep is not None:
+        corpus, data = load_prepared(prep)
+        if resume is None:
+            fixed = sorted(k for k in set(flags) & set(presets.DATA_FLAGS) if k != "unknown")
+            if fixed:
+                raise UserError(f"{prep}: a prepared corpus fixes its text settings; drop "
+                                f"{', '.join('--' + f.replace('_', '-') for f in fixed)} or prepare it again with them")
+            if cfg.data.level != data.level:
+                raise UserError(f"--preset {preset} works at {cfg.data.level} level but {prep} was prepared at {data.level} "
+                                f"level; run storyloom prepare --level {cfg.data.level}, or choose another preset")
+            cfg.data = data
+        elif corpus.tokenizer.to_dict() != tokenizer.to_dict():
+            raise UserError(f"{prep}: its vocabulary differs from the run's; resume with the corpus the run was trained on")
+    else:
+        corpus = build(read(sources, cfg.data.encoding), cfg.data, tokenizer)
     tc = cfg.train
     need = tc.batch_size * tc.seq_len + 1
     if len(corpus.train) < need:
@@ -119,6 +135,14 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
     return run.path
 
 
+def prepare(sources, out: str | Path, **flags) -> dict:
+    """Clean, split and encode sources once into `out` for `train([out])`: the data flags of `train` apply."""
+    cfg = presets.build("default", {k: v for k, v in flags.items() if v is not None})
+    if is_bundled(list(sources)) and flags.get("val_files") is None and flags.get("val_fraction") is None:
+        cfg.data.val_files = BUNDLED[is_bundled(list(sources))]
+    return prepare_corpus(read(sources, cfg.data.encoding), cfg.data, out, sources)
+
+
 def save_samples(path: str | Path, run: str | Path, prompt: str, samples: list[dict], settings: dict) -> None:
     """Append samples, with the seed and settings that reproduce each, to a JSON-lines file."""
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
@@ -135,7 +159,11 @@ def status(path: str | Path) -> dict:
 
 def validation_text(path: str | Path) -> str:
     """The cleaned validation text of a run, split exactly as it was trained."""
-    cfg = Run.open(path).config()
+    run = Run.open(path)
+    cfg = run.config()
+    prep = prepared_dir(cfg.sources)
+    if prep is not None:
+        return run.tokenizer().decode(load_prepared(prep)[0].val)
     if "-" in cfg.sources:
         raise UserError(f"{path}: trained from stdin, so its validation text is not on disk")
     _, val = split(read(list(cfg.sources), cfg.data.encoding), cfg.data)

@@ -13,16 +13,16 @@ import torch
 
 
 class Batches:
+    """Batches cut on demand, so `ids` may be a memory-mapped file of any size: nothing is copied up front."""
+
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
-        self.B, self.T = batch_size, seq_len
+        self.ids, self.B, self.T = ids, batch_size, seq_len
         self.L = (len(ids) - 1) // batch_size  # steps per stream
         self.n = self.L // seq_len  # batches per epoch
         if self.n < 1:
             need = batch_size * seq_len + 1
             raise ValueError(f"{len(ids)} tokens, fewer than the {need} one batch of {batch_size}x{seq_len} needs")
-        span = self.B * self.L
-        self.x = torch.from_numpy(np.ascontiguousarray(ids[:span]).reshape(self.B, self.L))  # (B, L)
-        self.y = torch.from_numpy(np.ascontiguousarray(ids[1 : span + 1]).reshape(self.B, self.L))  # (B, L)
+        self.starts = np.arange(batch_size, dtype=np.int64)[:, None] * self.L  # (B, 1): where each stream begins
 
     def __len__(self) -> int:
         return self.n
@@ -30,5 +30,5 @@ class Batches:
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= k < self.n:
             raise IndexError(k)
-        s = slice(k * self.T, (k + 1) * self.T)
-        return self.x[:, s].long(), self.y[:, s].long()  # (B, T), (B, T)
+        window = torch.from_numpy(self.ids[self.starts + k * self.T + np.arange(self.T + 1)].astype(np.int64))  # (B, T+1)
+        return window[:, :-1], window[:, 1:]  # (B, T), (B, T)

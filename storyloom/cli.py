@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("experiment", help="measure the seeds' claims: long-range (memory across K steps) or gradients")
     x.add_argument("name", choices=tuple(EXPERIMENTS), metavar="NAME", help="long-range or gradients")
     x.add_argument("--out", required=True, help="directory for the plots, results.json and report.md")
-    x.add_argument("--steps", type=int, help="training steps per model (long-range default 600, gradients default 300)")
+    x.add_argument("--steps", type=int, help="training steps per model (long-range default 1000, gradients default 300)")
     x.add_argument("--threads", type=int, default=0)
 
     i = sub.add_parser("inspect", help="a self-contained HTML page of what each unit of a run responds to")
@@ -170,6 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="train and validation bpc of runs against steps and wall time, as a PNG")
     pl.add_argument("runs", nargs="+", metavar="RUN")
     pl.add_argument("--out", required=True, help="the PNG file to write")
+
+    pr = sub.add_parser("prepare", help="clean and encode sources once, for training on any size of text in constant memory")
+    pr.add_argument("sources", nargs="*", metavar="SOURCE", help="as for train (default: the bundled corpus)")
+    pr.add_argument("--out", required=True, help="directory for train.bin, val.bin, vocab.json and prepared.json")
+    _add_data_flags(pr)
+    pr.add_argument("--val-files", type=_csv, help="validation works by file name, comma-separated")
+    pr.add_argument("--val-fraction", type=float, help="else hold out this share at the end of each work (default 0.05)")
+    pr.add_argument("--level", choices=LEVELS)
+    pr.add_argument("--vocab-size", type=int)
+    pr.add_argument("--max-vocab", type=int)
+    pr.add_argument("--min-count", type=int)
 
     c = sub.add_parser("clean", help="print what the model sees of the sources")
     c.add_argument("sources", nargs="+", metavar="SOURCE")
@@ -328,6 +339,15 @@ def cmd_plot(a) -> int:
     return 0
 
 
+def cmd_prepare(a) -> int:
+    flags = {k: getattr(a, k) for k in ("encoding", "lowercase", "val_files", "val_fraction", "level", "vocab_size", "max_vocab",
+                                        "min_count")}
+    meta = api.prepare(a.sources, a.out, **flags)
+    print(f"{meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens ({meta['dtype']}) in {a.out}; "
+          f"train with: storyloom train {a.out}")
+    return 0
+
+
 def cmd_clean(a) -> int:
     sys.stdout.write(api.clean_sources(a.sources, lowercase=bool(a.lowercase), encoding=a.encoding or "utf-8"))
     return 0
@@ -340,7 +360,8 @@ def cmd_presets(a) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "write": cmd_write, "compare": cmd_compare,
-            "experiment": cmd_experiment, "inspect": cmd_inspect, "plot": cmd_plot, "clean": cmd_clean,
+            "experiment": cmd_experiment, "inspect": cmd_inspect, "plot": cmd_plot, "prepare": cmd_prepare,
+            "clean": cmd_clean,
             "presets": cmd_presets}
 
 

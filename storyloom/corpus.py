@@ -7,7 +7,11 @@ overlap their neighbours in the training text, so they leak.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +19,7 @@ from .clean import clean
 from .config import DataConfig
 from .errors import UserError
 from .sources import Document
-from .tokenize import Tokenizer, fit
+from .tokenize import Tokenizer, fit, from_dict
 
 
 @dataclass
@@ -75,3 +79,60 @@ def build(docs: list[Document], cfg: DataConfig, tokenizer: Tokenizer | None = N
         train_names=[n for n, _ in train],
         val_names=[n for n, _ in val],
     )
+
+
+# -- prepared corpora: encoded once, trained on through a memory map ----------
+PREPARED = "prepared.json"
+
+
+def prepared_dir(sources) -> Path | None:
+    """The directory if the sources are one directory made by `storyloom prepare`."""
+    if len(sources) == 1 and (Path(sources[0]) / PREPARED).is_file():
+        return Path(sources[0])
+    return None
+
+
+def _write_array(path: Path, a: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        a.tofile(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def prepare(docs: list[Document], cfg: DataConfig, out: str | Path, sources=()) -> dict:
+    """Clean, split and encode once: train.bin and val.bin (raw ids in the smallest unsigned type), vocab.json, prepared.json."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / PREPARED).is_file():
+        raise UserError(f"--out {out}: directory holds other files; choose a new --out")
+    c = build(docs, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = c.tokenizer.dtype()
+    _write_array(out / "train.bin", c.train.astype(dtype))
+    _write_array(out / "val.bin", c.val.astype(dtype))
+    (out / "vocab.json").write_text(json.dumps(c.tokenizer.to_dict()))
+    meta = {"dtype": dtype.name, "train_tokens": int(len(c.train)), "val_tokens": int(len(c.val)),
+            "train_chars": c.train_chars, "val_chars": c.val_chars, "val_extra_nats": c.val_extra_nats,
+            "train_works": c.train_names, "val_works": c.val_names, "data": dataclasses.asdict(cfg),
+            "sources": [str(s) for s in sources]}
+    (out / PREPARED).write_text(json.dumps(meta, indent=1))  # last: its presence says the rest is complete
+    return meta
+
+
+def load_prepared(path: str | Path) -> tuple[Corpus, DataConfig]:
+    """A prepared corpus; the training ids stay on disk, memory-mapped."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / PREPARED).read_text())
+        tok = from_dict(json.loads((path / "vocab.json").read_text()))
+        dtype = np.dtype(meta["dtype"])
+        train = np.memmap(path / "train.bin", dtype=dtype, mode="r")
+        val = np.fromfile(path / "val.bin", dtype=dtype)
+        cfg = DataConfig(**meta["data"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: a damaged prepared corpus ({e}); run `storyloom prepare` again") from None
+    if len(train) != meta["train_tokens"] or len(val) != meta["val_tokens"]:
+        raise UserError(f"{path}: train.bin or val.bin has the wrong length; run `storyloom prepare` again")
+    return Corpus(tok, train, val, meta["val_chars"], meta["val_extra_nats"], meta["train_chars"], meta["train_works"],
+                  meta["val_works"]), cfg

@@ -77,7 +77,7 @@ def train_recall(cell: str, K: int, steps: int, hidden: int = 64, batch: int = 3
 
 
 def long_range(out: str | Path, distances=(2, 5, 10, 20, 50, 100, 200, 300), cells=("rnn", "gru", "lstm", "transformer"),
-               steps: int = 600, hidden: int = 64, threads: int = 0, log=print) -> dict:
+               steps: int = 1000, hidden: int = 64, threads: int = 0, log=print) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     set_threads(threads)

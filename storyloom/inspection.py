@@ -149,10 +149,12 @@ def inspect(run: str | Path, text: str, out: str | Path, unit: int | None = None
         "p": [None if p is None else round(p, 4) for p in actual], "top5": top5,
     }
     stats = gate_stats(r["gates"])
-    page = render(data, ranked[:15], stats, text)
+    seen: set[int] = set()
+    best = [c for c in ranked if not (c["unit"] in seen or seen.add(c["unit"]))][:15]  # each unit once, at its strongest
+    page = render(data, best, stats, text)
     Path(out).write_text(page, encoding="utf-8")
     mean_bits = float(-np.log2(np.maximum([p for p in actual[1:]], 1e-12)).mean())
-    return {"ranked": ranked[:15], "gates": stats, "shown": shown, "mean_bits_per_token": mean_bits}
+    return {"ranked": best, "gates": stats, "shown": shown, "mean_bits_per_token": mean_bits}
 
 
 def render(data: dict, ranked: list[dict], stats: list[dict], text: str) -> str:

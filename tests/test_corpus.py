@@ -41,3 +41,29 @@ def test_unseen_validation_characters_follow_unknown_flag():
 def test_empty_text_is_refused():
     with pytest.raises(UserError, match="no text left"):
         build([Document("e.txt", "")], DataConfig())
+
+
+def test_prepared_corpus_trains_from_a_memory_map(tmp_path, sonnets, capsys):
+    import numpy as np
+
+    import storyloom
+    from storyloom.cli import main
+    from storyloom.corpus import load_prepared
+
+    from conftest import TINY
+
+    (tmp_path / "s.txt").write_text(sonnets)
+    assert main(["prepare", str(tmp_path / "s.txt"), "--out", str(tmp_path / "prep"), "--level", "word"]) == 0
+    assert "train with: storyloom train" in capsys.readouterr().out
+    c, data = load_prepared(tmp_path / "prep")
+    assert isinstance(c.train, np.memmap) and c.train.dtype == np.uint16 and data.level == "word"
+    direct = build(read([str(tmp_path / "s.txt")]), DataConfig(level="word"))
+    assert np.array_equal(c.train, direct.train) and np.array_equal(c.val, direct.val) and c.val_chars == direct.val_chars
+    run = storyloom.train([str(tmp_path / "prep")], out=tmp_path / "r", steps=5, preset="word", progress=False,
+                          **{**TINY, "tie": False})
+    assert storyloom.status(run)["step"] == 5
+    assert storyloom.validation_text(run) == direct.tokenizer.decode(direct.val)
+    with pytest.raises(storyloom.UserError, match="prepared at word level"):
+        storyloom.train([str(tmp_path / "prep")], out=tmp_path / "r2", steps=5, progress=False, **TINY)
+    with pytest.raises(storyloom.UserError, match="fixes its text settings; drop --lowercase"):
+        storyloom.train([str(tmp_path / "prep")], out=tmp_path / "r3", preset="word", lowercase=True, progress=False, **TINY)
