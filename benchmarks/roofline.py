@@ -1,0 +1,105 @@
+"""How close training runs to this machine's arithmetic limit.
+
+    python benchmarks/roofline.py                 # the default preset, 60 s of training per precision
+    python benchmarks/roofline.py --seconds 20 --preset mysterious-island
+
+1. The machine: matmul throughput in fp32 and bf16 at the model's own GEMM
+   shapes (the input projection over a whole batch, the recurrent matmul of
+   one time step, the head, and their backward transposes), each timed
+   alone on warm buffers.
+2. The trainer: model FLOP/s achieved by `storyloom train` on the bundled
+   corpus, counting per character 2*4H*(I+H) per LSTM layer plus 2*H*V for
+   the head, times 3 for training (forward, and backward at twice the cost).
+
+The roofline for the model is the time its GEMMs would take at the measured
+rates; the ratio is achieved / roofline, in the same run. Prints JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import storyloom  # noqa: E402
+from storyloom import presets  # noqa: E402
+
+
+def emit(**row) -> None:
+    print(json.dumps(row), flush=True)
+
+
+def gemm_rate(M: int, K: int, N: int, dtype: torch.dtype, seconds: float = 0.5) -> float:
+    """FLOP/s of (M, K) @ (K, N), best of several timed batches."""
+    a, b = torch.randn(M, K, dtype=dtype), torch.randn(K, N, dtype=dtype)
+    for _ in range(5):
+        a @ b
+    best, reps = 0.0, max(1, int(2e8 / (2 * M * K * N)))
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = max(best, 2 * M * K * N * reps / (time.perf_counter() - t))
+    return best
+
+
+def model_gemms(B: int, T: int, I: int, H: int, V: int, layers: int) -> list[tuple[str, int, int, int, int]]:
+    """(name, M, K, N, times per batch) of one training step's matmuls, forward and backward."""
+    g = []
+    for l in range(layers):
+        i = I if l == 0 else H
+        g += [(f"l{l} input projection", B * T, i, 4 * H, 1), (f"l{l} input grad", B * T, 4 * H, i, 1),
+              (f"l{l} input weight grad", i, B * T, 4 * H, 1),
+              (f"l{l} recurrent step", B, H, 4 * H, T), (f"l{l} recurrent grad", B, 4 * H, H, T),
+              (f"l{l} recurrent weight grad", H, B, 4 * H, T)]
+    g += [("head", B * T, H, V, 1), ("head input grad", B * T, V, H, 1), ("head weight grad", H, B * T, V, 1)]
+    return g
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--seconds", type=float, default=60.0, help="training time per precision")
+    a = ap.parse_args()
+    cfg = presets.build(a.preset)
+    m, t = cfg.model, cfg.train
+    V = 90  # characters in the bundled corpus's training text, near enough for the head's share
+    I = m.embed if m.input == "embedding" else (V if m.input == "onehot" else 1)
+    B, T, H, L = t.batch_size, t.seq_len, m.hidden, m.layers
+    emit(kind="config", preset=a.preset, B=B, T=T, I=I, H=H, layers=L, V=V, seconds=a.seconds, torch=torch.__version__,
+         threads=torch.get_num_threads(), machine=platform.processor() or platform.machine())
+    flops_per_char = 3 * (sum(2 * 4 * H * ((I if l == 0 else H) + H) for l in range(L)) + 2 * H * V)
+    gemms = model_gemms(B, T, I, H, V, L)
+    roof = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        seconds, flops = 0.0, 0
+        for g, M, K, N, times in gemms:
+            rate = gemm_rate(M, K, N, dtype)
+            emit(kind="gemm", precision=name, gemm=g, M=M, K=K, N=N, tflops=round(rate / 1e12, 4))
+            seconds += times * 2 * M * K * N / rate
+            flops += times * 2 * M * K * N
+        roof[name] = flops / seconds
+        emit(kind="roofline", precision=name, tflops=round(roof[name] / 1e12, 4),
+             note="the model's GEMM mix at the measured rates")
+    out = Path(tempfile.mkdtemp(prefix="storyloom-roofline-"))
+    for name in ("fp32", "bf16"):
+        run = storyloom.train(["shakespeare"], out=out / name, preset=a.preset, minutes=a.seconds / 60, evals=1, patience=0,
+                              precision=name, progress=False)
+        rows = [r for r in storyloom.metrics(run) if "tokens_per_s" in r][1:] or [r for r in storyloom.metrics(run) if "tokens_per_s" in r]
+        cps = sorted(r["tokens_per_s"] for r in rows)[len(rows) // 2]
+        achieved = cps * flops_per_char
+        emit(kind="trainer", precision=name, chars_per_s=cps, model_tflops=round(achieved / 1e12, 4),
+             roofline_tflops=round(roof[name] / 1e12, 4), ratio=round(achieved / roof[name], 3),
+             bf16_matmul_roofline_tflops=round(roof["bf16"] / 1e12, 4), ratio_to_bf16_roofline=round(achieved / roof["bf16"], 3))
+
+
+if __name__ == "__main__":
+    main()
