@@ -5,8 +5,9 @@
 
 1. The machine: matmul throughput in fp32 and bf16 at the model's own GEMM
    shapes (the input projection over a whole batch, the recurrent matmul of
-   one time step, the head, and their backward transposes), each timed
-   alone on warm buffers.
+   one time step and its gradient, the recurrent weight gradient over the
+   whole batch, the head, and their backward transposes), each timed alone
+   on warm buffers.
 2. The trainer: model FLOP/s achieved by `storyloom train` on the bundled
    corpus, counting per character 2*4H*(I+H) per LSTM layer plus 2*H*V for
    the head, times 3 for training (forward, and backward at twice the cost).
@@ -59,7 +60,8 @@ def model_gemms(B: int, T: int, I: int, H: int, V: int, layers: int) -> list[tup
         g += [(f"l{l} input projection", B * T, i, 4 * H, 1), (f"l{l} input grad", B * T, 4 * H, i, 1),
               (f"l{l} input weight grad", i, B * T, 4 * H, 1),
               (f"l{l} recurrent step", B, H, 4 * H, T), (f"l{l} recurrent grad", B, 4 * H, H, T),
-              (f"l{l} recurrent weight grad", H, B, 4 * H, T)]
+              # the kernel sums the recurrent weight gradient over the whole sequence in one GEMM
+              (f"l{l} recurrent weight grad", H, B * T, 4 * H, 1)]
     g += [("head", B * T, H, V, 1), ("head input grad", B * T, V, H, 1), ("head weight grad", H, B * T, V, 1)]
     return g
 
