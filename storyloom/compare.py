@@ -35,7 +35,7 @@ def _value(key: str, raw: str, spec: str):
             return tuple(x for x in raw.split("+") if x)
         return type(default)(raw)
     except ValueError:
-        raise UserError(f"{spec}: {key}={raw!r} is not a {type(default).__name__}") from None
+        raise UserError(f"{spec}: {key}={raw!r} is not a valid {type(default).__name__}") from None
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -113,7 +113,9 @@ def compare(specs: list[str], sources=(), *, minutes: float = 10.0, out: str | P
         raise UserError("give at least one SPEC to compare, for example: default default:level=bpe word")
     if not minutes or minutes <= 0:
         raise UserError(f"--minutes must be > 0, got {minutes!r}")
-    parsed = [parse_spec(s) for s in specs]  # every spec checked before any training starts
+    parsed = [parse_spec(s) for s in specs]
+    for preset, overrides in parsed:  # every setting validated before any training starts
+        presets.build(preset, {**flags, **overrides})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []

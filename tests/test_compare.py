@@ -17,8 +17,8 @@ def test_specs_parse_with_typed_values():
 
 
 @pytest.mark.parametrize("spec, message", [("nope", "'nope' is not a preset"), ("default:hidden", "not key=value"),
-                                           ("default:colour=red", "not key=value"), ("default:hidden=big", "is not a int"),
-                                           ("default:tie=maybe", "is not a bool")])
+                                           ("default:colour=red", "not key=value"), ("default:hidden=big", "is not a valid int"),
+                                           ("default:tie=maybe", "is not a valid bool"), ("default:hidden=0", "--hidden must be")])
 def test_bad_specs_are_refused_before_training(tmp_path, spec, message):
     with pytest.raises(storyloom.UserError, match=message):
         storyloom.compare.compare(["default", spec], out=tmp_path / "c", minutes=1)
