@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--layers", type=int, help="stacked LSTM layers")
     m.add_argument("--dropout", type=float, help="dropout on inputs, between layers and before the head")
     m.add_argument("--cell", choices=CELLS, help="lstm (default), lstm-reference (the seed equations, slow), gru, rnn, transformer")
+    m.add_argument("--forget-bias", type=float, help="lstm: the forget gate's starting bias (default 1; 3 remembers longer)")
     m.add_argument("--heads", type=int, help="transformer: attention heads (default 4)")
     m.add_argument("--context", type=int, help="transformer: tokens each token attends to before itself (default 128)")
     m.add_argument("--tie", action="store_true", default=None, help="the head reuses the embedding (a projection bridges embed != hidden)")
@@ -193,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 TRAIN_FLAGS = ("steps", "epochs", "minutes", "patience", "input", "embed", "hidden", "layers", "dropout", "seq_len",
                "batch_size", "lr", "warmup", "min_lr_ratio", "weight_decay", "clip", "reset_prob", "evals", "log_every", "seed", "precision", "device", "threads",
                "encoding", "lowercase", "val_files", "val_fraction", "unknown", "checkpoint_every", "checkpoint_minutes", "keep",
-               "bad_steps", "deterministic", "tie", "cell", "heads", "context", "level", "vocab_size", "max_vocab", "min_count")
+               "bad_steps", "deterministic", "tie", "cell", "forget_bias", "heads", "context", "level", "vocab_size", "max_vocab", "min_count")
 
 
 def cmd_train(a) -> int:

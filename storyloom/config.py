@@ -72,6 +72,7 @@ class ModelConfig:
     dropout: float = 0.1  # on the input, between layers and before the head
     tie: bool = False  # the head reuses the embedding (through a projection when embed != hidden)
     cell: str = "lstm"  # lstm | lstm-reference | gru | rnn | transformer
+    forget_bias: float = 1.0  # lstm: the forget gate's starting bias (3 keeps memories over far longer spans)
     heads: int = 4  # transformer: attention heads (hidden must be a multiple)
     context: int = 128  # transformer: tokens of carried context, and the longest piece attended at once
 
@@ -79,6 +80,8 @@ class ModelConfig:
         _choice(self, "input", INPUTS)
         _choice(self, "cell", CELLS)
         _positive(self, "heads", "context")
+        if isinstance(self.forget_bias, bool) or not isinstance(self.forget_bias, (int, float)) or not -20 <= self.forget_bias <= 20:
+            raise UserError(f"--forget-bias must be a number between -20 and 20, got {self.forget_bias!r}")
         if self.cell == "transformer" and self.hidden % self.heads:
             raise UserError(f"--hidden {self.hidden} must be a multiple of --heads {self.heads} for the transformer")
         if self.tie and self.input != "embedding":

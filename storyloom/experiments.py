@@ -59,12 +59,9 @@ VARIANTS = {"rnn": ("rnn", None), "gru": ("gru", None), "lstm": ("lstm", None), 
 
 def recall_model(cell: str, K: int, hidden: int, forget_bias: float | None = None) -> LanguageModel:
     heads = 4 if hidden % 4 == 0 else 1
-    m = LanguageModel(ModelConfig(vocab_size=RECALL_VOCAB, input="embedding", embed=16, hidden=hidden,
-                                  layers=1 if cell != "transformer" else 2, dropout=0.0, cell=cell, heads=heads, context=K + 1))
-    if forget_bias is not None:
-        with torch.no_grad():
-            m.cell.bias_ih_l0[hidden : 2 * hidden].fill_(forget_bias)  # gates i, f, g, o: f is the second block
-    return m
+    return LanguageModel(ModelConfig(vocab_size=RECALL_VOCAB, input="embedding", embed=16, hidden=hidden,
+                                     layers=1 if cell != "transformer" else 2, dropout=0.0, cell=cell, heads=heads,
+                                     context=K + 1, forget_bias=1.0 if forget_bias is None else forget_bias))
 
 
 def train_recall(cell: str, K: int, steps: int, hidden: int = 64, batch: int = 32, lr: float = 3e-3, seed: int = 0) -> float:

@@ -78,3 +78,14 @@ def test_each_cell_trains_and_survives_save_and_load(tmp_path, sonnets, cell):
     assert 0 < m.score(sonnets[:500])["bpc"] < 10
     storyloom.train(resume=run, steps=8, progress=False)  # the carried state checkpoints and resumes
     assert storyloom.status(run)["step"] == 8
+
+
+def test_forget_bias_is_a_setting():
+    H = 16
+    for cell in ("lstm", "lstm-reference"):
+        m = make(cell, layers=2, forget_bias=3.0)
+        for l in range(2):
+            total = getattr(m.cell, f"bias_ih_l{l}") + getattr(m.cell, f"bias_hh_l{l}")
+            assert torch.all(total[H : 2 * H] == 3.0) and not torch.all(total[:H] == 3.0)
+    with pytest.raises(storyloom.UserError, match="--forget-bias"):
+        make("lstm", forget_bias=float("nan"))
