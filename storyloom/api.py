@@ -137,10 +137,8 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
 
 def prepare(sources, out: str | Path, **flags) -> dict:
     """Clean, split and encode sources once into `out` for `train([out])`: the data flags of `train` apply."""
-    cfg = presets.build("default", {k: v for k, v in flags.items() if v is not None})
-    if is_bundled(list(sources)) and flags.get("val_files") is None and flags.get("val_fraction") is None:
-        cfg.data.val_files = BUNDLED[is_bundled(list(sources))]
-    return prepare_corpus(read(sources, cfg.data.encoding), cfg.data, out, sources)
+    data = _configure(sources, "default", {k: v for k, v in flags.items() if v is not None}).data
+    return prepare_corpus(read(sources, data.encoding), data, out, sources)
 
 
 def save_samples(path: str | Path, run: str | Path, prompt: str, samples: list[dict], settings: dict) -> None:

@@ -28,6 +28,26 @@ from .config import ModelConfig
 State = tuple[torch.Tensor, ...]  # each (L, B, ...): batch on dim 1
 
 
+def cached(module: nn.Module, name: str, build):
+    """build(), kept on `module` until one of its parameters changes (in place, in dtype or in device)."""
+    if "_plist" not in module.__dict__:
+        module._plist = list(module.parameters())  # walking the module tree each step costs more than the step
+    version = tuple((p._version, p.dtype, p.device) for p in module._plist)
+    hit = module.__dict__.get(name)
+    if hit is None or hit[0] != version:
+        hit = (version, build())
+        module.__dict__[name] = hit
+    return hit[1]
+
+
+class StepByForward:
+    """A one-token step that is forward() over a sequence of one: for cells whose kernel needs no hand-written step."""
+
+    def step(self, e: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        h, state = self.forward(e[:, None], state)
+        return h[:, 0], state
+
+
 def init_forget_bias(lstm: nn.Module, H: int, layers: int, value: float = 1.0) -> None:
     # Gates are ordered i, f, g, o. A forget bias of 1 keeps the cell state
     # flowing early in training (Jozefowicz et al., 2015); larger values keep
@@ -60,17 +80,16 @@ class LSTM(nn.LSTM):
 
     def _fused(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer [W_ih | W_hh]^T (I+H, 4H) and b_ih + b_hh, cached until a parameter changes."""
-        if not hasattr(self, "_plist"):
-            self._plist = list(self.parameters())  # walking the module tree each step costs more than the step
-        version = tuple((p._version, p.dtype, p.device) for p in self._plist)
-        if getattr(self, "_cache", (None,))[0] != version:
+
+        def build():
             layers = []
             for l in range(self.num_layers):
                 W_ih, W_hh = getattr(self, f"weight_ih_l{l}"), getattr(self, f"weight_hh_l{l}")
                 b = getattr(self, f"bias_ih_l{l}") + getattr(self, f"bias_hh_l{l}")
                 layers.append((torch.cat([W_ih, W_hh], 1).t().contiguous().detach(), b.detach()))
-            self._cache = (version, layers)
-        return self._cache[1]
+            return layers
+
+        return cached(self, "_fused_cache", build)
 
     @torch.no_grad()
     def step(self, e: torch.Tensor | None, state: State, z0: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
@@ -96,7 +115,7 @@ class LSTM(nn.LSTM):
         return inp, (torch.stack(hs), torch.stack(cs))
 
 
-class ReferenceLSTM(nn.Module):
+class ReferenceLSTM(StepByForward, nn.Module):
     """An LSTM written out from the seed equations, for reading and for looking inside.
 
     Parameters are named and laid out as torch's (gates stacked i, f, g, o),
@@ -117,9 +136,7 @@ class ReferenceLSTM(nn.Module):
         self.record = False
         self.gates: dict[str, torch.Tensor] = {}
 
-    def initial_state(self, B: int, device=None) -> State:
-        z = torch.zeros(self.num_layers, B, self.hidden_size, device=device)
-        return z, z.clone()
+    initial_state = LSTM.initial_state  # the same (h, c) of zeros
 
     def cell(self, l: int, x: torch.Tensor, h: torch.Tensor, C: torch.Tensor):
         """One layer, one step: x (B, I), h and C (B, H) -> the gates, C_t and h_t."""
@@ -156,12 +173,8 @@ class ReferenceLSTM(nn.Module):
                           for k, name in enumerate(("input", "forget", "output", "cell"))}  # (L, B, T, H)
         return torch.stack(outs, 1), (torch.stack(hs), torch.stack(cs))
 
-    def step(self, e: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        h, state = self.forward(e[:, None], state)
-        return h[:, 0], state
 
-
-class _TorchRNN:
+class _TorchRNN(StepByForward):
     """GRU and tanh RNN: torch's kernels, the state a one-tensor tuple."""
 
     def initial_state(self, B: int, device=None) -> State:
@@ -170,10 +183,6 @@ class _TorchRNN:
     def forward(self, e: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         h, hn = super().forward(e, state[0] if state is not None else None)  # (B, T, H)
         return h, (hn,)
-
-    def step(self, e: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        h, state = self.forward(e[:, None], state)
-        return h[:, 0], state
 
 
 class GRU(_TorchRNN, nn.GRU):
@@ -210,7 +219,7 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x))), kv
 
 
-class Transformer(nn.Module):
+class Transformer(StepByForward, nn.Module):
     """A small causal Transformer: each token attends to itself and the `context` tokens before it.
 
     Positions enter as ALiBi biases (Press et al., 2022): minus a per-head
@@ -263,10 +272,6 @@ class Transformer(nn.Module):
             h, state = self._piece(e[:, s : s + self.C], state)
             outs.append(h)
         return torch.cat(outs, 1), state
-
-    def step(self, e: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        h, state = self.forward(e[:, None], state)
-        return h[:, 0], state
 
 
 def make_cell(cfg: ModelConfig) -> nn.Module:

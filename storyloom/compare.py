@@ -18,6 +18,7 @@ from pathlib import Path
 from . import api, plots, presets
 from .config import DataConfig, ModelConfig, TrainConfig
 from .errors import UserError
+from .model import n_params
 
 SAMPLE_CHARS = 300
 FIELDS = {f.name: f for cls in (ModelConfig, DataConfig, TrainConfig) for f in dataclasses.fields(cls) if f.name != "vocab_size" or cls is DataConfig}
@@ -73,7 +74,7 @@ def measure(path: Path, spec: str, val_text: str) -> dict:
     r = m.score(val_text, unknown="replace")
     return {
         "spec": spec, "run": str(path), "level": m.config.data.level, "vocab": len(m.tokenizer),
-        "params": sum(p.numel() for p in m.model.parameters()),
+        "params": n_params(m.model),
         "tokens_per_s": statistics.median(x["tokens_per_s"] for x in speed) if speed else None,
         "chars_per_s": statistics.median(x["chars_per_s"] for x in speed) if speed else None,
         "val_bpc": r["bpc"], "token_perplexity": r["token_perplexity"], "val_tokens": r["tokens"], "val_chars": r["chars"],

@@ -23,12 +23,11 @@ import torch.nn.functional as F
 
 from . import plots
 from .batches import Batches
-from .clean import clean
+from .api import clean_sources
 from .config import ModelConfig
 from .errors import UserError
 from .model import LanguageModel
 from .runtime import set_threads
-from .sources import read
 from .tokenize import CharTokenizer
 
 # -- long-range recall -----------------------------------------------------
@@ -116,7 +115,7 @@ def long_range(out: str | Path, distances=(2, 5, 10, 20, 50, 100, 200, 300), cel
 
 # -- gradients ---------------------------------------------------------------
 def _text_ids(sources, chars: int) -> tuple[CharTokenizer, np.ndarray]:
-    text = "".join(clean(d.text) for d in read(list(sources)))[:chars]
+    text = clean_sources(sources)[:chars]
     if len(text) < 10_000:
         raise UserError("the gradients experiment needs at least 10,000 characters of text")
     tok = CharTokenizer.fit(text)

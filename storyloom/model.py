@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cells import State, make_cell
+from .cells import State, cached, make_cell
 from .config import ModelConfig
 
 
@@ -78,12 +78,7 @@ class LanguageModel(nn.Module):
         lookup = {nn.Embedding: lambda: self.inp.weight, OneHot: lambda: torch.eye(self.cfg.vocab_size)}.get(type(self.inp))
         if lookup is None or not hasattr(self.cell, "fold"):
             return None
-        if not hasattr(self, "_plist"):
-            self._plist = list(self.parameters())
-        version = tuple((p._version, p.dtype, p.device) for p in self._plist)
-        if getattr(self, "_table_cache", (None,))[0] != version:
-            self._table_cache = (version, self.cell.fold(lookup()).detach())
-        return self._table_cache[1]
+        return cached(self, "_table_cache", lambda: self.cell.fold(lookup()).detach())
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

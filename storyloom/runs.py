@@ -43,7 +43,6 @@ from .tokenize import Tokenizer, from_dict
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-CHECKPOINT_FILES = ("model.safetensors", "trainer.safetensors", "trainer.json")
 
 
 def sha256(data: bytes) -> str:
@@ -146,13 +145,15 @@ class Checkpoint:
     def __init__(self, path: Path):
         self.path = path
         self.step = int(path.name.split("-")[1])
+        self._manifest: dict | None = None  # read once: a checkpoint never changes after its rename
 
     def __repr__(self) -> str:
         return f"Checkpoint({str(self.path)!r})"
 
     def read(self, name: str) -> bytes:
-        manifest = _manifest(self.path / MANIFEST)
-        return _verify(self.path / name, _read(self.path / name), manifest.get(name))
+        if self._manifest is None:
+            self._manifest = _manifest(self.path / MANIFEST)
+        return _verify(self.path / name, _read(self.path / name), self._manifest.get(name))
 
     def weights(self) -> dict[str, torch.Tensor]:
         return _tensors(self.path / "model.safetensors", self.read("model.safetensors"))
@@ -222,6 +223,9 @@ class Run:
     def read(self, name: str) -> bytes:
         return _verify(self.file(name), _read(self.file(name)), self.manifest().get(name))
 
+    def read_json(self, name: str):
+        return _json(self.file(name), self.read(name))
+
     def has(self, name: str) -> bool:
         return name in self.manifest() and self.file(name).exists()
 
@@ -237,18 +241,18 @@ class Run:
         write_json(self.file(MANIFEST), m)
 
     def config(self) -> RunConfig:
-        return RunConfig.from_dict(_json(self.file("config.json"), self.read("config.json")))
+        return RunConfig.from_dict(self.read_json("config.json"))
 
     def info(self) -> dict:
-        return _json(self.file("config.json"), self.read("config.json")).get("info", {})
+        return self.read_json("config.json").get("info", {})
 
     def set_train_config(self, train: dict) -> None:
-        d = _json(self.file("config.json"), self.read("config.json"))
+        d = self.read_json("config.json")
         d["train"] = train
         self.put("config.json", _dumps(d))
 
     def tokenizer(self) -> Tokenizer:
-        d = _json(self.file("vocab.json"), self.read("vocab.json"))
+        d = self.read_json("vocab.json")
         try:
             return from_dict(d)
         except (KeyError, TypeError, ValueError) as e:

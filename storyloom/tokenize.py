@@ -57,7 +57,18 @@ def _unknown_error(what: str, kind: str, missing) -> UserError:
                      "remove them or pass --unknown replace")
 
 
-class CharTokenizer:
+class _Ids:
+    """What every level shares once it has `ids` and a length: the id type and the public encode."""
+
+    def dtype(self) -> np.dtype:
+        return _dtype(len(self))
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        """The public form of `ids`: text -> list of token ids."""
+        return self.ids(text, unknown).tolist()
+
+
+class CharTokenizer(_Ids):
     """One id per distinct character, in code-point order.
 
     Encoding is vectorised through numpy: the text becomes an array of code
@@ -91,9 +102,6 @@ class CharTokenizer:
 
     def __len__(self) -> int:
         return len(self.chars)
-
-    def dtype(self) -> np.dtype:
-        return _dtype(len(self))
 
     def ids(self, text: str, unknown: str = "error", what: str = "text") -> np.ndarray:
         cps = _codepoints(text)
@@ -142,10 +150,6 @@ class CharTokenizer:
     def from_dict(cls, d: dict) -> "CharTokenizer":
         return cls(d["chars"], d.get("replacement"))
 
-    # the public pair, on lists
-    def encode(self, text: str, unknown: str = "error") -> list[int]:
-        return self.ids(text, unknown).tolist()
-
 
 # A word is letters/digits with inner apostrophes ("don't", "o'er"); every
 # whitespace run is one token; anything else is a token of one character.
@@ -155,7 +159,7 @@ UNK = "<unk>"
 OTHER_CODEPOINTS = 0x110000
 
 
-class WordTokenizer:
+class WordTokenizer(_Ids):
     """Words, punctuation marks and whitespace runs; the rest is <unk> (id 0).
 
     An <unk> is not free when scored: its spelling is charged under a
@@ -210,9 +214,6 @@ class WordTokenizer:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def dtype(self) -> np.dtype:
-        return _dtype(len(self))
-
     def _ids(self, pieces: list[str], unknown: str, what: str) -> np.ndarray:
         get = self.index.get
         ids = np.fromiter((get(p, -1) for p in pieces), dtype=np.int64, count=len(pieces))
@@ -261,11 +262,8 @@ class WordTokenizer:
         return cls(list(d["tokens"]), {str(k): int(v) for k, v in d["char_counts"].items()}, int(d["n_tokens"]),
                    [[str(a), str(b), int(n)] for a, b, n in d["bigrams"]])
 
-    def encode(self, text: str, unknown: str = "error") -> list[int]:
-        return self.ids(text, unknown).tolist()
 
-
-class BPETokenizer:
+class BPETokenizer(_Ids):
     """Byte-level BPE from Hugging Face `tokenizers`: every text encodes, nothing is unknown."""
 
     kind = "bpe"
@@ -295,9 +293,6 @@ class BPETokenizer:
 
     def __len__(self) -> int:
         return self._len
-
-    def dtype(self) -> np.dtype:
-        return _dtype(len(self))
 
     def ids(self, text: str, unknown: str = "error", what: str = "text") -> np.ndarray:
         return np.array(self.tok.encode(text).ids, dtype=self.dtype())
@@ -337,9 +332,6 @@ class BPETokenizer:
         from tokenizers import Tokenizer
 
         return cls(Tokenizer.from_str(d["tokenizer"]))
-
-    def encode(self, text: str, unknown: str = "error") -> list[int]:
-        return self.tok.encode(text).ids
 
 
 Tokenizer = CharTokenizer | WordTokenizer | BPETokenizer

@@ -84,6 +84,11 @@ def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", str
             "token_perplexity": math.exp(total.item() / n), "tokens": n}
 
 
+def val_fields(r: dict) -> dict:
+    """An evaluation as metrics.jsonl records it."""
+    return {"val_bpc": r["bpc"], "val_nats_per_char": r["nats_per_char"], "val_perplexity": r["perplexity"]}
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     # Decay matrices only: decaying biases and the forget-gate bias init fights the init.
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -332,7 +337,7 @@ class Trainer:
                     r = self.evaluate_now()
                     last_val = r["bpc"]
                     row = row or {"step": p.step, "epoch": p.epoch, "elapsed_s": round(p.elapsed, 3), "lr": lr}
-                    row.update(val_bpc=r["bpc"], val_nats_per_char=r["nats_per_char"], val_perplexity=r["perplexity"])
+                    row.update(val_fields(r))
                     p.elapsed = start_elapsed + time.perf_counter() - t0
                 if row:
                     self.run.append_metrics(row)
@@ -354,7 +359,6 @@ class Trainer:
             p.stopped = "patience" if c.patience and p.bad_evals >= c.patience else "limit"
             if not p.history or p.history[-1][0] != p.step:
                 r = self.evaluate_now()
-                self.run.append_metrics({"step": p.step, "epoch": p.epoch, "elapsed_s": round(p.elapsed, 3), "val_bpc": r["bpc"],
-                                         "val_nats_per_char": r["nats_per_char"], "val_perplexity": r["perplexity"]})
+                self.run.append_metrics({"step": p.step, "epoch": p.epoch, "elapsed_s": round(p.elapsed, 3), **val_fields(r)})
         self.checkpoint()
         return p
