@@ -108,9 +108,10 @@ def prepare(docs: list[Document], cfg: DataConfig, out: str | Path, sources=()) 
         raise UserError(f"--out {out}: directory holds other files; choose a new --out")
     c = build(docs, cfg)
     out.mkdir(parents=True, exist_ok=True)
+    (out / PREPARED).unlink(missing_ok=True)  # preparing again: the old marker must not vouch for half-written files
     dtype = c.tokenizer.dtype()
-    _write_array(out / "train.bin", c.train.astype(dtype))
-    _write_array(out / "val.bin", c.val.astype(dtype))
+    _write_array(out / "train.bin", c.train.astype(dtype, copy=False))  # ids come in this type already: no copy
+    _write_array(out / "val.bin", c.val.astype(dtype, copy=False))
     (out / "vocab.json").write_text(json.dumps(c.tokenizer.to_dict()))
     meta = {"dtype": dtype.name, "train_tokens": int(len(c.train)), "val_tokens": int(len(c.val)),
             "train_chars": c.train_chars, "val_chars": c.val_chars, "val_extra_nats": c.val_extra_nats,
