@@ -35,6 +35,18 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lowercase", action="store_true", default=None, help="fold case (seed 003)")
 
 
+def _add_split_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--val-files", type=_csv, help="validation works by file name, comma-separated")
+    p.add_argument("--val-fraction", type=float, help="else hold out this share at the end of each work (default 0.05)")
+
+
+def _add_level_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--level", choices=LEVELS, help="tokens: char (default), word, or bpe (byte-level BPE)")
+    p.add_argument("--vocab-size", type=int, help="bpe: vocabulary to learn (default 2000)")
+    p.add_argument("--max-vocab", type=int, help="word: keep the most frequent words, <unk> included (default 20000; 0: all)")
+    p.add_argument("--min-count", type=int, help="word: rarer words become <unk> (default 2)")
+
+
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; higher is wilder (default 0.8)")
     p.add_argument("--top-k", type=int, help="sample only from the k likeliest characters")
@@ -96,13 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deterministic kernels: a resumed run repeats an uninterrupted one bit for bit (needs --steps or --epochs)")
     d = t.add_argument_group("data")
     _add_data_flags(d)
-    d.add_argument("--val-files", type=_csv, help="validation works by file name, comma-separated")
-    d.add_argument("--val-fraction", type=float, help="else hold out this share at the end of each work (default 0.05)")
+    _add_split_flags(d)
     d.add_argument("--unknown", choices=UNKNOWN, help="unseen characters in validation text: error or replace")
-    d.add_argument("--level", choices=LEVELS, help="tokens: char (default), word, or bpe (byte-level BPE)")
-    d.add_argument("--vocab-size", type=int, help="bpe: vocabulary to learn (default 2000)")
-    d.add_argument("--max-vocab", type=int, help="word: keep the most frequent words, <unk> included (default 20000; 0: all)")
-    d.add_argument("--min-count", type=int, help="word: rarer words become <unk> (default 2)")
+    _add_level_flags(d)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="bits per character of a run on texts, read as one stream")
@@ -142,8 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--source", action="append", default=[], metavar="SOURCE",
                     help="training text, as for train (repeatable; default: the bundled corpus and its benchmark split)")
     _add_data_flags(cp)
-    cp.add_argument("--val-files", type=_csv, help="validation works by file name, comma-separated")
-    cp.add_argument("--val-fraction", type=float, help="else hold out this share at the end of each work")
+    _add_split_flags(cp)
     cp.add_argument("--unknown", choices=UNKNOWN, help="unseen characters in validation text: error or replace")
     cp.add_argument("--seed", type=int)
     cp.add_argument("--precision", choices=PRECISIONS)
@@ -176,12 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("sources", nargs="*", metavar="SOURCE", help="as for train (default: the bundled corpus)")
     pr.add_argument("--out", required=True, help="directory for train.bin, val.bin, vocab.json and prepared.json")
     _add_data_flags(pr)
-    pr.add_argument("--val-files", type=_csv, help="validation works by file name, comma-separated")
-    pr.add_argument("--val-fraction", type=float, help="else hold out this share at the end of each work (default 0.05)")
-    pr.add_argument("--level", choices=LEVELS)
-    pr.add_argument("--vocab-size", type=int)
-    pr.add_argument("--max-vocab", type=int)
-    pr.add_argument("--min-count", type=int)
+    _add_split_flags(pr)
+    _add_level_flags(pr)
 
     c = sub.add_parser("clean", help="print what the model sees of the sources")
     c.add_argument("sources", nargs="+", metavar="SOURCE")
