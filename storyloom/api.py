@@ -33,7 +33,7 @@ from .runtime import device, resolve_precision, seed_everything, set_determinist
 from .generate import Decoder, Stops, next_words, sample
 from .generate import beam as beam_search
 from .sampling import SampleConfig
-from .sources import BUNDLED, is_bundled, read
+from .sources import BUNDLED, is_bundled, locate, read
 from .train import Trainer, evaluate
 
 LIMIT_FLAGS = ("steps", "epochs", "minutes")
@@ -135,10 +135,15 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
     return run.path
 
 
-def prepare(sources, out: str | Path, **flags) -> dict:
-    """Clean, split and encode sources once into `out` for `train([out])`: the data flags of `train` apply."""
+def prepare(sources, out: str | Path, workers: int = 0, progress: bool = True, **flags) -> dict:
+    """Clean, split and encode sources once into `out` for `train([out])`: the data flags of `train` apply.
+
+    At character level the files are read twice (count, then encode), one at
+    a time per process, on `workers` processes (0: one per core), so memory
+    stays near the largest file's size whatever the corpus's.
+    """
     data = _configure(sources, "default", {k: v for k, v in flags.items() if v is not None}).data
-    return prepare_corpus(read(sources, data.encoding), data, out, sources)
+    return prepare_corpus(locate(sources), data, out, sources, workers=workers, progress=progress)
 
 
 def save_samples(path: str | Path, run: str | Path, prompt: str, samples: list[dict], settings: dict) -> None:

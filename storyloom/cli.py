@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--clip", type=float, help="gradient-norm clipping (0 disables)")
     o.add_argument("--reset-prob", type=float, help="chance per stream and batch that its carried state is zeroed (default 0.01)")
     o.add_argument("--evals", type=int, help="validation evaluations over the run (default 10)")
+    o.add_argument("--eval-tokens", type=int, help="evaluations during training read at most this many validation tokens, "
+                   "a fixed sample spread over the text (default 500,000; `storyloom eval` reads all)")
     o.add_argument("--log-every", type=int, help="steps between rows of metrics.jsonl (default 20)")
     o.add_argument("--seed", type=int, help="random seed (default 1234)")
     o.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 where the hardware has it natively")
@@ -182,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="clean and encode sources once, for training on any size of text in constant memory")
     pr.add_argument("sources", nargs="*", metavar="SOURCE", help="as for train (default: the bundled corpus)")
     pr.add_argument("--out", required=True, help="directory for train.bin, val.bin, vocab.json and prepared.json")
+    pr.add_argument("--workers", type=int, default=0, help="processes for character level (default 0: one per core)")
     _add_data_flags(pr)
     _add_split_flags(pr)
     _add_level_flags(pr)
@@ -195,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRAIN_FLAGS = ("steps", "epochs", "minutes", "patience", "input", "embed", "hidden", "layers", "dropout", "seq_len",
-               "batch_size", "lr", "warmup", "min_lr_ratio", "weight_decay", "clip", "reset_prob", "evals", "log_every", "seed", "precision", "device", "threads",
+               "batch_size", "lr", "warmup", "min_lr_ratio", "weight_decay", "clip", "reset_prob", "evals", "eval_tokens", "log_every", "seed", "precision", "device", "threads",
                "encoding", "lowercase", "val_files", "val_fraction", "unknown", "checkpoint_every", "checkpoint_minutes", "keep",
                "bad_steps", "deterministic", "tie", "cell", "forget_bias", "heads", "context", "level", "vocab_size", "max_vocab", "min_count")
 
@@ -346,7 +349,9 @@ def cmd_plot(a) -> int:
 def cmd_prepare(a) -> int:
     flags = {k: getattr(a, k) for k in ("encoding", "lowercase", "val_files", "val_fraction", "level", "vocab_size", "max_vocab",
                                         "min_count")}
-    meta = api.prepare(a.sources, a.out, **flags)
+    if a.workers < 0:
+        raise UserError(f"--workers must be >= 0 (0: one per core), got {a.workers}")
+    meta = api.prepare(a.sources, a.out, workers=a.workers, **flags)
     print(f"{meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens ({meta['dtype']}) in {a.out}; "
           f"train with: storyloom train {a.out}")
     return 0

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .clean import clean
 from .config import DataConfig
 from .errors import UserError
-from .sources import Document
-from .tokenize import Tokenizer, fit, from_dict
+from .sources import Document, load
+from .tokenize import CharTokenizer, Tokenizer, char_counts, fit, from_dict
 
 
 @dataclass
@@ -34,26 +36,38 @@ class Corpus:
     val_names: list[str]
 
 
-def split(docs: list[Document], cfg: DataConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Cleaned (name, text) pairs for training and for validation."""
-    texts = [(d.name, clean(d.text, cfg.lowercase)) for d in docs]
-    if not any(t for _, t in texts):
-        raise UserError(f"{', '.join(n for n, _ in texts[:3])}: no text left after cleaning; give a file with text in it")
+def split_one(doc: Document, cfg: DataConfig) -> tuple[str, str]:
+    """One document, cleaned: (its training part, its validation part)."""
+    text = clean(doc.text, cfg.lowercase)
     if cfg.val_files:
-        names = {n for n, _ in texts}
-        missing = [v for v in cfg.val_files if v not in names]
+        return ("", text) if doc.name in cfg.val_files else (text, "")
+    cut = len(text) - int(round(len(text) * cfg.val_fraction))
+    return text[:cut], text[cut:]
+
+
+def check_split(names: list[str], chars: list[tuple[int, int]], cfg: DataConfig) -> None:
+    """The errors a split can have, from each document's name and (training, validation) lengths."""
+    if not any(t + v for t, v in chars):
+        raise UserError(f"{', '.join(names[:3])}: no text left after cleaning; give a file with text in it")
+    if cfg.val_files:
+        missing = [v for v in cfg.val_files if v not in set(names)]
         if missing:
             raise UserError(f"--val-files {','.join(missing)}: no such work among the sources (they have: {', '.join(sorted(names)[:8])}...)")
-        train = [(n, t) for n, t in texts if n not in cfg.val_files]
-        val = [(n, t) for n, t in texts if n in cfg.val_files]
-        if not train:
+        if all(n in cfg.val_files for n in names):
             raise UserError("--val-files names every work, leaving no training text; name fewer files")
-        return train, val
-    train, val = [], []
-    for n, t in texts:
-        cut = len(t) - int(round(len(t) * cfg.val_fraction))
-        train.append((n, t[:cut]))
-        val.append((n, t[cut:]))
+    if not sum(t for t, _ in chars):
+        raise UserError("the training text is empty after cleaning; give more text")
+    if sum(v for _, v in chars) < 2:
+        raise UserError("the validation text is empty; raise --val-fraction or give --val-files")
+
+
+def split(docs: list[Document], cfg: DataConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Cleaned (name, text) pairs for training and for validation."""
+    parts = [split_one(d, cfg) for d in docs]
+    check_split([d.name for d in docs], [(len(t), len(v)) for t, v in parts], cfg)
+    keep = [(d.name, t, v) for d, (t, v) in zip(docs, parts) if not (cfg.val_files and d.name in cfg.val_files)]
+    train = [(n, t) for n, t, _ in keep]
+    val = [(d.name, v) for d, (_, v) in zip(docs, parts) if not cfg.val_files or d.name in cfg.val_files]
     return train, val
 
 
@@ -61,10 +75,6 @@ def build(docs: list[Document], cfg: DataConfig, tokenizer: Tokenizer | None = N
     train, val = split(docs, cfg)
     train_text = "".join(t for _, t in train)
     val_text = "".join(t for _, t in val)
-    if not train_text:
-        raise UserError("the training text is empty after cleaning; give more text")
-    if len(val_text) < 2:
-        raise UserError("the validation text is empty; raise --val-fraction or give --val-files")
     tok = tokenizer or fit(train_text, cfg.level, cfg.vocab_size, cfg.max_vocab, cfg.min_count)
     # Resuming keeps the run's tokenizer; at word level words the vocabulary dropped are <unk> in training too.
     train_ids = tok.ids(train_text, "replace" if tok.charges_unknown else "error", "the training text")
@@ -92,31 +102,125 @@ def prepared_dir(sources) -> Path | None:
     return None
 
 
-def _write_array(path: Path, a: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        a.tofile(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class _Writer:
+    """Arrays appended to a hidden file that is renamed into place when complete."""
+
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.path, self.tmp, self.dtype, self.n = path, path.with_name(f".{path.name}.tmp"), dtype, 0
+        self.f = open(self.tmp, "wb")
+
+    def add(self, a: np.ndarray) -> None:
+        a.astype(self.dtype, copy=False).tofile(self.f)  # ids come in this type already: no copy
+        self.n += len(a)
+
+    def close(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        os.replace(self.tmp, self.path)
 
 
-def prepare(docs: list[Document], cfg: DataConfig, out: str | Path, sources=()) -> dict:
-    """Clean, split and encode once: train.bin and val.bin (raw ids in the smallest unsigned type), vocab.json, prepared.json."""
+# What each worker process does with one source file. Module functions,
+# so a process pool can send them by name.
+def _job(job, cfg: DataConfig) -> tuple[Document, str, str]:
+    doc = job if isinstance(job, Document) else load(job, cfg.encoding)
+    return (doc, *split_one(doc, cfg))
+
+
+def _count(args) -> tuple[str, int, int, np.ndarray]:
+    doc, train, val = _job(*args)
+    return doc.name, len(train), len(val), char_counts(train)
+
+
+def _encode(args) -> tuple[np.ndarray, np.ndarray]:
+    job, cfg, tok = args
+    _, train, val = _job(job, cfg)
+    return tok.ids(train, "error", "the training text"), tok.ids(val, cfg.unknown, "the validation text")
+
+
+def _size(job) -> int:
+    return len(job.text) if isinstance(job, Document) else job.stat().st_size
+
+
+def _parallel(fn, jobs: list, workers: int, bar: tqdm):
+    """fn over jobs in order, in `workers` processes (in this one when 1), advancing the bar by each job's size."""
+    sizes = [_size(j[0]) for j in jobs]
+    if workers <= 1 or len(jobs) < 2:
+        results = map(fn, jobs)
+    else:
+        # fork: workers start in milliseconds and inherit the imported modules; they touch no torch state.
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(min(workers, len(jobs)))
+        results = pool.imap(fn, jobs)
+    try:
+        for n, r in zip(sizes, results):
+            bar.update(n)
+            yield r
+    finally:
+        if workers > 1 and len(jobs) >= 2:
+            pool.terminate()
+
+
+def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progress: bool) -> dict:
+    """Character level in constant memory: one pass counts characters, a second encodes, file by file on `workers` processes."""
+    total = sum(_size(j) for j in jobs)
+    with tqdm(total=2 * total, unit="B", unit_scale=True, desc="prepare", disable=None if progress else True) as bar:
+        names, chars, counts = [], [], np.zeros(256, dtype=np.int64)
+        for name, nt, nv, c in _parallel(_count, [(j, cfg) for j in jobs], workers, bar):
+            names.append(name)
+            chars.append((nt, nv))
+            if len(c) > len(counts):
+                counts = np.pad(counts, (0, len(c) - len(counts)))
+            counts[: len(c)] += c
+        check_split(names, chars, cfg)
+        tok = CharTokenizer.from_counts(counts)
+        train, val = _Writer(out / "train.bin", tok.dtype()), _Writer(out / "val.bin", tok.dtype())
+        for t, v in _parallel(_encode, [(j, cfg, tok) for j in jobs], workers, bar):
+            train.add(t)
+            val.add(v)
+        train.close()
+        val.close()
+    val_chars = sum(v for _, v in chars)
+    return {"tokenizer": tok, "train_tokens": train.n, "val_tokens": val.n, "train_chars": sum(t for t, _ in chars),
+            "val_chars": val_chars - 1, "val_extra_nats": 0.0,  # every validation character after the first is scored
+            "train_works": [n for n in names if not (cfg.val_files and n in cfg.val_files)],
+            "val_works": [n for n in names if not cfg.val_files or n in cfg.val_files]}
+
+
+def _prepare_in_memory(jobs: list, cfg: DataConfig, out: Path) -> dict:
+    """Word and subword levels: their tokenizers are fitted on the whole training text at once."""
+    c = build([j if isinstance(j, Document) else load(j, cfg.encoding) for j in jobs], cfg)
+    dtype = c.tokenizer.dtype()
+    for name, ids in (("train.bin", c.train), ("val.bin", c.val)):
+        w = _Writer(out / name, dtype)
+        w.add(ids)
+        w.close()
+    return {"tokenizer": c.tokenizer, "train_tokens": int(len(c.train)), "val_tokens": int(len(c.val)),
+            "train_chars": c.train_chars, "val_chars": c.val_chars, "val_extra_nats": c.val_extra_nats,
+            "train_works": c.train_names, "val_works": c.val_names}
+
+
+def prepare(jobs: list, cfg: DataConfig, out: str | Path, sources=(), workers: int = 0, progress: bool = True) -> dict:
+    """Clean, split and encode once: train.bin and val.bin (raw ids in the smallest unsigned type), vocab.json, prepared.json.
+
+    jobs are source files (as sources.locate gives them) or documents
+    already read. workers: processes for character level (0: one per core).
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / PREPARED).is_file():
         raise UserError(f"--out {out}: directory holds other files; choose a new --out")
-    c = build(docs, cfg)
+    jobs = [Document("<stdin>", load(None, cfg.encoding).text) if j is None else j for j in jobs]  # stdin is read once
     out.mkdir(parents=True, exist_ok=True)
     (out / PREPARED).unlink(missing_ok=True)  # preparing again: the old marker must not vouch for half-written files
-    dtype = c.tokenizer.dtype()
-    _write_array(out / "train.bin", c.train.astype(dtype, copy=False))  # ids come in this type already: no copy
-    _write_array(out / "val.bin", c.val.astype(dtype, copy=False))
-    (out / "vocab.json").write_text(json.dumps(c.tokenizer.to_dict()))
-    meta = {"dtype": dtype.name, "train_tokens": int(len(c.train)), "val_tokens": int(len(c.val)),
-            "train_chars": c.train_chars, "val_chars": c.val_chars, "val_extra_nats": c.val_extra_nats,
-            "train_works": c.train_names, "val_works": c.val_names, "data": dataclasses.asdict(cfg),
-            "sources": [str(s) for s in sources]}
+    if workers <= 0:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cfg.level == "char":
+        r = _prepare_chars(jobs, cfg, out, workers, progress)
+    else:
+        r = _prepare_in_memory(jobs, cfg, out)
+    tok = r.pop("tokenizer")
+    (out / "vocab.json").write_text(json.dumps(tok.to_dict()))
+    meta = {"dtype": tok.dtype().name, **r, "data": dataclasses.asdict(cfg), "sources": [str(s) for s in sources]}
     (out / PREPARED).write_text(json.dumps(meta, indent=1))  # last: its presence says the rest is complete
     return meta
 

@@ -86,19 +86,26 @@ def decode(data: bytes, where: str, encoding: str) -> str:
         ) from None
 
 
+def locate(sources: list[str] | tuple[str, ...]) -> list[Path | None]:
+    """The files the sources name, in order (None for stdin); no sources means the default corpus."""
+    out: list[Path | None] = []
+    for source in list(sources) or [DEFAULT_CORPUS]:
+        paths = expand(source)
+        out += [None] if paths is None else paths
+    return out
+
+
+def load(path: Path | None, encoding: str = "utf-8") -> Document:
+    """One located file (None: stdin), decoded."""
+    if path is None:
+        return Document("<stdin>", decode(sys.stdin.buffer.read(), "<stdin>", encoding))
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror}); check the path and its permissions") from None
+    return Document(path.name, decode(data, str(path), encoding))
+
+
 def read(sources: list[str] | tuple[str, ...], encoding: str = "utf-8") -> list[Document]:
     """Every document the sources name, in order; no sources means the default corpus."""
-    sources = list(sources) or [DEFAULT_CORPUS]
-    docs: list[Document] = []
-    for source in sources:
-        paths = expand(source)
-        if paths is None:
-            docs.append(Document("<stdin>", decode(sys.stdin.buffer.read(), "<stdin>", encoding)))
-            continue
-        for path in paths:
-            try:
-                data = path.read_bytes()
-            except OSError as e:
-                raise UserError(f"{path}: cannot be read ({e.strerror}); check the path and its permissions") from None
-            docs.append(Document(path.name, decode(data, str(path), encoding)))
-    return docs
+    return [load(p, encoding) for p in locate(sources)]

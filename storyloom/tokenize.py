@@ -40,7 +40,18 @@ class Scored:
 
 
 def _codepoints(text: str) -> np.ndarray:
+    """The text's code points: uint8 for ASCII text (a copy at memory speed), else uint32 (via UTF-32)."""
+    if text.isascii():  # a flag CPython keeps on every string: free to ask
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def char_counts(text: str) -> np.ndarray:
+    """How often each code point occurs: counts[cp]. What the character vocabulary is fitted from, summed over documents."""
+    cps = _codepoints(text)
+    if cps.dtype == np.uint8:
+        return np.bincount(cps, minlength=256)
+    return np.bincount(cps)
 
 
 def _show(items) -> str:
@@ -95,9 +106,14 @@ class CharTokenizer(_Ids):
 
     @classmethod
     def fit(cls, text: str) -> "CharTokenizer":
-        cps, counts = np.unique(_codepoints(text), return_counts=True)
+        return cls.from_counts(char_counts(text))
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray) -> "CharTokenizer":
+        """The vocabulary of every code point counted at least once (counts[cp], as char_counts gives)."""
+        cps = np.nonzero(counts)[0]
         chars = [chr(c) for c in cps]
-        repl = " " if " " in chars else (chr(cps[np.argmax(counts)]) if len(cps) else None)
+        repl = " " if " " in chars else (chr(int(np.argmax(counts))) if len(cps) else None)
         return cls(chars, repl)
 
     def __len__(self) -> int:
@@ -109,13 +125,25 @@ class CharTokenizer(_Ids):
             return np.zeros(0, dtype=self.dtype())
         if not len(self._cps):
             raise UserError("the vocabulary is empty: train on a non-empty text")
-        ids = self._lut[np.minimum(cps, len(self._lut) - 1)]  # a new array: safe to edit below
+        if cps.dtype == np.uint8:
+            ids = self._lut256()[cps]  # a new array: safe to edit below
+        else:
+            ids = self._lut[np.minimum(cps, len(self._lut) - 1)]
         bad = ids < 0
         if bad.any():
             if unknown != "replace":
                 raise _unknown_error(what, "character(s)", {chr(c) for c in np.unique(cps[bad])})
             ids[bad] = self.chars.index(self.replacement)
         return ids.astype(self.dtype())
+
+    def _lut256(self) -> np.ndarray:
+        """The lookup for one-byte code points, in the id type: small enough to stay in cache."""
+        if "_lut_small" not in self.__dict__:
+            lut = np.full(256, -1, dtype=np.int32)
+            n = min(len(self._lut) - 1, 256)
+            lut[:n] = self._lut[:n]
+            self._lut_small = lut.astype(np.int16 if len(self) < 2**15 else np.int32)
+        return self._lut_small
 
     def scored(self, text: str, unknown: str = "error", what: str = "text") -> Scored:
         return Scored(self.ids(text, unknown, what), max(len(text) - 1, 0), 0.0)
