@@ -140,6 +140,7 @@ class TrainConfig:
     epochs: float = 0.0  # stop after this many passes (0: no epoch limit)
     minutes: float = 0.0  # stop after this much wall-clock time (0: no limit)
     evals: int = 10  # evaluate this many times over the run (at equal progress)
+    eval_tokens: int = 500_000  # evaluations during training read at most this many validation tokens
     patience: int = 3  # stop after this many evaluations without improvement (0: never)
     log_every: int = 20  # steps between lines in metrics.jsonl
     seed: int = 1234
@@ -153,7 +154,7 @@ class TrainConfig:
     deterministic: bool = False  # deterministic kernels: a resumed run repeats an uninterrupted one bit for bit
 
     def __post_init__(self) -> None:
-        _positive(self, "seq_len", "batch_size", "evals", "log_every", "keep", "bad_steps")
+        _positive(self, "seq_len", "batch_size", "evals", "eval_tokens", "log_every", "keep", "bad_steps")
         _non_negative(self, "steps", "epochs", "minutes", "warmup", "weight_decay", "clip", "patience", "threads",
                       "checkpoint_every", "checkpoint_minutes")
         _at_most(self, "seq_len", "batch_size", "steps", "epochs", "minutes", "evals", "keep")

@@ -50,10 +50,23 @@ def autocast(precision: str, dev: torch.device):
     return torch.autocast(dev.type, dtype=torch.bfloat16)
 
 
+def physical_cores() -> int:
+    """Cores this process may run on, counting a core's hyperthreads once."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for c in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list") as f:
+                cores.add(f.read().strip())
+        except OSError:  # no sysfs topology (not Linux, or a container hiding it): count logical CPUs
+            return len(cpus)
+    return max(len(cores), 1)
+
+
 def set_threads(n: int = 0) -> int:
-    """Use physical cores: hyperthreads slow GEMM-bound work down."""
+    """Use physical cores: two threads sharing a core's matrix units slow GEMM-bound work down."""
     if n <= 0:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = physical_cores()
     torch.set_num_threads(n)
     return n
 

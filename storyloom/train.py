@@ -35,7 +35,7 @@ LN2 = math.log(2)
 
 @torch.no_grad()
 def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", streams: int = 1, warmup: int = 512,
-             chunk: int = 512, chars: int | None = None, extra_nats: float = 0.0) -> dict:
+             chunk: int = 512, chars: int | None = None, extra_nats: float = 0.0, limit: int = 0) -> dict:
     """Cross-entropy of `ids` with carried state; every token after the first is scored.
 
     bpc is (the scored tokens' nats + extra_nats) / chars / ln 2, where chars
@@ -48,28 +48,37 @@ def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", str
     chars/s here), so evaluations during training read `streams` contiguous
     pieces side by side instead, each first warmed up (unscored) on the
     `warmup` tokens before it, so its state matches the one-stream state.
+    With `limit`, a text of more tokens is sampled: `streams` pieces of
+    limit/streams tokens spread evenly over it, the same pieces every time,
+    and chars and extra_nats scaled to the share scored (exact at char level).
     """
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
-    ids_t = torch.from_numpy(np.asarray(ids)).long()
-    n = len(ids_t) - 1
+    n = len(ids) - 1
     if n < 1:
         raise ValueError("evaluation needs at least two tokens")
-    if streams > 1 and n > 4 * streams * warmup:
-        # Stream k reads inputs [kL, (k+1)L + W) and scores all but its first W (stream 0 scores all).
-        S, W = streams, warmup
+    S, W = streams, warmup
+    sampled = S > 1 and limit and n > max(limit, 4 * S * W)
+    if sampled:
+        L = limit // S
+        first = [W + k * (n - W - L) // (S - 1) for k in range(S)]  # first scored target of each piece
+        last = [f + L for f in first]
+    elif S > 1 and n > 4 * S * W:
         L = -(-(n - W) // S)
-        x = torch.zeros(S, L + W, dtype=torch.long)  # (S, L+W)
-        y = torch.full((S, L + W), -100, dtype=torch.long)  # -100: not scored
-        for k in range(S):
-            a, b = k * L, min((k + 1) * L + W, n)
-            x[k, : b - a] = ids_t[a:b]
-            y[k, : b - a] = ids_t[a + 1 : b + 1]
-            if k:
-                y[k, :W] = -100
+        first = [0] + [k * L + W for k in range(1, S)]  # piece 0 scores from the start, with no warm-up
+        last = [min(f + L, n) for f in first]
+        last[0] = L + W
     else:
-        x, y = ids_t[:-1][None], ids_t[1:][None]  # (1, n)
+        S, L, W, first, last = 1, n, 0, [0], [n]
+    # Piece k reads inputs [first_k - W, last_k) (from 0 for the piece starting there) and scores targets from first_k.
+    x = torch.zeros(S, L + W, dtype=torch.long)  # (S, L+W)
+    y = torch.full((S, L + W), -100, dtype=torch.long)  # -100: not scored
+    for k, (f, b) in enumerate(zip(first, last)):
+        a = max(f - W, 0)
+        piece = torch.from_numpy(np.asarray(ids[a : b + 1]).astype(np.int64))
+        x[k, : b - a] = piece[:-1]
+        y[k, f - a : b - a] = piece[f - a + 1 :]
     total = torch.zeros((), dtype=torch.float64)
     state = None
     for s in range(0, x.shape[1], chunk):
@@ -78,10 +87,12 @@ def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", str
             logits, state = model(xs, state)  # (S, T, V)
         total += F.cross_entropy(logits.float().flatten(0, 1), ys.flatten(), reduction="sum", ignore_index=-100).double().cpu()
     model.train(was_training)
-    chars = n if chars is None else chars
-    nats = (total.item() + extra_nats) / chars
+    scored = int((y != -100).sum())
+    share = scored / n
+    chars = (n if chars is None else chars) * share
+    nats = (total.item() + extra_nats * share) / chars
     return {"bpc": nats / LN2, "nats_per_char": nats, "perplexity": math.exp(nats), "chars": chars,
-            "token_perplexity": math.exp(total.item() / n), "tokens": n}
+            "token_perplexity": math.exp(total.item() / scored), "tokens": scored}
 
 
 def val_fields(r: dict) -> dict:
@@ -270,7 +281,8 @@ class Trainer:
     def evaluate_now(self) -> dict:
         """Validation bpc now; keeps the weights as best.safetensors when they are the best yet."""
         c = self.corpus
-        r = evaluate(self.model, c.val, self.precision, streams=16, chars=c.val_chars, extra_nats=c.val_extra_nats)
+        r = evaluate(self.model, c.val, self.precision, streams=16, chars=c.val_chars, extra_nats=c.val_extra_nats,
+                     limit=self.cfg.eval_tokens)
         p = self.pos
         p.evals_done += 1
         p.history.append((p.step, round(p.elapsed, 3), r["bpc"]))
@@ -307,6 +319,8 @@ class Trainer:
                     p.epoch, p.batch, self.state = p.epoch + 1, 0, None
                     continue
                 x, y = self.batches[p.batch]
+                if self.dev.type == "cuda":  # a copy from page-locked memory can overlap the GPU's work
+                    x, y = x.pin_memory(), y.pin_memory()
                 x, y = x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
                 ts = time.perf_counter()
                 lr = lr_at(c, p.step, self.progress()) * p.lr_scale

@@ -1,4 +1,6 @@
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -79,6 +81,27 @@ def test_parallel_evaluation_matches_one_stream():
     par = evaluate(m, ids, streams=8, warmup=256)
     assert one["chars"] == par["chars"] == 19999
     assert abs(one["bpc"] - par["bpc"]) < 1e-4
+
+
+def test_sampled_evaluation_scores_fixed_pieces_spread_over_the_text():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m = LanguageModel(ModelConfig(vocab_size=20, hidden=32, layers=1, embed=8, dropout=0.0))
+    ids = np.random.default_rng(1).integers(0, 20, 60000)
+    with torch.no_grad():  # per-target nats of the one-stream reading: the truth each piece must match
+        logits, _ = m(torch.from_numpy(ids[:-1]).long()[None])
+        nats = F.cross_entropy(logits[0], torch.from_numpy(ids[1:]).long(), reduction="none").double().numpy()
+    S, W, limit = 8, 256, 4000
+    r = evaluate(m, ids, streams=S, warmup=W, limit=limit, chars=59999, extra_nats=600.0)
+    L, n = limit // S, len(ids) - 1
+    firsts = [W + k * (n - W - L) // (S - 1) for k in range(S)]
+    assert firsts[-1] + L == n  # the pieces reach the end of the text
+    want = np.concatenate([nats[f : f + L] for f in firsts])
+    assert r["tokens"] == S * L and r["chars"] == pytest.approx(S * L)
+    assert r["nats_per_char"] == pytest.approx((want.sum() + 600.0 * S * L / n) / (S * L), abs=1e-4)
+    big = evaluate(m, ids, streams=S, warmup=W, limit=10**6)  # a limit above the text's length: the whole text
+    assert big["tokens"] == n and abs(big["bpc"] - nats.mean() / math.log(2)) < 1e-4
 
 
 def test_uniform_model_scores_log2_vocab():
@@ -203,3 +226,22 @@ def test_fault_endless_nans_stop_with_the_last_good_checkpoint(tmp_path, sonnets
     m = storyloom.load(tmp_path / "r", which="last")
     assert all(torch.isfinite(p).all() for p in m.model.parameters())
     assert storyloom.status(tmp_path / "r")["step"] == 10
+
+
+def test_threads_default_to_physical_cores(monkeypatch):
+    from storyloom import runtime
+
+    # Four logical CPUs, two per core: two threads.
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda _: {0, 1, 2, 3})
+    siblings = {0: "0,2", 2: "0,2", 1: "1,3", 3: "1,3"}
+    real_open = open
+
+    def fake_open(path, *a, **k):
+        if str(path).startswith("/sys/devices/system/cpu/"):
+            import io
+
+            return io.StringIO(siblings[int(str(path).split("/cpu")[2].split("/")[0])] + "\n")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert runtime.physical_cores() == 2
