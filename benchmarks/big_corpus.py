@@ -1,0 +1,135 @@
+"""A corpus larger than it is comfortable to hold: prepare speed and training memory.
+
+    python benchmarks/big_corpus.py                  # 1 GB
+    python benchmarks/big_corpus.py --gb 0.2 --steps 50
+
+1. Writes about `--gb` GB of text into a scratch directory, never into the
+   repository: the bundled corpus repeated, each copy perturbed (every work
+   turned at a random line, one common word swapped for another per copy),
+   grouped four works to a file, as a library of books would come.
+2. Runs `storyloom prepare DIR --out PREP` as its own process, once with
+   `--workers 1` (the baseline) and once with the default (one worker per
+   core): wall-clock seconds of the whole command, start-up included, MB/s
+   of input text, and peak RSS of the process tree.
+3. Runs `storyloom train PREP --steps N` and reports its peak RSS, its
+   wall-clock time, and its training speed.
+
+The text is fresh in the page cache when prepare reads it (it was just
+written), so these figures are for a warm cache; a cold disk adds its read time.
+Prints JSON lines; deletes the scratch directory unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from storyloom.sources import bundled_files  # noqa: E402
+
+SWAPS = [(" the ", " a "), (" and ", " or "), (" my ", " thy "), (" you ", " thou "), (" is ", " was "), (" he ", " she ")]
+
+
+def emit(**row) -> None:
+    print(json.dumps(row), flush=True)
+
+
+def generate(out: Path, nbytes: int, seed: int = 0) -> tuple[int, int]:
+    """Perturbed copies of the bundled works until nbytes are written; (bytes, files)."""
+    rng = random.Random(seed)
+    works = [f.read_text() for f in bundled_files("shakespeare")]
+    written, files, copy = 0, 0, 0
+    while written < nbytes:
+        old, new = rng.choice(SWAPS)
+        texts = []
+        for w in works:
+            lines = w.split("\n")
+            cut = rng.randrange(len(lines))
+            texts.append("\n".join(lines[cut:] + lines[:cut]).replace(old, new))
+        rng.shuffle(texts)
+        for g in range(0, len(texts), 4):
+            data = "".join(texts[g : g + 4]).encode()
+            (out / f"book-{copy:04d}-{g // 4:02d}.txt").write_bytes(data)
+            written, files = written + len(data), files + 1
+            if written >= nbytes:
+                break
+        copy += 1
+    return written, files
+
+
+def peak_rss_mb(cmd: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB of the largest process in cmd's tree, last line of output)."""
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh rusage account, so the figure is this command's alone
+        import resource
+
+        t = time.perf_counter()
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        line = (p.stdout.strip().splitlines() or [""])[-1] if p.returncode == 0 else "FAILED: " + p.stderr[-1500:]
+        with open(os.environ["BIG_CORPUS_RESULT"], "w") as f:
+            json.dump([wall, peak, line], f)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    with open(os.environ["BIG_CORPUS_RESULT"]) as f:
+        wall, peak, line = json.load(f)
+    if line.startswith("FAILED"):
+        sys.exit(f"{' '.join(cmd)}: {line}")
+    return wall, peak, line
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gb", type=float, default=1.0, help="how much text to generate")
+    ap.add_argument("--steps", type=int, default=200, help="training steps from the prepared corpus")
+    ap.add_argument("--work", help="scratch directory (default: a new one under the system's temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    a = ap.parse_args()
+    work = Path(a.work or tempfile.mkdtemp(prefix="storyloom-big-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ["BIG_CORPUS_RESULT"] = str(work / "result.json")
+    try:
+        src = work / "library"
+        src.mkdir(exist_ok=True)
+        t = time.perf_counter()
+        nbytes, files = generate(src, int(a.gb * 1e9))
+        emit(kind="config", gb=a.gb, bytes=nbytes, files=files, generate_s=round(time.perf_counter() - t, 1),
+             steps=a.steps, cores=len(os.sched_getaffinity(0)), machine=platform.processor() or platform.machine(),
+             python=platform.python_version())
+        cli = [sys.executable, "-m", "storyloom"]
+        speeds = {}
+        for workers in (1, 0):
+            shutil.rmtree(work / "prep", ignore_errors=True)
+            wall, peak, line = peak_rss_mb(cli + ["prepare", str(src), "--out", str(work / "prep"), "--workers", str(workers)])
+            speeds[workers] = nbytes / 1e6 / wall
+            emit(kind="prepare", workers=workers or "one per core", wall_s=round(wall, 2), mb_per_s=round(speeds[workers], 1),
+                 peak_rss_mb=round(peak), output=line)
+        emit(kind="prepare_ratio", parallel_over_one_worker=round(speeds[0] / speeds[1], 2))
+        meta = json.loads((work / "prep" / "prepared.json").read_text())
+        run = work / "run"
+        wall, peak, line = peak_rss_mb(cli + ["train", str(work / "prep"), "--out", str(run), "--steps", str(a.steps),
+                                              "--evals", "2", "--overwrite"])
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        speed = sorted(r["chars_per_s"] for r in rows if "chars_per_s" in r)
+        emit(kind="train", steps=a.steps, train_tokens=meta["train_tokens"], val_tokens=meta["val_tokens"],
+             dtype=meta["dtype"], wall_s=round(wall, 2), peak_rss_mb=round(peak),
+             chars_per_s=speed[len(speed) // 2] if speed else None,
+             val_bpc=[round(r["val_bpc"], 4) for r in rows if "val_bpc" in r], output=line)
+    finally:
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
