@@ -185,7 +185,9 @@ class Trainer:
         self.batches = Batches(train_ids, cfg.batch_size, cfg.seq_len)
         self.corpus = corpus
         self.chars_per_token = corpus.train_chars / len(corpus.train)
-        self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99), fused=self.dev.type == "cuda")
+        # fused: one kernel per parameter for the whole update; on this CPU it
+        # made training 17% faster than the per-op loop (benchmarks/README.md).
+        self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99), fused=True)
         self.pos = Position()
         self.loss_sum = torch.zeros(())  # summed on device; read only when logging
         self.state: State | None = None
