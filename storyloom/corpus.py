@@ -106,12 +106,11 @@ class _Writer:
     """Arrays appended to a hidden file that is renamed into place when complete."""
 
     def __init__(self, path: Path, dtype: np.dtype):
-        self.path, self.tmp, self.dtype, self.n = path, path.with_name(f".{path.name}.tmp"), dtype, 0
+        self.path, self.tmp, self.dtype = path, path.with_name(f".{path.name}.tmp"), dtype
         self.f = open(self.tmp, "wb")
 
     def add(self, a: np.ndarray) -> None:
         a.astype(self.dtype, copy=False).tofile(self.f)  # ids come in this type already: no copy
-        self.n += len(a)
 
     def close(self) -> None:
         self.f.flush()
@@ -127,15 +126,28 @@ def _job(job, cfg: DataConfig) -> tuple[Document, str, str]:
     return (doc, *split_one(doc, cfg))
 
 
-def _count(args) -> tuple[str, int, int, np.ndarray]:
+def _count(args) -> tuple[str, int, int, np.ndarray, np.ndarray]:
+    """Name, training and validation lengths, and the training part's characters (code points, counts)."""
     doc, train, val = _job(*args)
-    return doc.name, len(train), len(val), char_counts(train)
+    counts = char_counts(train)
+    cps = np.flatnonzero(counts)
+    return doc.name, len(train), len(val), cps, counts[cps]
 
 
-def _encode(args) -> tuple[np.ndarray, np.ndarray]:
-    job, cfg, tok = args
+def _encode(args) -> None:
+    """Encode one file and write its ids in place. At char level a file's offsets are known from the
+    counting pass, so each worker writes its own slice and no ids travel back through a pipe."""
+    job, cfg, tok, places = args
     _, train, val = _job(job, cfg)
-    return tok.ids(train, "error", "the training text"), tok.ids(val, cfg.unknown, "the validation text")
+    for (path, at, n), text, what in zip(places, (train, val), ("training", "validation")):
+        ids = tok.ids(text, "error" if what == "training" else cfg.unknown, f"the {what} text")
+        if len(ids) != n:
+            raise UserError(f"{getattr(job, 'name', job)}: changed while it was being prepared; run `storyloom prepare` again")
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, memoryview(np.ascontiguousarray(ids, dtype=tok.dtype())), at * tok.dtype().itemsize)
+        finally:
+            os.close(fd)
 
 
 def _size(job) -> int:
@@ -166,22 +178,30 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
     total = sum(_size(j) for j in jobs)
     with tqdm(total=2 * total, unit="B", unit_scale=True, desc="prepare", disable=None if progress else True) as bar:
         names, chars, counts = [], [], np.zeros(256, dtype=np.int64)
-        for name, nt, nv, c in _parallel(_count, [(j, cfg) for j in jobs], workers, bar):
+        for name, nt, nv, cps, n in _parallel(_count, [(j, cfg) for j in jobs], workers, bar):
             names.append(name)
             chars.append((nt, nv))
-            if len(c) > len(counts):
-                counts = np.pad(counts, (0, len(c) - len(counts)))
-            counts[: len(c)] += c
+            if len(cps) and cps[-1] >= len(counts):
+                counts = np.pad(counts, (0, int(cps[-1]) + 1 - len(counts)))
+            counts[cps] += n
         check_split(names, chars, cfg)
         tok = CharTokenizer.from_counts(counts)
-        train, val = _Writer(out / "train.bin", tok.dtype()), _Writer(out / "val.bin", tok.dtype())
-        for t, v in _parallel(_encode, [(j, cfg, tok) for j in jobs], workers, bar):
-            train.add(t)
-            val.add(v)
-        train.close()
-        val.close()
+        # Each file's slice of train.bin and val.bin: (path, offset in tokens, tokens).
+        places = [[], []]
+        for part, name in enumerate(("train.bin", "val.bin")):
+            tmp, n = out / f".{name}.tmp", [c[part] for c in chars]
+            with open(tmp, "wb") as f:
+                f.truncate(sum(n) * tok.dtype().itemsize)
+            places[part] = [(tmp, int(at), k) for at, k in zip(np.cumsum([0] + n[:-1]), n)]
+        for _ in _parallel(_encode, [(j, cfg, tok, (t, v)) for j, t, v in zip(jobs, *places)], workers, bar):
+            pass
+        for part, name in enumerate(("train.bin", "val.bin")):
+            tmp = places[part][0][0]
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, out / name)
     val_chars = sum(v for _, v in chars)
-    return {"tokenizer": tok, "train_tokens": train.n, "val_tokens": val.n, "train_chars": sum(t for t, _ in chars),
+    return {"tokenizer": tok, "train_tokens": sum(t for t, _ in chars), "val_tokens": val_chars, "train_chars": sum(t for t, _ in chars),
             "val_chars": val_chars - 1, "val_extra_nats": 0.0,  # every validation character after the first is scored
             "train_works": [n for n in names if not (cfg.val_files and n in cfg.val_files)],
             "val_works": [n for n in names if not cfg.val_files or n in cfg.val_files]}
