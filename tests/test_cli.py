@@ -90,6 +90,8 @@ def bad_inputs(tmp_path):
         "minutes not a number": (["train", short, "--minutes", "nan"], "--minutes must be a number >= 0"),
         "validation share of 1": (["train", short, "--val-fraction", "1"], "--val-fraction must be in (0, 1)"),
         "zero keep": (["train", short, "--keep", "0"], "--keep must be a positive integer"),
+        "zero eval tokens": (["train", short, "--eval-tokens", "0"], "--eval-tokens must be a positive integer"),
+        "negative workers": (["prepare", short, "--out", tmp_path / "prep", "--workers", "-1"], "--workers must be >= 0"),
         "deterministic with minutes": (["train", short, "--deterministic", "--minutes", "1"], "--deterministic needs --steps"),
         "not a number": (["train", short, "--hidden", "many"], "invalid int value: 'many'"),
         "unknown flag": (["train", short, "--hiden", "3"], "unrecognized arguments: --hiden"),
@@ -105,6 +107,7 @@ def bad_inputs(tmp_path):
 BAD = ["missing path", "binary file", "undecodable file", "empty text", "directory with no text", "too short for one batch",
        "zero hidden size", "negative layers", "absurd hidden size", "zero seq len", "negative seq len", "zero batch size",
        "zero learning rate", "dropout of 1", "negative epochs", "minutes not a number", "validation share of 1", "zero keep",
+       "zero eval tokens", "negative workers",
        "deterministic with minutes", "not a number", "unknown flag", "unknown preset", "resume and overwrite", "not a run",
        "missing run", "a text file as a run", "a pickle as a run"]
 
