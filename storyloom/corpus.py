@@ -61,14 +61,18 @@ def check_split(names: list[str], chars: list[tuple[int, int]], cfg: DataConfig)
         raise UserError("the validation text is empty; raise --val-fraction or give --val-files")
 
 
+def roles(name: str, cfg: DataConfig) -> tuple[bool, bool]:
+    """Whether a work gives training text, and whether it gives validation text (with --val-fraction, both)."""
+    if not cfg.val_files:
+        return True, True
+    return name not in cfg.val_files, name in cfg.val_files
+
+
 def split(docs: list[Document], cfg: DataConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Cleaned (name, text) pairs for training and for validation."""
-    parts = [split_one(d, cfg) for d in docs]
-    check_split([d.name for d in docs], [(len(t), len(v)) for t, v in parts], cfg)
-    keep = [(d.name, t, v) for d, (t, v) in zip(docs, parts) if not (cfg.val_files and d.name in cfg.val_files)]
-    train = [(n, t) for n, t, _ in keep]
-    val = [(d.name, v) for d, (_, v) in zip(docs, parts) if not cfg.val_files or d.name in cfg.val_files]
-    return train, val
+    parts = [(d.name, *split_one(d, cfg)) for d in docs]  # names may repeat (same file name in two folders)
+    check_split([n for n, _, _ in parts], [(len(t), len(v)) for _, t, v in parts], cfg)
+    return [(n, t) for n, t, _ in parts if roles(n, cfg)[0]], [(n, v) for n, _, v in parts if roles(n, cfg)[1]]
 
 
 def build(docs: list[Document], cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Corpus:
@@ -102,21 +106,13 @@ def prepared_dir(sources) -> Path | None:
     return None
 
 
-class _Writer:
-    """Arrays appended to a hidden file that is renamed into place when complete."""
-
-    def __init__(self, path: Path, dtype: np.dtype):
-        self.path, self.tmp, self.dtype = path, path.with_name(f".{path.name}.tmp"), dtype
-        self.f = open(self.tmp, "wb")
-
-    def add(self, a: np.ndarray) -> None:
-        a.astype(self.dtype, copy=False).tofile(self.f)  # ids come in this type already: no copy
-
-    def close(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        os.replace(self.tmp, self.path)
+def _write_array(path: Path, a: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        a.tofile(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 # What each worker process does with one source file. Module functions,
@@ -157,19 +153,17 @@ def _size(job) -> int:
 def _parallel(fn, jobs: list, workers: int, bar: tqdm):
     """fn over jobs in order, in `workers` processes (in this one when 1), advancing the bar by each job's size."""
     sizes = [_size(j[0]) for j in jobs]
-    if workers <= 1 or len(jobs) < 2:
-        results = map(fn, jobs)
-    else:
+    pool = None
+    if workers > 1 and len(jobs) > 1:
         # fork: workers start in milliseconds and inherit the imported modules; they touch no torch state.
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         pool = ctx.Pool(min(workers, len(jobs)))
-        results = pool.imap(fn, jobs)
     try:
-        for n, r in zip(sizes, results):
+        for n, r in zip(sizes, map(fn, jobs) if pool is None else pool.imap(fn, jobs)):
             bar.update(n)
             yield r
     finally:
-        if workers > 1 and len(jobs) >= 2:
+        if pool is not None:
             pool.terminate()
 
 
@@ -200,21 +194,17 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, out / name)
-    val_chars = sum(v for _, v in chars)
-    return {"tokenizer": tok, "train_tokens": sum(t for t, _ in chars), "val_tokens": val_chars, "train_chars": sum(t for t, _ in chars),
+    train_chars, val_chars = (sum(c[part] for c in chars) for part in (0, 1))
+    return {"tokenizer": tok, "train_tokens": train_chars, "val_tokens": val_chars, "train_chars": train_chars,
             "val_chars": val_chars - 1, "val_extra_nats": 0.0,  # every validation character after the first is scored
-            "train_works": [n for n in names if not (cfg.val_files and n in cfg.val_files)],
-            "val_works": [n for n in names if not cfg.val_files or n in cfg.val_files]}
+            "train_works": [n for n in names if roles(n, cfg)[0]], "val_works": [n for n in names if roles(n, cfg)[1]]}
 
 
 def _prepare_in_memory(jobs: list, cfg: DataConfig, out: Path) -> dict:
     """Word and subword levels: their tokenizers are fitted on the whole training text at once."""
     c = build([j if isinstance(j, Document) else load(j, cfg.encoding) for j in jobs], cfg)
-    dtype = c.tokenizer.dtype()
     for name, ids in (("train.bin", c.train), ("val.bin", c.val)):
-        w = _Writer(out / name, dtype)
-        w.add(ids)
-        w.close()
+        _write_array(out / name, ids.astype(c.tokenizer.dtype(), copy=False))  # ids come in this type already: no copy
     return {"tokenizer": c.tokenizer, "train_tokens": int(len(c.train)), "val_tokens": int(len(c.val)),
             "train_chars": c.train_chars, "val_chars": c.val_chars, "val_extra_nats": c.val_extra_nats,
             "train_works": c.train_names, "val_works": c.val_names}

@@ -88,9 +88,10 @@ def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", str
         total += F.cross_entropy(logits.float().flatten(0, 1), ys.flatten(), reduction="sum", ignore_index=-100).double().cpu()
     model.train(was_training)
     scored = int((y != -100).sum())
-    share = scored / n
-    chars = (n if chars is None else chars) * share
-    nats = (total.item() + extra_nats * share) / chars
+    chars = n if chars is None else chars
+    if sampled:  # scale the text's characters and outside charges to the share scored
+        chars, extra_nats = chars * scored / n, extra_nats * scored / n
+    nats = (total.item() + extra_nats) / chars
     return {"bpc": nats / LN2, "nats_per_char": nats, "perplexity": math.exp(nats), "chars": chars,
             "token_perplexity": math.exp(total.item() / scored), "tokens": scored}
 
