@@ -215,7 +215,7 @@ class Writer:
     search, 1 being greedy; deterministic, ignores the sampling filters; 0: sample), seed.
     """
 
-    def __init__(self, path: str | Path, which: str = "best", device_name: str = "cpu", precision: str = "fp32"):
+    def __init__(self, path: str | Path, which: str = "best", device_name: str = "auto", precision: str = "fp32"):
         self.run = Run.open(path)
         self.config = self.run.config()
         self.tokenizer = self.run.tokenizer()
@@ -396,6 +396,7 @@ def check_length(length: int, beam: int, num: int) -> None:
         raise UserError("--length 0 (unbounded) works with one sample and no beam; give a --length")
 
 
-def load(path: str | Path, which: str = "best", device: str = "cpu", precision: str = "fp32") -> Writer:
-    """Open a run directory for writing and scoring; `which` is "best" or "last"."""
+def load(path: str | Path, which: str = "best", device: str = "auto", precision: str = "fp32") -> Writer:
+    """Open a run directory for writing and scoring; `which` is "best" or "last", `device` auto (a CUDA GPU
+    when one is visible), cpu or cuda. A run trained on either device loads on both."""
     return Writer(path, which, device, precision)

@@ -61,6 +61,8 @@ def init_forget_bias(lstm: nn.Module, H: int, layers: int, value: float = 1.0) -
 class LSTM(nn.LSTM):
     """The default: torch's fused kernel for sequences, a hand-written step for generation."""
 
+    graphable = True  # step() is plain tensor arithmetic on fixed shapes: a CUDA graph can capture it
+
     def __init__(self, I: int, H: int, L: int, dropout: float, forget_bias: float = 1.0):
         super().__init__(I, H, L, batch_first=True, dropout=dropout if L > 1 else 0.0)
         init_forget_bias(self, H, L, forget_bias)
@@ -76,7 +78,7 @@ class LSTM(nn.LSTM):
     def fold(self, table: torch.Tensor) -> torch.Tensor:
         """Layer 0's input projection and biases applied to every row of an input table (V, I) -> (V, 4H)."""
         b = self.bias_ih_l0 + self.bias_hh_l0
-        return torch.addmm(b, table.to(self.weight_ih_l0.dtype), self.weight_ih_l0.t())
+        return torch.addmm(b, table.to(self.weight_ih_l0), self.weight_ih_l0.t())  # the table may come from the CPU
 
     def _fused(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer [W_ih | W_hh]^T (I+H, 4H) and b_ih + b_hh, cached until a parameter changes."""

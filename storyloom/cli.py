@@ -13,7 +13,7 @@ import shlex
 import sys
 
 from . import api, plots, presets
-from .config import CELLS, INPUTS, LEVELS, PRECISIONS, UNKNOWN
+from .config import CELLS, DEVICES, INPUTS, LEVELS, PRECISIONS, UNKNOWN
 from .compare import compare
 from .cowrite import run_session
 from .experiments import EXPERIMENTS
@@ -45,6 +45,10 @@ def _add_level_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=int, help="bpe: vocabulary to learn (default 2000)")
     p.add_argument("--max-vocab", type=int, help="word: keep the most frequent words, <unk> included (default 20000; 0: all)")
     p.add_argument("--min-count", type=int, help="word: rarer words become <unk> (default 2)")
+
+
+def _add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto (a CUDA GPU when one is visible), cpu or cuda")
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -99,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--log-every", type=int, help="steps between rows of metrics.jsonl (default 20)")
     o.add_argument("--seed", type=int, help="random seed (default 1234)")
     o.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 where the hardware has it natively")
-    o.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    o.add_argument("--device", choices=DEVICES, help="auto (default: a CUDA GPU when one is visible), cpu or cuda")
     o.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     k = t.add_argument_group("checkpoints and faults")
     k.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default 0: at evaluations and the end)")
@@ -123,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--unknown", choices=UNKNOWN, default="error")
     e.add_argument("--encoding", default="utf-8")
     e.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    _add_device_flag(e)
 
     w = sub.add_parser("generate", help="write text from a run")
     w.add_argument("run", metavar="RUN")
@@ -136,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--save", metavar="FILE", help="append the samples, with their seeds and settings, to this JSON-lines file")
     w.add_argument("--which", choices=("best", "last"), default="best")
     w.add_argument("--unknown", choices=UNKNOWN, default="error")
+    _add_device_flag(w)
 
     cw = sub.add_parser("write", help="co-write a story with a run, in the terminal")
     cw.add_argument("run", metavar="RUN")
@@ -144,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     cw.add_argument("--story", metavar="FILE", help="start from the text in this file")
     cw.add_argument("--which", choices=("best", "last"), default="best")
     cw.add_argument("--unknown", choices=UNKNOWN, default="replace")
+    _add_device_flag(cw)
 
     cp = sub.add_parser("compare", help="train several configurations for the same time and report bpc side by side")
     cp.add_argument("specs", nargs="+", metavar="SPEC", help="a preset, optionally with overrides: default:level=bpe,vocab_size=2000")
@@ -156,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--unknown", choices=UNKNOWN, help="unseen characters in validation text: error or replace")
     cp.add_argument("--seed", type=int)
     cp.add_argument("--precision", choices=PRECISIONS)
-    cp.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    cp.add_argument("--device", choices=DEVICES)
     cp.add_argument("--threads", type=int)
     cp.add_argument("--overwrite", action="store_true", help="replace runs left in --out by an earlier compare")
     cp.add_argument("--no-progress", action="store_true")
@@ -223,7 +230,7 @@ def cmd_train(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    m = api.load(a.run, which=a.which, precision=a.precision)
+    m = api.load(a.run, which=a.which, device=a.device, precision=a.precision)
     text = api.clean_sources(a.texts, encoding=a.encoding)
     r = m.score(text, unknown=a.unknown)
     if a.json:
@@ -248,7 +255,7 @@ def _show_seed(seed: int, drawn: bool) -> None:
 
 
 def cmd_generate(a) -> int:
-    m = api.load(a.run, which=a.which)
+    m = api.load(a.run, which=a.which, device=a.device)
     kw = {k: getattr(a, k) for k in SAMPLING}
     api.check_sampling(m, a.length, a.beam, a.num, a.unknown, **kw)
     seed, drawn = _drawn_seed(a.seed)
@@ -300,7 +307,7 @@ def _show_novelty(r: dict) -> None:
 
 
 def cmd_write(a) -> int:
-    m = api.load(a.run, which=a.which)
+    m = api.load(a.run, which=a.which, device=a.device)
     story = api.clean_sources([a.story]) if a.story else ""
     kw = {k: getattr(a, k) for k in SAMPLING}
     api.check_sampling(m, a.length, **kw)

@@ -17,6 +17,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 UNKNOWN = ("error", "replace")
 LEVELS = ("char", "word", "bpe")
 CELLS = ("lstm", "lstm-reference", "gru", "rnn", "transformer")
+DEVICES = ("auto", "cpu", "cuda")
 # Beyond these a typo is likelier than a wish; each is far past what fits on the machines we target.
 LIMITS = {"embed": 65_536, "hidden": 65_536, "layers": 64, "seq_len": 1_000_000, "batch_size": 1_000_000,
           "steps": 10**12, "epochs": 1e6, "minutes": 1e6, "evals": 100_000, "keep": 1_000}
@@ -167,8 +168,7 @@ class TrainConfig:
         if not 0 <= self.min_lr_ratio <= 1:
             raise UserError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         _choice(self, "precision", PRECISIONS)
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        _choice(self, "device", DEVICES)
 
     @property
     def limited(self) -> bool:

@@ -13,14 +13,26 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .cells import cached
 from .model import LanguageModel, State
 from .runtime import autocast
 from .sampling import SampleConfig, ban, draw, shape_logits
 
 
 class Decoder:
-    def __init__(self, model: LanguageModel, device: torch.device, precision: str = "fp32"):
+    """Reads a prompt in one call, then steps one token per call.
+
+    On CUDA, a cell that declares itself `graphable` has its one-token step
+    captured as a CUDA graph per batch size: writing at batch 1 is bound by
+    launching dozens of tiny kernels per token, and a graph replays them as
+    one launch (`graphs=False` keeps the eager step, for comparison).
+    """
+
+    MAX_GRAPHS = 8  # batch sizes kept captured at once (beam search shrinks its batch as hypotheses end)
+
+    def __init__(self, model: LanguageModel, device: torch.device, precision: str = "fp32", graphs: bool = True):
         self.model, self.device, self.precision = model.eval(), device, precision
+        self.graphs = graphs and device.type == "cuda" and getattr(model.cell, "graphable", False)
 
     @torch.inference_mode()
     def read(self, ids: np.ndarray, state: State | None = None) -> tuple[torch.Tensor, State]:
@@ -34,8 +46,44 @@ class Decoder:
     def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One token per stream: ids (B,) -> logits (B, V)."""
         state = tuple(s.float() for s in state)
-        logits, state = self.model.step(ids.to(self.device), state)  # (B, V)
+        if self.graphs:
+            logits, state = self._graph(ids, state)(ids, state)
+        else:
+            logits, state = self.model.step(ids.to(self.device), state)  # (B, V)
         return logits.float().cpu(), state
+
+    def _graph(self, ids: torch.Tensor, state: State) -> "StepGraph":
+        # A new dict whenever a parameter changes: a graph reads the weights it was captured with.
+        graphs = cached(self.model, "_step_graphs", dict)
+        B = ids.shape[0]
+        if B not in graphs:
+            if len(graphs) >= self.MAX_GRAPHS:
+                graphs.pop(next(iter(graphs)))
+            graphs[B] = StepGraph(self.model, ids.to(self.device), state)
+        return graphs[B]
+
+
+class StepGraph:
+    """model.step for B streams, captured once as a CUDA graph and replayed on static buffers."""
+
+    def __init__(self, model: LanguageModel, ids: torch.Tensor, state: State):
+        self.ids, self.state = ids.clone(), tuple(s.clone() for s in state)  # the addresses the graph reads
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # the first call builds cached weights and library handles: not capturable
+            model.step(self.ids, self.state)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits, self.out = model.step(self.ids, self.state)  # (B, V), the state after the step
+
+    def __call__(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        self.ids.copy_(ids)
+        for buf, s in zip(self.state, state):
+            buf.copy_(s)
+        self.graph.replay()
+        # The next replay overwrites the output buffers; a caller may keep this state (beam search does).
+        return self.logits, tuple(s.clone() for s in self.out)
 
 
 def expand(logits: torch.Tensor, state: State, B: int) -> tuple[torch.Tensor, State]:

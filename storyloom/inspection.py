@@ -116,7 +116,7 @@ def gate_stats(gates: dict | None) -> list[dict]:
 
 def inspect(run: str | Path, text: str, out: str | Path, unit: int | None = None, which: str = "best") -> dict:
     """Write the page; returns the ranked correlations and gate statistics it shows."""
-    w = Writer(run, which)
+    w = Writer(run, which, "cpu")  # a few thousand tokens through the step-by-step reference LSTM: the CPU is enough
     text = w._prepare(text)
     ids = w.tokenizer.ids(text, "replace", "the text")
     if len(ids) < 3:

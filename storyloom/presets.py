@@ -77,6 +77,16 @@ PRESETS: dict[str, Preset] = {
         model=dict(input="embedding", embed=128, hidden=256, layers=4, dropout=0.0, cell="transformer", heads=4, context=128),
         train=dict(seq_len=64, batch_size=32, lr=2e-3),
     ),
+    "gpu": Preset(
+        "for one datacenter GPU (H100/H200): embedding 128, 2x LSTM 1536, dropout 0.4, T=128, B=256, lr 2e-3",
+        # Measured on an H200 (benchmarks/README.md, GPU section): cuDNN's LSTM is sequential in
+        # time and each step's GEMMs are small, so a 2x1536 LSTM at 256 streams trains as many
+        # characters a second (1.8M) as a 2x1024 one and twice as many as 128 streams. A GPU
+        # reads the 4.6M-character corpus 20+ times in 2 minutes, so it needs dropout; every
+        # size and dropout tried there bottomed out at 1.817-1.830 val bpc after 10-15 passes.
+        model=dict(input="embedding", embed=128, hidden=1536, layers=2, dropout=0.4),
+        train=dict(seq_len=128, batch_size=256, lr=2e-3, warmup=200),
+    ),
 }
 
 # Which config each flag belongs to. ModelConfig.vocab_size comes from the tokenizer; --vocab-size is BPE's.

@@ -190,7 +190,7 @@ class Trainer:
         # made training 17% faster than the per-op loop (benchmarks/README.md).
         self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99), fused=True)
         self.pos = Position()
-        self.loss_sum = torch.zeros(())  # summed on device; read only when logging
+        self.loss_sum = torch.zeros((), device=self.dev)  # summed where the loss is; read only when logging
         self.state: State | None = None
         self.stop_requested = False
         self.last_checkpoint = time.perf_counter()
@@ -231,7 +231,7 @@ class Trainer:
         opt_from_tensors(self.opt, tensors, meta["param_groups"])
         rng_from_checkpoint(tensors, meta["rng"])
         self.pos = Position(**meta["position"])
-        self.loss_sum = torch.tensor(self.pos.acc_loss)
+        self.loss_sum = torch.tensor(self.pos.acc_loss, device=self.dev)
         parts = sorted((k for k in tensors if k.startswith("state.")), key=lambda k: int(k.split(".")[1]))
         self.state = tuple(tensors[k].to(self.dev) for k in parts) or None
         self.run.truncate_metrics(self.pos.step)
@@ -348,7 +348,7 @@ class Trainer:
                            "chars_per_s": round(p.acc_tokens * self.chars_per_token / p.acc_time, 1), "lr": lr}
                     if p.skipped:
                         row["skipped"] = p.skipped
-                    self.loss_sum, p.acc_steps, p.acc_tokens, p.acc_time = torch.zeros(()), 0, 0, 0.0
+                    self.loss_sum, p.acc_steps, p.acc_tokens, p.acc_time = torch.zeros((), device=self.dev), 0, 0, 0.0
                 evaluated = self.progress() >= min(1.0, (p.evals_done + 1) / c.evals)
                 if evaluated:
                     r = self.evaluate_now()

@@ -1,9 +1,40 @@
+import os
+
 import pytest
 import torch
 
 from storyloom.sources import bundled_files
 
 torch.set_num_threads(1)
+
+# `make test` runs everything on the CPU. On a GPU machine, `STORYLOOM_DEVICE=cuda python -m pytest -m device`
+# runs the tests that take the `dev` fixture (training, step = forward, evaluation, resume, sampling,
+# loading across devices) on the GPU; they are marked `device` automatically.
+DEVICE = os.environ.get("STORYLOOM_DEVICE", "cpu")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: runs on STORYLOOM_DEVICE (cpu unless set; cuda on a GPU machine)")
+    if DEVICE not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"STORYLOOM_DEVICE must be cpu or cuda, got {DEVICE!r}")
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError("STORYLOOM_DEVICE=cuda but torch sees no CUDA GPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "dev" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture(scope="session")
+def dev() -> str:
+    """The device under test: STORYLOOM_DEVICE, cpu by default."""
+    if DEVICE == "cuda":
+        from storyloom.runtime import device
+
+        device("cuda")  # what storyloom does when it picks a GPU (fp32 stays IEEE fp32 in cuDNN)
+    return DEVICE
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import storyloom
 
@@ -53,7 +54,7 @@ def test_clean_and_presets(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "presets")
     lines = out.strip().splitlines()
     assert [l.split()[0] for l in lines] == ["default", "story-writer", "shakespeare", "mysterious-island", "heart-of-darkness",
-                                            "word", "bpe", "transformer"]
+                                            "word", "bpe", "transformer", "gpu"]
 
 
 def bad_inputs(tmp_path):
@@ -195,12 +196,15 @@ ABSURD_WRITING = {
     "repetition penalty below 1": (["--repetition-penalty", "0.5"], "--repetition-penalty must be >= 1"),
     "unseen character in the prompt": (["--prompt", "\u00e9t\u00e9 \U0001f600"], "--unknown replace"),
     "unseen character to ban": (["--ban", "\u00e9"], "--ban"),
+    "cuda without a GPU": (["--device", "cuda"], "--device cuda was asked for but no CUDA GPU is visible"),
 }
 
 
 @pytest.mark.parametrize("case", ABSURD_WRITING)
 def test_absurd_generate_flags(trained, capsys, case):
     flags, message = ABSURD_WRITING[case]
+    if case == "cuda without a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     code, out, err = run_cli(capsys, "generate", trained / "run", *flags)
     assert code == 2 and message in err and err.count("\n") == 1 and out == ""
 

@@ -9,11 +9,11 @@ from conftest import TINY
 
 
 @pytest.fixture(scope="module")
-def m(tmp_path_factory, sonnets):
+def m(tmp_path_factory, sonnets, dev):
     d = tmp_path_factory.mktemp("gen")
     (d / "s.txt").write_text(sonnets)
-    run = storyloom.train([str(d / "s.txt")], out=d / "run", steps=60, progress=False, **{**TINY, "lr": 1e-2})
-    return storyloom.load(run)
+    run = storyloom.train([str(d / "s.txt")], out=d / "run", steps=60, progress=False, device=dev, **{**TINY, "lr": 1e-2})
+    return storyloom.load(run, device=dev)
 
 
 PROMPT = "Shall I compare thee to a summer's day?\n"
@@ -59,6 +59,25 @@ def test_stateful_logits_equal_a_recompute_over_the_whole_text(m):
         logits, state = dec.step(torch.tensor([int(ids[t])]), state)
 
 
+@pytest.mark.parametrize("B", [1, 3])
+def test_decoder_step_equals_the_model_step(m, B):
+    # On CUDA the decoder replays a captured graph; it must compute what the eager step computes,
+    # and a state it returned must survive later steps (the graph's output buffers are reused).
+    dec, model = m.decoder, m.model
+    ids = torch.tensor(m.tokenizer.ids(PROMPT)[:B].astype(np.int64))
+    _, state = dec.read(m.tokenizer.ids(PROMPT))
+    state = tuple(s.expand(-1, B, -1).contiguous() for s in state)
+    want_logits, want_state = model.step(ids.to(dec.device), state)
+    got_logits, got_state = dec.step(ids, state)
+    kept = tuple(s.clone() for s in got_state)
+    for _ in range(3):
+        dec.step(ids, got_state)
+    torch.testing.assert_close(got_logits, want_logits.cpu(), rtol=1e-5, atol=1e-5)
+    for got, want, k in zip(got_state, want_state, kept):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert torch.equal(got, k)
+
+
 def test_num_samples_each_reproducible_from_its_seed(m):
     outs = m.samples(PROMPT, num=4, length=60, temperature=1.0, seed=100)
     assert [o["seed"] for o in outs] == [100, 101, 102, 103]
@@ -74,8 +93,8 @@ def test_beam_search_scores_at_least_as_well_as_greedy(m):
 
     def logprob(cont):
         ids = m.tokenizer.ids(PROMPT + cont)
-        logits, _ = m.model(torch.from_numpy(ids.astype(np.int64))[None])
-        lp = torch.log_softmax(logits[0, :-1], -1)
+        logits, _ = m.model(torch.from_numpy(ids.astype(np.int64))[None].to(m.device))
+        lp = torch.log_softmax(logits[0, :-1].cpu(), -1)
         return lp[torch.arange(len(ids) - 1), torch.from_numpy(ids[1:].astype(np.int64))][len(PROMPT) - 1:].sum().item()
 
     assert logprob(b) >= logprob(g) - 1e-4

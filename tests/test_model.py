@@ -11,9 +11,9 @@ def make(input="embedding", layers=2, dropout=0.0):
 
 
 @pytest.mark.parametrize("input", ["embedding", "onehot", "scalar"])
-def test_two_calls_with_carried_state_equal_one(input):
-    m = make(input)
-    x = torch.randint(0, 11, (3, 20))
+def test_two_calls_with_carried_state_equal_one(input, dev):
+    m = make(input).to(dev)
+    x = torch.randint(0, 11, (3, 20), device=dev)
     full, _ = m(x)
     a, s = m(x[:, :10])
     b, _ = m(x[:, 10:], s)
@@ -58,11 +58,11 @@ def test_seed_001_parameter_count():
 
 
 @pytest.mark.parametrize("input", ["embedding", "onehot", "scalar"])
-def test_step_equals_forward(input):
-    m = make(input, layers=2)
-    x = torch.randint(0, 11, (3, 12))
+def test_step_equals_forward(input, dev):
+    m = make(input, layers=2).to(dev)
+    x = torch.randint(0, 11, (3, 12), device=dev)
     full, (h, c) = m(x)
-    state = m.initial_state(3)
+    state = m.initial_state(3, dev)
     for t in range(12):
         logits, state = m.step(x[:, t], state)
         torch.testing.assert_close(logits, full[:, t], rtol=1e-5, atol=1e-5)

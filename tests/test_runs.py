@@ -46,12 +46,28 @@ def test_a_run_is_safetensors_and_json(run):
 
 
 def test_reloaded_run_gives_identical_logits(run):
-    a = storyloom.load(run)
-    b = storyloom.load(run, which="last")
+    a = storyloom.load(run, device="cpu")
+    b = storyloom.load(run, which="last", device="cpu")
     x = torch.from_numpy(a.tokenizer.ids("Shall I compare thee").astype("int64"))[None]
     with torch.no_grad():
         torch.testing.assert_close(a.model(x)[0], b.model(x)[0], rtol=0, atol=0)  # the run ended on its best eval
     assert a.model.training is False
+
+
+@pytest.mark.parametrize("trained_on", ["dev", "cpu"])
+def test_a_run_loads_on_the_other_device(tmp_path, sonnets, dev, trained_on):
+    """A run trained on the GPU scores and writes on the CPU, and the reverse, to fp32 rounding."""
+    where = dev if trained_on == "dev" else "cpu"
+    (tmp_path / "a.txt").write_text(sonnets)
+    run = storyloom.train([str(tmp_path / "a.txt")], out=tmp_path / "run", steps=30, progress=False, device=where, **TINY)
+    here, there = storyloom.load(run, device="cpu"), storyloom.load(run, device=dev)
+    assert next(there.model.parameters()).device.type == dev
+    text = sonnets[-2000:]
+    assert here.score(text)["bpc"] == pytest.approx(there.score(text)["bpc"], abs=1e-4)
+    torch.testing.assert_close(here.decoder.read(here.tokenizer.ids(text))[0], there.decoder.read(there.tokenizer.ids(text))[0],
+                               rtol=1e-4, atol=1e-4)
+    assert len(there.generate("Shall I", 50, seed=1)) == 50
+    assert there.generate("Shall I", 50, seed=1) == there.generate("Shall I", 50, seed=1)
 
 
 def test_fault_hand_edited_config_is_refused(copy):

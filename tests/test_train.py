@@ -8,6 +8,7 @@ import torch
 import storyloom
 from storyloom.config import ModelConfig
 from storyloom.model import LanguageModel
+from storyloom.runs import Run
 from storyloom.train import evaluate, lr_at
 from storyloom.config import TrainConfig
 
@@ -18,19 +19,30 @@ def losses(run):
     return [r["train_loss"] for r in storyloom.api.metrics(run) if "train_loss" in r]
 
 
-def test_loss_falls_on_real_text(tmp_path, sonnets):
+def test_loss_falls_on_real_text(tmp_path, sonnets, dev):
     (tmp_path / "s.txt").write_text(sonnets)
-    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=250, progress=False,
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=250, progress=False, device=dev,
                           **{**TINY, "hidden": 64, "batch_size": 8, "seq_len": 32, "lr": 1e-2, "log_every": 10})
     ls = losses(run)
     assert ls[-1] < ls[0] - 0.8
     vals = [r["val_bpc"] for r in storyloom.api.metrics(run) if "val_bpc" in r]
     assert vals[-1] < 3.5  # a uniform guess over the ~60 characters is 5.9
+    assert Run.open(run).info()["device"].startswith(dev)
 
 
-def test_resumed_run_equals_uninterrupted(tmp_path, sonnets, monkeypatch):
+def test_bf16_training_steps_on_the_device(tmp_path, sonnets, dev):
     (tmp_path / "s.txt").write_text(sonnets)
-    flags = dict(TINY, steps=40, log_every=5, evals=4, dropout=0.1, seed=7)
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=60, progress=False, device=dev,
+                          **{**TINY, "precision": "bf16", "batch_size": 8, "lr": 1e-2, "log_every": 10})
+    ls = losses(run)
+    assert all(math.isfinite(v) for v in ls) and ls[-1] < ls[0] - 0.5
+    assert Run.open(run).info()["precision"] == "bf16"
+    assert storyloom.status(run)["skipped"] == 0
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path, sonnets, monkeypatch, dev):
+    (tmp_path / "s.txt").write_text(sonnets)
+    flags = dict(TINY, steps=40, log_every=5, evals=4, dropout=0.1, seed=7, device=dev, deterministic=True)
     full = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "full", progress=False, **flags)
 
     # Interrupt the second run after step 17, as SIGINT would, then resume it.
@@ -73,9 +85,9 @@ def test_state_is_carried_across_batches_and_reset_each_epoch(tmp_path, sonnets,
     assert all(not fresh for i, (_, fresh) in enumerate(seen) if i not in (0, per_epoch))
 
 
-def test_parallel_evaluation_matches_one_stream():
+def test_parallel_evaluation_matches_one_stream(dev):
     torch.manual_seed(0)
-    m = LanguageModel(ModelConfig(vocab_size=20, hidden=32, layers=2, embed=8, dropout=0.0))
+    m = LanguageModel(ModelConfig(vocab_size=20, hidden=32, layers=2, embed=8, dropout=0.0)).to(dev)
     ids = np.random.default_rng(0).integers(0, 20, 20000)
     one = evaluate(m, ids, streams=1)
     par = evaluate(m, ids, streams=8, warmup=256)
@@ -83,15 +95,15 @@ def test_parallel_evaluation_matches_one_stream():
     assert abs(one["bpc"] - par["bpc"]) < 1e-4
 
 
-def test_sampled_evaluation_scores_fixed_pieces_spread_over_the_text():
+def test_sampled_evaluation_scores_fixed_pieces_spread_over_the_text(dev):
     import torch.nn.functional as F
 
     torch.manual_seed(0)
-    m = LanguageModel(ModelConfig(vocab_size=20, hidden=32, layers=1, embed=8, dropout=0.0))
+    m = LanguageModel(ModelConfig(vocab_size=20, hidden=32, layers=1, embed=8, dropout=0.0)).to(dev)
     ids = np.random.default_rng(1).integers(0, 20, 60000)
     with torch.no_grad():  # per-target nats of the one-stream reading: the truth each piece must match
-        logits, _ = m(torch.from_numpy(ids[:-1]).long()[None])
-        nats = F.cross_entropy(logits[0], torch.from_numpy(ids[1:]).long(), reduction="none").double().numpy()
+        logits, _ = m(torch.from_numpy(ids[:-1]).long()[None].to(dev))
+        nats = F.cross_entropy(logits[0], torch.from_numpy(ids[1:]).long().to(dev), reduction="none").double().cpu().numpy()
     S, W, limit = 8, 256, 4000
     r = evaluate(m, ids, streams=S, warmup=W, limit=limit, chars=59999, extra_nats=600.0)
     L, n = limit // S, len(ids) - 1
@@ -149,18 +161,19 @@ def _rows(run):
     return [(r["step"], r.get("train_loss"), r.get("val_bpc")) for r in storyloom.api.metrics(run)]
 
 
-def test_fault_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, sonnets):
+def test_fault_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, sonnets, dev):
     import random
     import signal
     import time
 
     (tmp_path / "s.txt").write_text(sonnets)
     steps = 400
-    full = _storyloom("train", tmp_path / "s.txt", "--out", tmp_path / "full", "--steps", steps, *KILL_FLAGS)
+    flags = [*KILL_FLAGS, "--device", dev]
+    full = _storyloom("train", tmp_path / "s.txt", "--out", tmp_path / "full", "--steps", steps, *flags)
     assert full.wait(timeout=120) == 0, full.stderr.read()
 
     target = random.randrange(20, 300)
-    part = _storyloom("train", tmp_path / "s.txt", "--out", tmp_path / "part", "--steps", steps, *KILL_FLAGS)
+    part = _storyloom("train", tmp_path / "s.txt", "--out", tmp_path / "part", "--steps", steps, *flags)
     metrics = tmp_path / "part" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and part.poll() is None:
