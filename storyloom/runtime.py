@@ -52,7 +52,10 @@ def _cpu_has_native_bf16() -> bool:
 
 def native_bf16(dev: torch.device) -> bool:
     if dev.type == "cuda":
-        return torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(dev)[0] >= 8
+        # cuDNN's RNNs take bf16 from cuDNN 9.13 on (PyTorch PR 164411); before it a bf16 LSTM has
+        # no CUDA kernel at all, so `auto` stays in fp32 there.
+        cudnn = torch.backends.cudnn.version() or 0
+        return torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(dev)[0] >= 8 and cudnn >= 91300
     return _cpu_has_native_bf16()
 
 
