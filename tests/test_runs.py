@@ -2,6 +2,7 @@ import errno
 import json
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -267,3 +268,29 @@ def test_fuzz_random_bytes_in_a_run_file_give_a_clear_error(run, tmp_path_factor
         assert "\n" not in str(e)
     else:
         assert new == data or name == "manifest.json" and json.loads(new) == json.loads(data)
+
+
+FORMAT0 = Path(__file__).parent / "fixtures" / "format0"  # made by storyloom before files carried "format"
+BPC0 = 6.016767149368523  # its score of the two lines below, by the release that made it
+
+
+def test_a_run_written_before_format_versions_still_loads_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FORMAT0 / "run", run)
+    m = storyloom.load(run, device="cpu")
+    r = m.score("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:", unknown="replace")
+    assert r["chars"] == 79 and r["bpc"] == pytest.approx(BPC0, abs=1e-5)  # what the release that wrote it scored
+    assert m.generate("Shall", 20, seed=1) == "lHRj!nPkaTeXhLUUbVvf"
+    assert storyloom.status(run)["step"] == 8
+    storyloom.train([str(FORMAT0 / "sonnets.txt")], resume=run, steps=10, progress=False)
+    assert storyloom.status(run)["step"] == 10
+
+
+def test_a_corpus_prepared_before_format_versions_still_trains(tmp_path):
+    from storyloom.corpus import load_prepared
+
+    corpus, data = load_prepared(FORMAT0 / "prepared")
+    assert (len(corpus.train), len(corpus.val)) == (5700, 300) and data.unknown == "replace"
+    assert corpus.train[:10].tolist() == [25, 16, 14, 1, 24, 21, 20, 20, 14, 25]
+    run = storyloom.train([str(FORMAT0 / "prepared")], out=tmp_path / "r", steps=3, progress=False, **TINY)
+    assert storyloom.status(run)["step"] == 3
