@@ -35,7 +35,6 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
 from storyloom.batches import Batches  # noqa: E402
-from storyloom.train import Trainer  # noqa: E402
 
 KERNEL = ("rnn", "lstm", "mm", "matmul", "linear", "addmm", "bmm", "gemm")
 
@@ -73,13 +72,12 @@ def main() -> None:
             return cut(self, k)
 
     Batches.__getitem__ = traced
-    step = Trainer.step
     state = {"n": 0, "prof": None, "t0": 0.0, "t1": 0.0}
 
-    def counted(self, x, y, lr):
-        # The window runs from entering step warmup+1 to entering step
-        # warmup+steps+1: `steps` whole iterations of the loop, each with its
-        # batch cut (done before step() is called). The trainer stays unaware.
+    def counted(trainer):
+        # Called before each step, its batch already cut: the window runs from
+        # step warmup+1 to step warmup+steps+1, `steps` whole iterations of the
+        # loop, each with its batch cut. The trainer stays unaware.
         state["n"] += 1
         if state["n"] == a.warmup + 1:
             state["prof"] = profile(activities=[ProfilerActivity.CPU])
@@ -88,12 +86,10 @@ def main() -> None:
         if state["n"] == a.warmup + a.steps + 1:
             state["t1"] = time.perf_counter()
             state["prof"].__exit__(None, None, None)
-        return step(self, x, y, lr)
 
-    Trainer.step = counted
     out = Path(tempfile.mkdtemp(prefix="storyloom-profile-"))
     storyloom.train(["shakespeare"], out=out / "run", preset=a.preset, steps=a.warmup + a.steps + 1, evals=1, patience=0,
-                    precision=a.precision, progress=False)
+                    precision=a.precision, progress=False, on_step=counted)
     prof, wall = state["prof"], (state["t1"] - state["t0"]) * 1e6  # microseconds
     events = [e for e in prof.events() if e.device_type.name == "CPU"]
     spent: dict[str, float] = defaultdict(float)

@@ -11,18 +11,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import UserError
+
 
 class Batches:
     """Batches cut on demand, so `ids` may be a memory-mapped file of any size: nothing is copied up front."""
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
         self.ids, self.B, self.T = ids, batch_size, seq_len
+        self.check(len(ids), batch_size, seq_len)
         self.L = (len(ids) - 1) // batch_size  # steps per stream
         self.n = self.L // seq_len  # batches per epoch
-        if self.n < 1:
-            need = batch_size * seq_len + 1
-            raise ValueError(f"{len(ids)} tokens, fewer than the {need} one batch of {batch_size}x{seq_len} needs")
         self.starts = np.arange(batch_size, dtype=np.int64)[:, None] * self.L  # (B, 1): where each stream begins
+
+    @staticmethod
+    def check(n: int, batch_size: int, seq_len: int) -> None:
+        """One batch needs B streams of T inputs and one more target: B*T+1 tokens at least."""
+        need = batch_size * seq_len + 1
+        if n < need:
+            raise UserError(f"the training text is {n} tokens long, fewer than one batch needs ({batch_size}x{seq_len}+1 = "
+                            f"{need}); give more text or lower --batch-size / --seq-len")
 
     def __len__(self) -> int:
         return self.n

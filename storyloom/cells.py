@@ -18,6 +18,7 @@ can zero, copy and reorder streams without knowing the cell.
 from __future__ import annotations
 
 import math
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,40 @@ import torch.nn.functional as F
 from .config import ModelConfig
 
 State = tuple[torch.Tensor, ...]  # each (L, B, ...): batch on dim 1
+
+
+class Cell(Protocol):
+    """What every `--cell` offers; nothing outside this module knows which cell it runs.
+
+    Adding a cell: a class here with these methods, an entry in `make_cell`,
+    and its name in config.CELLS.
+    """
+
+    hidden_size: int
+    num_layers: int
+    graphable: bool  # its step is plain tensor arithmetic on fixed shapes, so a CUDA graph can capture it
+
+    def initial_state(self, B: int, device=None) -> State: ...
+
+    def forward(self, e: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """e (B, T, I) -> h (B, T, H) and the state after the last step; two calls equal one over both pieces."""
+
+    def step(self, e: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One token: e (B, I) -> h (B, H), equal to forward over a sequence of one."""
+
+    def activations(self, e: torch.Tensor) -> dict:
+        """What `storyloom inspect` shows for one stream e (1, T, I): {"h": (1, T, H) outputs, "acts": (T, H) the
+        unit activations to colour by, "kind": what they are, "gates": {name: (L, T, H)} or None}."""
+
+
+@runtime_checkable
+class Folds(Protocol):
+    """An optional speed-up: a cell whose first layer is linear in its input can fold an input table (an
+    embedding, a one-hot identity) into that layer, so a one-token step looks its input projection up."""
+
+    def fold(self, table: torch.Tensor) -> torch.Tensor: ...
+
+    def step(self, e: torch.Tensor | None, state: State, z0: torch.Tensor | None = None) -> tuple[torch.Tensor, State]: ...
 
 
 def cached(module: nn.Module, name: str, build):
@@ -41,11 +76,18 @@ def cached(module: nn.Module, name: str, build):
 
 
 class StepByForward:
-    """A one-token step that is forward() over a sequence of one: for cells whose kernel needs no hand-written step."""
+    """A one-token step that is forward() over a sequence of one, and the top layer's outputs as the
+    activations to inspect: for cells whose kernel needs no hand-written step and has no gates to show."""
+
+    graphable = False
 
     def step(self, e: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         h, state = self.forward(e[:, None], state)
         return h[:, 0], state
+
+    def activations(self, e: torch.Tensor) -> dict:
+        h, _ = self(e)
+        return {"h": h, "acts": h[0], "kind": "hidden output h_t", "gates": None}
 
 
 def init_forget_bias(lstm: nn.Module, H: int, layers: int, value: float = 1.0) -> None:
@@ -74,6 +116,12 @@ class LSTM(nn.LSTM):
     def forward(self, e: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         h, (hn, cn) = super().forward(e, state)  # (B, T, H)
         return h, (hn, cn)
+
+    def activations(self, e: torch.Tensor) -> dict:
+        """Read through the reference LSTM loaded with these weights: the fused kernel does not expose its gates."""
+        ref = ReferenceLSTM(self.input_size, self.hidden_size, self.num_layers, 0.0).to(e.device)
+        ref.load_state_dict(self.state_dict())
+        return ref.activations(e)
 
     def fold(self, table: torch.Tensor) -> torch.Tensor:
         """Layer 0's input projection and biases applied to every row of an input table (V, I) -> (V, 4H)."""
@@ -139,6 +187,16 @@ class ReferenceLSTM(StepByForward, nn.Module):
         self.gates: dict[str, torch.Tensor] = {}
 
     initial_state = LSTM.initial_state  # the same (h, c) of zeros
+
+    def activations(self, e: torch.Tensor) -> dict:
+        """The cell state's tanh(C_t) of the top layer, as in Karpathy's "unreasonable effectiveness" post, and every gate."""
+        self.record = True
+        try:
+            h, _ = self(e)
+        finally:
+            self.record = False
+        return {"h": h, "acts": torch.tanh(self.gates["cell"][-1, 0]), "kind": "cell state tanh(C_t)",
+                "gates": {k: v[:, 0] for k, v in self.gates.items()}}
 
     def cell(self, l: int, x: torch.Tensor, h: torch.Tensor, C: torch.Tensor):
         """One layer, one step: x (B, I), h and C (B, H) -> the gates, C_t and h_t."""

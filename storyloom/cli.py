@@ -1,24 +1,30 @@
 """The command line: argparse subcommands over the Python API.
 
-main(argv) returns the exit code. A UserError becomes one line on stderr
-and exit code 2; anything else is a bug and keeps its traceback.
+Every setting's flag is built from its config field (config.py: its default,
+help text, choices and type are declared there once), so a flag cannot be
+parsed and then dropped. main(argv) returns the exit code. A UserError
+becomes one line on stderr and exit code 2; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import random
 import shlex
 import sys
 
 from . import api, plots, presets
-from .config import CELLS, DEVICES, INPUTS, LEVELS, PRECISIONS, UNKNOWN
 from .compare import compare
+from .config import UNKNOWN, DataConfig, GenerateConfig, LoadConfig, ModelConfig, SampleConfig, TrainConfig, flag, settings
 from .cowrite import run_session
-from .experiments import EXPERIMENTS
-from .inspection import inspect
 from .errors import UserError
+from .experiments import EXPERIMENTS, run_experiment
+from .inspection import inspect_text
+
+RUN_CONFIGS = (ModelConfig, DataConfig, TrainConfig)
+COMPARE_FIXED = ("steps", "epochs", "minutes")  # compare gives every spec the same --minutes, and no other limit
 
 
 class Parser(argparse.ArgumentParser):
@@ -30,143 +36,111 @@ def _csv(s: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in s.split(",") if x.strip())
 
 
-def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--encoding", default=None, help="text encoding of the sources (default utf-8)")
-    p.add_argument("--lowercase", action="store_true", default=None, help="fold case (seed 003)")
+def _shown(v) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, tuple):
+        return ",".join(v) or "none"
+    return "none" if v is None else f"{v:,}" if isinstance(v, int) and v >= 10_000 else str(v)
 
 
-def _add_split_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--val-files", type=_csv, help="validation works by file name, comma-separated")
-    p.add_argument("--val-fraction", type=float, help="else hold out this share at the end of each work (default 0.05)")
+def add_settings(p: argparse.ArgumentParser, cls, defaults: bool = False, skip=(), only=None, groups: dict | None = None) -> None:
+    """One flag per setting of `cls` (those in `only`, if given; none in `skip`), under its group's heading.
+
+    defaults=False: a flag not given parses as None, so a preset (or the run
+    being resumed) decides; the help still shows the field's own default.
+    """
+    groups = {} if groups is None else groups
+    for f in settings(cls):
+        if f.name in skip or (only is not None and f.name not in only):
+            continue
+        m = f.metadata
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        g = groups.get(m["group"]) or groups.setdefault(m["group"], p.add_argument_group(m["group"] or None))
+        kw = {"help": f"{m['help']} (default {_shown(default)})", "default": default if defaults else None, "dest": f.name}
+        if m["metavar"]:
+            kw["metavar"] = m["metavar"]
+        if isinstance(default, bool):
+            g.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+        elif f.name == "stop":
+            g.add_argument(flag(f.name), action="append", type=str, **{**kw, "default": [] if defaults else None})
+        elif isinstance(default, tuple):
+            g.add_argument(flag(f.name), type=_csv, **kw)
+        else:
+            g.add_argument(flag(f.name), type=m["type"] or type(default), choices=m["choices"], **kw)
 
 
-def _add_level_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--level", choices=LEVELS, help="tokens: char (default), word, or bpe (byte-level BPE)")
-    p.add_argument("--vocab-size", type=int, help="bpe: vocabulary to learn (default 2000)")
-    p.add_argument("--max-vocab", type=int, help="word: keep the most frequent words, <unk> included (default 20000; 0: all)")
-    p.add_argument("--min-count", type=int, help="word: rarer words become <unk> (default 2)")
+def given(a: argparse.Namespace, *classes, skip=()) -> dict:
+    """The settings of `classes` given on the command line (None: not given)."""
+    return {f.name: getattr(a, f.name) for cls in classes for f in settings(cls)
+            if f.name not in skip and getattr(a, f.name, None) is not None}
 
 
-def _add_device_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=DEVICES, default="auto", help="auto (a CUDA GPU when one is visible), cpu or cuda")
-
-
-def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; higher is wilder (default 0.8)")
-    p.add_argument("--top-k", type=int, help="sample only from the k likeliest characters")
-    p.add_argument("--top-p", type=float, default=1.0, help="sample only from the smallest set with this much probability")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages characters used in the last --penalty-window")
-    p.add_argument("--penalty-window", type=int, default=32)
-    p.add_argument("--ban", default="", metavar="CHARS", help="characters never to write")
-    p.add_argument("--stop", action="append", default=[], metavar="STRING", help="end before this string (repeatable)")
-    p.add_argument("--seed", type=int, help="makes the text reproducible (default: drawn and shown on stderr)")
+def config(a: argparse.Namespace, cls):
+    """`cls` built from the command line's flags (each was added with its default)."""
+    values = {f.name: getattr(a, f.name) for f in settings(cls) if hasattr(a, f.name)}  # others: the field's default
+    if "stop" in values:
+        values["stop"] = tuple(values["stop"] or ())
+    return cls(**values)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="storyloom", description="Train a recurrent language model on a book and write in its style.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    t = sub.add_parser("train", help="train a run on text (default: the bundled Shakespeare corpus)")
+    t = sub.add_parser("train", help="train a run on text (default: the bundled Shakespeare corpus)",
+                       description="Settings default to the `default` preset's; `storyloom presets` lists the others.")
     t.add_argument("sources", nargs="*", metavar="SOURCE", help="files, directories, globs, - for stdin, .gz, or a bundled corpus name")
     t.add_argument("--out", help="run directory (default runs/<preset>-<date>-<time>)")
     t.add_argument("--preset", default="default", help="a named configuration (see `storyloom presets`)")
     t.add_argument("--resume", metavar="RUN", help="continue this run from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
-    g = t.add_argument_group("stopping (default: --minutes 10)")
-    g.add_argument("--steps", type=int, help="stop after this many optimizer steps")
-    g.add_argument("--epochs", type=float, help="stop after this many passes over the training text")
-    g.add_argument("--minutes", type=float, help="stop after this much wall-clock time")
-    g.add_argument("--patience", type=int, help="stop after this many evaluations without improvement (0: never; default 3)")
-    m = t.add_argument_group("model (override the preset)")
-    m.add_argument("--input", choices=INPUTS, help="how characters enter the LSTM")
-    m.add_argument("--embed", type=int, help="embedding width")
-    m.add_argument("--hidden", type=int, help="LSTM units per layer")
-    m.add_argument("--layers", type=int, help="stacked LSTM layers")
-    m.add_argument("--dropout", type=float, help="dropout on inputs, between layers and before the head")
-    m.add_argument("--cell", choices=CELLS, help="lstm (default), lstm-reference (the seed equations, slow), gru, rnn, transformer")
-    m.add_argument("--forget-bias", type=float, help="lstm: the forget gate's starting bias (default 1; 3 remembers longer)")
-    m.add_argument("--heads", type=int, help="transformer: attention heads (default 4)")
-    m.add_argument("--context", type=int, help="transformer: tokens each token attends to before itself (default 128)")
-    m.add_argument("--tie", action="store_true", default=None, help="the head reuses the embedding (a projection bridges embed != hidden)")
-    o = t.add_argument_group("optimisation (override the preset)")
-    o.add_argument("--seq-len", type=int, help="T: steps of backpropagation per batch")
-    o.add_argument("--batch-size", type=int, help="B: parallel contiguous streams")
-    o.add_argument("--lr", type=float, help="peak learning rate")
-    o.add_argument("--warmup", type=int, help="linear warmup steps")
-    o.add_argument("--min-lr-ratio", type=float, help="the cosine ends at lr times this (default 0.05)")
-    o.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices")
-    o.add_argument("--clip", type=float, help="gradient-norm clipping (0 disables)")
-    o.add_argument("--reset-prob", type=float, help="chance per stream and batch that its carried state is zeroed (default 0.01)")
-    o.add_argument("--evals", type=int, help="validation evaluations over the run (default 10)")
-    o.add_argument("--eval-tokens", type=int, help="evaluations during training read at most this many validation tokens, "
-                   "a fixed sample spread over the text (default 500,000; `storyloom eval` reads all)")
-    o.add_argument("--log-every", type=int, help="steps between rows of metrics.jsonl (default 20)")
-    o.add_argument("--seed", type=int, help="random seed (default 1234)")
-    o.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 where the hardware has it natively")
-    o.add_argument("--device", choices=DEVICES, help="auto (default: a CUDA GPU when one is visible), cpu or cuda")
-    o.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    k = t.add_argument_group("checkpoints and faults")
-    k.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default 0: at evaluations and the end)")
-    k.add_argument("--checkpoint-minutes", type=float, help="also checkpoint after M minutes since the last (default 5; 0: never)")
-    k.add_argument("--keep", type=int, help="how many of the newest checkpoints to keep (default 2)")
-    k.add_argument("--bad-steps", type=int, help="non-finite steps in a row before restoring the last checkpoint at half the rate (default 5)")
-    k.add_argument("--deterministic", action="store_true", default=None,
-                   help="deterministic kernels: a resumed run repeats an uninterrupted one bit for bit (needs --steps or --epochs)")
-    d = t.add_argument_group("data")
-    _add_data_flags(d)
-    _add_split_flags(d)
-    d.add_argument("--unknown", choices=UNKNOWN, help="unseen characters in validation text: error or replace")
-    _add_level_flags(d)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    groups: dict = {}
+    for cls in RUN_CONFIGS:
+        add_settings(t, cls, groups=groups)
 
     e = sub.add_parser("eval", help="bits per character of a run on texts, read as one stream")
     e.add_argument("run", metavar="RUN")
     e.add_argument("texts", nargs="+", metavar="TEXT", help="files, directories, globs, - or a bundled corpus name")
     e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--which", choices=("best", "last"), default="best")
-    e.add_argument("--unknown", choices=UNKNOWN, default="error")
-    e.add_argument("--encoding", default="utf-8")
-    e.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    _add_device_flag(e)
+    add_settings(e, DataConfig, defaults=True, only=("unknown", "encoding"))
+    add_settings(e, LoadConfig, defaults=True)
 
     w = sub.add_parser("generate", help="write text from a run")
     w.add_argument("run", metavar="RUN")
     w.add_argument("--prompt", default="", help="text to start from (printed first)")
-    w.add_argument("--length", type=int, default=500, help="new characters to write (0: until a stop string or Ctrl-C)")
-    _add_sampling_flags(w)
-    w.add_argument("--beam", type=int, default=0, help="beam search of this width instead of sampling (deterministic; 1 is greedy)")
-    w.add_argument("--num", type=int, default=1, help="write this many samples as one batch")
+    w.add_argument("--seed", type=int, help="makes the text reproducible (default: drawn and shown on stderr)")
     w.add_argument("--json", action="store_true", help="one JSON object per sample: {\"text\": ..., \"seed\": ...}")
     w.add_argument("--check-novelty", action="store_true", help="report how much of the text is copied from the training text")
     w.add_argument("--save", metavar="FILE", help="append the samples, with their seeds and settings, to this JSON-lines file")
-    w.add_argument("--which", choices=("best", "last"), default="best")
-    w.add_argument("--unknown", choices=UNKNOWN, default="error")
-    _add_device_flag(w)
+    add_settings(w, DataConfig, defaults=True, only=("unknown",))
+    for cls in (GenerateConfig, SampleConfig, LoadConfig):
+        add_settings(w, cls, defaults=True)
 
     cw = sub.add_parser("write", help="co-write a story with a run, in the terminal")
     cw.add_argument("run", metavar="RUN")
-    cw.add_argument("--length", type=int, default=200, help="characters per proposal")
-    _add_sampling_flags(cw)
     cw.add_argument("--story", metavar="FILE", help="start from the text in this file")
-    cw.add_argument("--which", choices=("best", "last"), default="best")
-    cw.add_argument("--unknown", choices=UNKNOWN, default="replace")
-    _add_device_flag(cw)
+    cw.add_argument("--seed", type=int, help="makes the proposals reproducible (default: drawn and shown)")
+    # Typing freely, an unseen character is replaced rather than refused: the one setting whose default differs here.
+    cw.add_argument("--unknown", choices=UNKNOWN, default="replace", help="characters you type that the run never saw "
+                    "(default replace)")
+    add_settings(cw, GenerateConfig, defaults=True, skip=("beam", "num"))
+    for cls in (SampleConfig, LoadConfig):
+        add_settings(cw, cls, defaults=True)
 
-    cp = sub.add_parser("compare", help="train several configurations for the same time and report bpc side by side")
+    cp = sub.add_parser("compare", help="train several configurations for the same time and report bpc side by side",
+                        description="Settings given as flags apply to every SPEC; a SPEC's own overrides win.")
     cp.add_argument("specs", nargs="+", metavar="SPEC", help="a preset, optionally with overrides: default:level=bpe,vocab_size=2000")
     cp.add_argument("--out", required=True, help="directory for report.md, curves.png, results.jsonl and the runs")
     cp.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of each run (default 10)")
     cp.add_argument("--source", action="append", default=[], metavar="SOURCE",
                     help="training text, as for train (repeatable; default: the bundled corpus and its benchmark split)")
-    _add_data_flags(cp)
-    _add_split_flags(cp)
-    cp.add_argument("--unknown", choices=UNKNOWN, help="unseen characters in validation text: error or replace")
-    cp.add_argument("--seed", type=int)
-    cp.add_argument("--precision", choices=PRECISIONS)
-    cp.add_argument("--device", choices=DEVICES)
-    cp.add_argument("--threads", type=int)
     cp.add_argument("--overwrite", action="store_true", help="replace runs left in --out by an earlier compare")
     cp.add_argument("--no-progress", action="store_true")
+    groups = {}
+    for cls in RUN_CONFIGS:
+        add_settings(cp, cls, skip=COMPARE_FIXED, groups=groups)
 
     x = sub.add_parser("experiment", help="measure the seeds' claims: long-range (memory across K steps) or gradients")
     x.add_argument("name", choices=tuple(EXPERIMENTS), metavar="NAME", help="long-range or gradients")
@@ -181,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--chars", type=int, default=3000, help="read this many characters of the text (default 3000)")
     i.add_argument("--offset", type=int, default=0, help="start this many characters into the text")
     i.add_argument("--unit", type=int, help="the unit to colour by first (default: the best-correlated)")
-    i.add_argument("--which", choices=("best", "last"), default="best")
-    i.add_argument("--encoding", default="utf-8")
+    add_settings(i, LoadConfig, defaults=True, only=("which",))
+    add_settings(i, DataConfig, defaults=True, only=("encoding",))
 
     pl = sub.add_parser("plot", help="train and validation bpc of runs against steps and wall time, as a PNG")
     pl.add_argument("runs", nargs="+", metavar="RUN")
@@ -192,28 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("sources", nargs="*", metavar="SOURCE", help="as for train (default: the bundled corpus)")
     pr.add_argument("--out", required=True, help="directory for train.bin, val.bin, vocab.json and prepared.json")
     pr.add_argument("--workers", type=int, default=0, help="processes for character level (default 0: one per core)")
-    _add_data_flags(pr)
-    _add_split_flags(pr)
-    _add_level_flags(pr)
+    add_settings(pr, DataConfig)
 
     c = sub.add_parser("clean", help="print what the model sees of the sources")
     c.add_argument("sources", nargs="+", metavar="SOURCE")
-    _add_data_flags(c)
+    add_settings(c, DataConfig, defaults=True, only=("encoding", "lowercase"))
 
     sub.add_parser("presets", help="list the named configurations")
     return ap
 
 
-TRAIN_FLAGS = ("steps", "epochs", "minutes", "patience", "input", "embed", "hidden", "layers", "dropout", "seq_len",
-               "batch_size", "lr", "warmup", "min_lr_ratio", "weight_decay", "clip", "reset_prob", "evals", "eval_tokens", "log_every", "seed", "precision", "device", "threads",
-               "encoding", "lowercase", "val_files", "val_fraction", "unknown", "checkpoint_every", "checkpoint_minutes", "keep",
-               "bad_steps", "deterministic", "tie", "cell", "forget_bias", "heads", "context", "level", "vocab_size", "max_vocab", "min_count")
-
-
 def cmd_train(a) -> int:
-    flags = {k: getattr(a, k) for k in TRAIN_FLAGS}
     path = api.train(a.sources, out=a.out, preset=a.preset, resume=a.resume, overwrite=a.overwrite,
-                     progress=not a.no_progress, **flags)
+                     progress=not a.no_progress, **given(a, *RUN_CONFIGS))
     st = api.status(path)
     if st["stopped"] == "interrupted":
         print(f"stopped at step {st['step']} and saved; continue with: storyloom train --resume {path}")
@@ -229,8 +194,13 @@ def cmd_train(a) -> int:
     return 0
 
 
+def _load(a) -> api.Writer:
+    opts = config(a, LoadConfig)
+    return api.load(a.run, opts.which, opts.device, opts.precision)
+
+
 def cmd_eval(a) -> int:
-    m = api.load(a.run, which=a.which, device=a.device, precision=a.precision)
+    m = _load(a)
     text = api.clean_sources(a.texts, encoding=a.encoding)
     r = m.score(text, unknown=a.unknown)
     if a.json:
@@ -241,30 +211,30 @@ def cmd_eval(a) -> int:
     return 0
 
 
-SAMPLING = ("temperature", "top_k", "top_p", "repetition_penalty", "penalty_window", "ban", "stop")
+def _writing(a, m: api.Writer) -> tuple[SampleConfig, int]:
+    """The sampling settings, checked before anything is written, and the seed (drawn if none was given)."""
+    sampling = config(a, SampleConfig)
+    m.banned(sampling.ban, a.unknown)  # characters to ban that the run never saw: one clear line now
+    return sampling, api.draw_seed(a.seed)
 
 
-def _drawn_seed(seed: int | None) -> tuple[int, bool]:
-    """The seed to use, and whether it was drawn (and so must be shown once the flags prove valid)."""
-    return (random.randrange(2**31), True) if seed is None else (seed, False)
-
-
-def _show_seed(seed: int, drawn: bool) -> None:
-    if drawn:
+def _show_seed(a, seed: int) -> None:
+    """A drawn seed goes to stderr once the input has proved valid, so the text can be written again."""
+    if a.seed is None:
         print(f"seed: {seed}", file=sys.stderr)
 
 
 def cmd_generate(a) -> int:
-    m = api.load(a.run, which=a.which, device=a.device)
-    kw = {k: getattr(a, k) for k in SAMPLING}
-    api.check_sampling(m, a.length, a.beam, a.num, a.unknown, **kw)
-    seed, drawn = _drawn_seed(a.seed)
-    if a.num > 1 or a.json or a.save:
-        if a.beam:
-            outs = [{"text": m.generate(a.prompt, a.length, seed=seed, beam=a.beam, unknown=a.unknown, **kw), "seed": seed}]
+    gen = config(a, GenerateConfig)
+    m = _load(a)
+    sampling, seed = _writing(a, m)
+    if gen.num > 1 or a.json or a.save:
+        if gen.beam:
+            outs = [{"text": m.generate(a.prompt, gen.length, seed=seed, beam=gen.beam, unknown=a.unknown, sampling=sampling),
+                     "seed": seed}]
         else:
-            outs = m.samples(a.prompt, a.num, a.length, seed=seed, unknown=a.unknown, **kw)
-        _show_seed(seed, drawn)
+            outs = m.samples(a.prompt, gen.num, gen.length, seed=seed, unknown=a.unknown, sampling=sampling)
+        _show_seed(a, seed)
         if a.check_novelty:
             for o in outs:
                 o["novelty"] = api.novelty(m, o["text"])
@@ -276,11 +246,12 @@ def cmd_generate(a) -> int:
                 if a.check_novelty:
                     _show_novelty(o["novelty"])
         if a.save:
-            api.save_samples(a.save, a.run, a.prompt, outs, {"length": a.length, "beam": a.beam, **kw})
+            api.save_samples(a.save, a.run, a.prompt, outs, {"length": gen.length, "beam": gen.beam,
+                                                             **dataclasses.asdict(sampling)})
         return 0
-    pieces = m.stream(a.prompt, a.length, seed=seed, beam=a.beam, unknown=a.unknown, **kw)
-    first = next(pieces, "")  # surface prompt and flag errors before printing anything
-    _show_seed(seed, drawn)
+    pieces = m.stream(a.prompt, gen.length, seed=seed, beam=gen.beam, unknown=a.unknown, sampling=sampling)
+    first = next(pieces, "")  # surface prompt errors before printing anything
+    _show_seed(a, seed)
     sys.stdout.write(a.prompt + first)
     sys.stdout.flush()
     text = [first]
@@ -307,40 +278,29 @@ def _show_novelty(r: dict) -> None:
 
 
 def cmd_write(a) -> int:
-    m = api.load(a.run, which=a.which, device=a.device)
+    length = config(a, GenerateConfig).length
+    m = _load(a)
     story = api.clean_sources([a.story]) if a.story else ""
-    kw = {k: getattr(a, k) for k in SAMPLING}
-    api.check_sampling(m, a.length, **kw)
-    seed, drawn = _drawn_seed(a.seed)
-    _show_seed(seed, drawn)
-    return run_session(m, story, a.length, seed, kw, a.unknown, sys.stdin, sys.stdout)
-
-
-COMPARE_FLAGS = ("encoding", "lowercase", "val_files", "val_fraction", "unknown", "seed", "precision", "device", "threads")
+    sampling, seed = _writing(a, m)
+    _show_seed(a, seed)
+    return run_session(m, story, length, seed, sampling, a.unknown, sys.stdin, sys.stdout)
 
 
 def cmd_compare(a) -> int:
-    flags = {k: getattr(a, k) for k in COMPARE_FLAGS if getattr(a, k) is not None}
     out = compare(a.specs, a.source, minutes=a.minutes, out=a.out, overwrite=a.overwrite, progress=not a.no_progress,
-                  command="storyloom " + shlex.join(a.argv), **flags)
+                  command="storyloom " + shlex.join(a.argv), **given(a, *RUN_CONFIGS, skip=COMPARE_FIXED))
     print(f"report: {out / 'report.md'}  curves: {out / 'curves.png'}")
     return 0
 
 
 def cmd_experiment(a) -> int:
-    kw = {"steps": a.steps} if a.steps is not None else {}
-    if a.steps is not None and a.steps < 1:
-        raise UserError(f"--steps must be a positive integer, got {a.steps}")
-    EXPERIMENTS[a.name](a.out, threads=a.threads, **kw)
-    print(f"report: {a.out}/report.md")
+    out = run_experiment(a.name, a.out, steps=a.steps, threads=a.threads)
+    print(f"report: {out}/report.md")
     return 0
 
 
 def cmd_inspect(a) -> int:
-    if a.chars < 3 or a.offset < 0:
-        raise UserError("--chars must be at least 3 and --offset at least 0")
-    text = api.clean_sources(a.texts, encoding=a.encoding)[a.offset : a.offset + a.chars]
-    r = inspect(a.run, text, a.out, unit=a.unit, which=a.which)
+    r = inspect_text(a.run, a.texts, a.out, chars=a.chars, offset=a.offset, unit=a.unit, which=a.which, encoding=a.encoding)
     top = r["ranked"][0] if r["ranked"] else None
     print(f"wrote {a.out}" + (f"; best-correlated: unit {top['unit']} with {top['feature']} (r = {top['r']:+.2f})" if top else ""))
     return 0
@@ -354,18 +314,14 @@ def cmd_plot(a) -> int:
 
 
 def cmd_prepare(a) -> int:
-    flags = {k: getattr(a, k) for k in ("encoding", "lowercase", "val_files", "val_fraction", "level", "vocab_size", "max_vocab",
-                                        "min_count")}
-    if a.workers < 0:
-        raise UserError(f"--workers must be >= 0 (0: one per core), got {a.workers}")
-    meta = api.prepare(a.sources, a.out, workers=a.workers, **flags)
+    meta = api.prepare(a.sources, a.out, workers=a.workers, **given(a, DataConfig))
     print(f"{meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens ({meta['dtype']}) in {a.out}; "
           f"train with: storyloom train {a.out}")
     return 0
 
 
 def cmd_clean(a) -> int:
-    sys.stdout.write(api.clean_sources(a.sources, lowercase=bool(a.lowercase), encoding=a.encoding or "utf-8"))
+    sys.stdout.write(api.clean_sources(a.sources, lowercase=a.lowercase, encoding=a.encoding))
     return 0
 
 
@@ -377,8 +333,7 @@ def cmd_presets(a) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "write": cmd_write, "compare": cmd_compare,
             "experiment": cmd_experiment, "inspect": cmd_inspect, "plot": cmd_plot, "prepare": cmd_prepare,
-            "clean": cmd_clean,
-            "presets": cmd_presets}
+            "clean": cmd_clean, "presets": cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:

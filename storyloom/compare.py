@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 from . import api, plots, presets
-from .config import DataConfig, ModelConfig, TrainConfig
+from .config import DataConfig, ModelConfig, TrainConfig, settings
 from .errors import UserError
 from .model import n_params
 
 SAMPLE_CHARS = 300
-FIELDS = {f.name: f for cls in (ModelConfig, DataConfig, TrainConfig) for f in dataclasses.fields(cls) if f.name != "vocab_size" or cls is DataConfig}
+FIELDS = {f.name: f for cls in (ModelConfig, DataConfig, TrainConfig) for f in settings(cls)}  # what a SPEC may set
 
 
 def _value(key: str, raw: str, spec: str):

@@ -1,7 +1,10 @@
-"""Configuration dataclasses that validate themselves.
+"""Every setting, declared once: a dataclass field with its default, its help text and its checks.
 
-Every field maps to one CLI flag (`hidden` -> `--hidden`), and every check
-names that flag, so the CLI can show a config error as it is.
+Each field is one CLI flag (`hidden` -> `--hidden`): cli.py builds its flags
+from these fields, presets and `compare` SPECs override them by name, and
+`--resume` may change the ones marked `resume`. Every check names the flag,
+so the CLI can show a config error as it is, and the Python API refuses what
+the command line refuses.
 """
 
 from __future__ import annotations
@@ -20,7 +23,27 @@ CELLS = ("lstm", "lstm-reference", "gru", "rnn", "transformer")
 DEVICES = ("auto", "cpu", "cuda")
 # Beyond these a typo is likelier than a wish; each is far past what fits on the machines we target.
 LIMITS = {"embed": 65_536, "hidden": 65_536, "layers": 64, "seq_len": 1_000_000, "batch_size": 1_000_000,
-          "steps": 10**12, "epochs": 1e6, "minutes": 1e6, "evals": 100_000, "keep": 1_000}
+          "steps": 10**12, "epochs": 1e6, "minutes": 1e6, "evals": 100_000, "keep": 1_000,
+          "length": 1_000_000, "beam": 256, "num": 4096}
+DEFAULT_MINUTES = 10.0  # how long a run trains when no --steps, --epochs or --minutes is given
+MIN_BPE_VOCAB = 257  # the 256 byte symbols and one merge
+
+
+def setting(default, help: str, group: str = "", choices: tuple[str, ...] | None = None, type=None, resume: bool = False,
+            metavar: str | None = None):
+    """A dataclass field that is also a CLI flag: its default, help text, choices and type live here only.
+
+    group: the heading it is listed under in --help; resume: `--resume` may change it.
+    """
+    meta = {"help": help, "group": group, "choices": choices, "type": type, "resume": resume, "metavar": metavar}
+    if isinstance(default, tuple):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def settings(cls) -> list[dataclasses.Field]:
+    """The fields of a config class that are settings (not filled in by storyloom itself)."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
 
 
 def flag(name: str) -> str:
@@ -63,19 +86,20 @@ def _choice(obj, name: str, choices: tuple[str, ...]) -> None:
 
 @dataclass
 class ModelConfig:
-    """The network: input encoding -> stacked LSTM -> linear head."""
+    """The network: input encoding -> sequence cell (`--cell`) -> linear head. Defaults: the `default` preset."""
 
     vocab_size: int = 0  # set from the tokenizer, never by hand
-    input: str = "embedding"  # embedding | onehot (seeds 000, 001) | scalar (seed 003: id / (V-1))
-    embed: int = 128  # embedding width; unused by onehot and scalar inputs
-    hidden: int = 512  # LSTM units per layer (H)
-    layers: int = 2  # stacked LSTM layers
-    dropout: float = 0.1  # on the input, between layers and before the head
-    tie: bool = False  # the head reuses the embedding (through a projection when embed != hidden)
-    cell: str = "lstm"  # lstm | lstm-reference | gru | rnn | transformer
-    forget_bias: float = 1.0  # lstm: the forget gate's starting bias (3 keeps memories over far longer spans)
-    heads: int = 4  # transformer: attention heads (hidden must be a multiple)
-    context: int = 128  # transformer: tokens of carried context, and the longest piece attended at once
+    input: str = setting("embedding", "how tokens enter the cell: embedding, onehot (seeds 000, 001) or scalar "
+                         "(seed 003: the id scaled to [0, 1])", "model", INPUTS)
+    embed: int = setting(128, "embedding width; unused by onehot and scalar inputs", "model")
+    hidden: int = setting(768, "units per layer of the cell (H)", "model")
+    layers: int = setting(1, "stacked layers of the cell", "model")
+    dropout: float = setting(0.0, "dropout on the input, between layers and before the head", "model")
+    tie: bool = setting(False, "the head reuses the embedding (a projection bridges embed != hidden)", "model")
+    cell: str = setting("lstm", f"the sequence cell: {', '.join(CELLS)}", "model", CELLS)
+    forget_bias: float = setting(1.0, "lstm: the forget gate's starting bias (3 keeps memories over far longer spans)", "model")
+    heads: int = setting(4, "transformer: attention heads (hidden must be a multiple)", "model")
+    context: int = setting(128, "transformer: tokens of carried context, and the longest piece attended at once", "model")
 
     def __post_init__(self) -> None:
         _choice(self, "input", INPUTS)
@@ -102,15 +126,16 @@ class ModelConfig:
 class DataConfig:
     """What the model sees and how validation text is held out."""
 
-    lowercase: bool = False  # fold case before training (seed 003)
-    val_files: tuple[str, ...] = ()  # validation works, matched by file name
-    val_fraction: float = 0.05  # else: this contiguous share at the end of each work
-    encoding: str = "utf-8"  # how source files are decoded
-    unknown: str = "error"  # unseen characters in evaluated text: error | replace
-    level: str = "char"  # tokens: char | word | bpe
-    vocab_size: int = 2000  # bpe: the vocabulary to learn (the 256 bytes plus merges)
-    max_vocab: int = 20000  # word: the most frequent words kept, <unk> included (0: all)
-    min_count: int = 2  # word: rarer words become <unk>, so the model learns to predict it
+    lowercase: bool = setting(False, "fold case before training (seed 003)", "data")
+    val_files: tuple[str, ...] = setting((), "validation works by file name, comma-separated", "data", metavar="A.txt,B.txt")
+    val_fraction: float = setting(0.05, "else hold out this contiguous share at the end of each work", "data")
+    encoding: str = setting("utf-8", "how source files are decoded", "data")
+    unknown: str = setting("error", "characters never seen in training (in the validation text, or a text to score or "
+                           "continue): error, or replace them", "data", UNKNOWN)
+    level: str = setting("char", "tokens: char, word, or bpe (byte-level BPE)", "data", LEVELS)
+    vocab_size: int = setting(2000, "bpe: the vocabulary to learn (the 256 bytes plus merges)", "data")
+    max_vocab: int = setting(20000, "word: the most frequent words kept, <unk> included (0: all)", "data")
+    min_count: int = setting(2, "word: rarer words become <unk>, so the model learns to predict it", "data")
 
     def __post_init__(self) -> None:
         self.val_files = tuple(self.val_files)
@@ -121,38 +146,47 @@ class DataConfig:
         _non_negative(self, "max_vocab")
         if isinstance(self.max_vocab, float) or self.max_vocab == 1:
             raise UserError(f"--max-vocab must be a whole number of at least 2 (<unk> and one word), or 0 for all; got {self.max_vocab!r}")
-        if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size, int) or not 257 <= self.vocab_size <= 1_000_000:
-            raise UserError(f"--vocab-size must be between 257 (the 256 bytes and one merge) and 1,000,000, got {self.vocab_size!r}")
+        v = self.vocab_size
+        if isinstance(v, bool) or not isinstance(v, int) or not MIN_BPE_VOCAB <= v <= 1_000_000:
+            raise UserError(f"--vocab-size must be between {MIN_BPE_VOCAB} (the 256 bytes and one merge) and 1,000,000, got {v!r}")
 
 
 @dataclass
 class TrainConfig:
     """The optimisation: truncated BPTT over B contiguous streams of T steps."""
 
-    seq_len: int = 64  # T: steps of backpropagation per batch
-    batch_size: int = 32  # B: parallel contiguous streams
-    lr: float = 4e-3  # peak AdamW learning rate
-    min_lr_ratio: float = 0.05  # cosine decays to lr * this
-    warmup: int = 100  # linear warmup steps
-    weight_decay: float = 0.01  # AdamW decoupled decay on matrices only
-    clip: float = 1.0  # gradient-norm clipping (0 disables)
-    reset_prob: float = 0.01  # chance per stream and batch that its carried state is zeroed
-    steps: int = 0  # stop after this many steps (0: no step limit)
-    epochs: float = 0.0  # stop after this many passes (0: no epoch limit)
-    minutes: float = 0.0  # stop after this much wall-clock time (0: no limit)
-    evals: int = 10  # evaluate this many times over the run (at equal progress)
-    eval_tokens: int = 500_000  # evaluations during training read at most this many validation tokens
-    patience: int = 3  # stop after this many evaluations without improvement (0: never)
-    log_every: int = 20  # steps between lines in metrics.jsonl
-    seed: int = 1234
-    precision: str = "auto"  # auto | fp32 | bf16
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # CPU threads (0: all physical cores)
-    checkpoint_every: int = 0  # also checkpoint every this many steps (0: only at evaluations and the end)
-    checkpoint_minutes: float = 5.0  # also checkpoint after this much wall-clock time since the last (0: never)
-    keep: int = 2  # checkpoints kept in the run (the newest ones)
-    bad_steps: int = 5  # non-finite steps in a row before restoring the last good checkpoint
-    deterministic: bool = False  # deterministic kernels: a resumed run repeats an uninterrupted one bit for bit
+    steps: int = setting(0, "stop after this many optimizer steps (0: no step limit)", "stopping", resume=True)
+    epochs: float = setting(0.0, "stop after this many passes over the training text (0: no epoch limit)", "stopping",
+                            resume=True)
+    minutes: float = setting(0.0, f"stop after this much wall-clock time (0: no time limit; with no limit at all, "
+                             f"{DEFAULT_MINUTES:g} minutes)", "stopping", resume=True)
+    patience: int = setting(3, "stop after this many evaluations without improvement (0: never)", "stopping")
+    seq_len: int = setting(32, "T: steps of backpropagation per batch", "optimisation")
+    batch_size: int = setting(32, "B: parallel contiguous streams", "optimisation")
+    lr: float = setting(4e-3, "peak AdamW learning rate", "optimisation")
+    min_lr_ratio: float = setting(0.05, "the cosine ends at lr times this", "optimisation")
+    warmup: int = setting(100, "linear warmup steps", "optimisation")
+    weight_decay: float = setting(0.01, "AdamW decoupled weight decay, on matrices only", "optimisation")
+    clip: float = setting(1.0, "gradient-norm clipping (0 disables)", "optimisation")
+    reset_prob: float = setting(0.01, "chance per stream and batch that its carried state is zeroed", "optimisation")
+    evals: int = setting(10, "validation evaluations over the run, at equal steps of progress", "optimisation")
+    eval_tokens: int = setting(500_000, "evaluations during training read at most this many validation tokens, a fixed "
+                               "sample spread over the text (`storyloom eval` reads all)", "optimisation")
+    log_every: int = setting(20, "steps between rows of metrics.jsonl", "optimisation")
+    seed: int = setting(1234, "random seed", "optimisation")
+    precision: str = setting("auto", "auto (bf16 where the hardware has it natively), fp32 or bf16", "optimisation",
+                             PRECISIONS)
+    device: str = setting("auto", "auto (a CUDA GPU when one is visible), cpu or cuda", "optimisation", DEVICES)
+    threads: int = setting(0, "CPU threads (0: one per physical core)", "optimisation")
+    checkpoint_every: int = setting(0, "also checkpoint every this many steps (0: only at evaluations and the end)",
+                                    "checkpoints and faults", resume=True)
+    checkpoint_minutes: float = setting(5.0, "also checkpoint after this much wall-clock time since the last (0: never)",
+                                        "checkpoints and faults", resume=True)
+    keep: int = setting(2, "checkpoints kept in the run (the newest ones)", "checkpoints and faults", resume=True)
+    bad_steps: int = setting(5, "non-finite steps in a row before restoring the last checkpoint at half the rate",
+                             "checkpoints and faults")
+    deterministic: bool = setting(False, "deterministic kernels: a resumed run repeats an uninterrupted one bit for bit "
+                                  "(needs --steps or --epochs)", "checkpoints and faults")
 
     def __post_init__(self) -> None:
         _positive(self, "seq_len", "batch_size", "evals", "eval_tokens", "log_every", "keep", "bad_steps")
@@ -173,6 +207,80 @@ class TrainConfig:
     @property
     def limited(self) -> bool:
         return bool(self.steps or self.epochs or self.minutes)
+
+
+RESUMABLE = tuple(f.name for f in settings(TrainConfig) if f.metadata["resume"])  # what --resume may change
+
+
+@dataclass
+class SampleConfig:
+    """How each next token is chosen when writing. Filters apply in this order: ban, repetition penalty,
+    temperature, top-k, top-p."""
+
+    temperature: float = setting(0.8, "0 is greedy (argmax); 1 samples the model's distribution; higher is wilder", "sampling")
+    top_k: int | None = setting(None, "sample only from the k likeliest tokens (default: all)", "sampling", type=int)
+    top_p: float = setting(1.0, "sample only from the smallest set of tokens with this much probability", "sampling")
+    repetition_penalty: float = setting(1.0, "> 1 discourages tokens used in the last --penalty-window", "sampling")
+    penalty_window: int = setting(32, "tokens the repetition penalty looks back over", "sampling")
+    ban: str = setting("", "characters never to write", "sampling", metavar="CHARS")
+    stop: tuple[str, ...] = setting((), "end before this string, which is not written (repeatable)", "sampling",
+                                    metavar="STRING")
+
+    def __post_init__(self) -> None:
+        self.stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature < float("inf"):
+            raise UserError(f"--temperature must be a number >= 0 (0 is greedy), got {self.temperature}")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1):
+            raise UserError(f"--top-k must be >= 1 (leave it out to keep every character), got {self.top_k}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.repetition_penalty, (int, float)) or not self.repetition_penalty >= 1:
+            raise UserError(f"--repetition-penalty must be >= 1, got {self.repetition_penalty}")
+        if isinstance(self.penalty_window, bool) or not isinstance(self.penalty_window, int) or self.penalty_window < 1:
+            raise UserError(f"--penalty-window must be >= 1, got {self.penalty_window}")
+        if not isinstance(self.ban, str) or not all(isinstance(x, str) for x in self.stop):
+            raise UserError("--ban takes a string of characters and --stop strings")
+
+    @classmethod
+    def of(cls, base: "SampleConfig | None" = None, **changes) -> "SampleConfig":
+        """base (or the defaults) with some settings replaced; an unknown name is one clear error."""
+        return override(base or cls(), **changes)
+
+
+@dataclass
+class GenerateConfig:
+    """How much to write, and how."""
+
+    length: int = setting(200, "new tokens to write (0: until a stop string or Ctrl-C)", "writing")
+    beam: int = setting(0, "beam search of this width instead of sampling (deterministic; 1 is greedy; 0 samples)",
+                        "writing")
+    num: int = setting(1, "write this many samples as one batch, sample i seeded with seed + i", "writing")
+
+    def __post_init__(self) -> None:
+        L = LIMITS
+        if isinstance(self.length, bool) or not isinstance(self.length, int) or not 0 <= self.length <= L["length"]:
+            raise UserError(f"--length must be between 0 and {L['length']:,} (0: until a stop string), got {self.length}")
+        if isinstance(self.beam, bool) or not isinstance(self.beam, int) or not 0 <= self.beam <= L["beam"]:
+            raise UserError(f"--beam must be between 1 and {L['beam']} (or 0 for sampling), got {self.beam}")
+        if isinstance(self.num, bool) or not isinstance(self.num, int) or not 1 <= self.num <= L["num"]:
+            raise UserError(f"--num must be between 1 and {L['num']:,}, got {self.num}")
+        if self.length == 0 and (self.beam or self.num > 1):
+            raise UserError("--length 0 (unbounded) works with one sample and no beam; give a --length")
+
+
+@dataclass
+class LoadConfig:
+    """How a trained run is opened for writing and scoring."""
+
+    which: str = setting("best", "the weights: best (lowest validation bpc) or last (the newest checkpoint)", "run",
+                         ("best", "last"))
+    device: str = setting("auto", "auto (a CUDA GPU when one is visible), cpu or cuda", "run", DEVICES)
+    precision: str = setting("fp32", "fp32 (exact), bf16 or auto (bf16 where native)", "run", PRECISIONS)
+
+    def __post_init__(self) -> None:
+        _choice(self, "which", ("best", "last"))
+        _choice(self, "device", DEVICES)
+        _choice(self, "precision", PRECISIONS)
 
 
 @dataclass
@@ -207,5 +315,5 @@ def override(cfg, **values):
     names = {f.name for f in dataclasses.fields(cfg)}
     unknown = set(values) - names
     if unknown:
-        raise UserError(f"unknown setting {', '.join(sorted(unknown))}")
+        raise UserError(f"unknown setting {', '.join(sorted(unknown))} (the settings here: {', '.join(sorted(names))})")
     return dataclasses.replace(cfg, **values)

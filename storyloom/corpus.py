@@ -20,7 +20,8 @@ from tqdm import tqdm
 from .clean import clean
 from .config import DataConfig
 from .errors import UserError
-from .sources import Document, load
+from .files import MANIFEST, dumps, entry, fsync_dir, parse_json, read_bytes, read_manifest, verify, write_atomic, write_json
+from .sources import Document, load, read
 from .tokenize import CharTokenizer, Tokenizer, char_counts, fit, from_dict
 
 
@@ -75,6 +76,23 @@ def split(docs: list[Document], cfg: DataConfig) -> tuple[list[tuple[str, str]],
     return [(n, t) for n, t, _ in parts if roles(n, cfg)[0]], [(n, v) for n, _, v in parts if roles(n, cfg)[1]]
 
 
+def clean_sources(sources=(), lowercase: bool = False, encoding: str = "utf-8") -> str:
+    """What the model would see of these sources: cleaned and concatenated."""
+    return "".join(clean(d.text, lowercase) for d in read(sources, encoding))
+
+
+def texts(sources, cfg: DataConfig, tokenizer: Tokenizer, part: str) -> list[tuple[str, str]]:
+    """The cleaned (name, text) pieces of a run's training or validation text (`part`), split exactly as it trained."""
+    prep = prepared_dir(sources)
+    if prep is not None:
+        c, _ = load_prepared(prep)
+        return [(f"{prep.name} (prepared)", tokenizer.decode(c.train if part == "train" else c.val))]
+    if "-" in sources:
+        raise UserError(f"trained from stdin, so its {'training' if part == 'train' else 'validation'} text is not on disk")
+    train, val = split(read(list(sources), cfg.encoding), cfg)
+    return train if part == "train" else val
+
+
 def build(docs: list[Document], cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Corpus:
     train, val = split(docs, cfg)
     train_text = "".join(t for _, t in train)
@@ -104,15 +122,6 @@ def prepared_dir(sources) -> Path | None:
     if len(sources) == 1 and (Path(sources[0]) / PREPARED).is_file():
         return Path(sources[0])
     return None
-
-
-def _write_array(path: Path, a: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        a.tofile(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # What each worker process does with one source file. Module functions,
@@ -194,6 +203,7 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, out / name)
+        fsync_dir(out)
     train_chars, val_chars = (sum(c[part] for c in chars) for part in (0, 1))
     return {"tokenizer": tok, "train_tokens": train_chars, "val_tokens": val_chars, "train_chars": train_chars,
             "val_chars": val_chars - 1, "val_extra_nats": 0.0,  # every validation character after the first is scored
@@ -204,7 +214,7 @@ def _prepare_in_memory(jobs: list, cfg: DataConfig, out: Path) -> dict:
     """Word and subword levels: their tokenizers are fitted on the whole training text at once."""
     c = build([j if isinstance(j, Document) else load(j, cfg.encoding) for j in jobs], cfg)
     for name, ids in (("train.bin", c.train), ("val.bin", c.val)):
-        _write_array(out / name, ids.astype(c.tokenizer.dtype(), copy=False))  # ids come in this type already: no copy
+        write_atomic(out / name, ids.astype(c.tokenizer.dtype(), copy=False).tobytes())
     return {"tokenizer": c.tokenizer, "train_tokens": int(len(c.train)), "val_tokens": int(len(c.val)),
             "train_chars": c.train_chars, "val_chars": c.val_chars, "val_extra_nats": c.val_extra_nats,
             "train_works": c.train_names, "val_works": c.val_names}
@@ -222,25 +232,35 @@ def prepare(jobs: list, cfg: DataConfig, out: str | Path, sources=(), workers: i
     jobs = [Document("<stdin>", load(None, cfg.encoding).text) if j is None else j for j in jobs]  # stdin is read once
     out.mkdir(parents=True, exist_ok=True)
     (out / PREPARED).unlink(missing_ok=True)  # preparing again: the old marker must not vouch for half-written files
-    if workers <= 0:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if cfg.level == "char":
-        r = _prepare_chars(jobs, cfg, out, workers, progress)
+        r = _prepare_chars(jobs, cfg, out, max(workers, 1), progress)
     else:
         r = _prepare_in_memory(jobs, cfg, out)
     tok = r.pop("tokenizer")
-    (out / "vocab.json").write_text(json.dumps(tok.to_dict()))
+    write_atomic(out / "vocab.json", dumps(tok.to_dict()))
     meta = {"dtype": tok.dtype().name, **r, "data": dataclasses.asdict(cfg), "sources": [str(s) for s in sources]}
-    (out / PREPARED).write_text(json.dumps(meta, indent=1))  # last: its presence says the rest is complete
+    write_json(out / MANIFEST, {name: entry(path=out / name) for name in ("train.bin", "val.bin", "vocab.json")})
+    write_json(out / PREPARED, meta)  # last: its presence says the rest is complete
     return meta
 
 
 def load_prepared(path: str | Path) -> tuple[Corpus, DataConfig]:
-    """A prepared corpus; the training ids stay on disk, memory-mapped."""
+    """A prepared corpus, its files verified against its manifest; the training ids stay on disk, memory-mapped.
+
+    A corpus prepared before files carried a format (no manifest.json) is read unverified, as it was then.
+    """
     path = Path(path)
     try:
-        meta = json.loads((path / PREPARED).read_text())
-        tok = from_dict(json.loads((path / "vocab.json").read_text()))
+        meta = parse_json(path / PREPARED, read_bytes(path / PREPARED))
+        if meta.get("format", 0) >= 1:
+            manifest = read_manifest(path / MANIFEST)
+            for name in ("train.bin", "val.bin"):
+                verify(path / name, None, manifest.get(name))
+            vocab = parse_json(path / "vocab.json", verify(path / "vocab.json", read_bytes(path / "vocab.json"),
+                                                             manifest.get("vocab.json")))
+        else:
+            vocab = json.loads((path / "vocab.json").read_text())
+        tok = from_dict(vocab)
         dtype = np.dtype(meta["dtype"])
         train = np.memmap(path / "train.bin", dtype=dtype, mode="r")
         val = np.fromfile(path / "val.bin", dtype=dtype)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from .api import Writer
+from .config import SampleConfig
 from .errors import UserError
+from .writer import Writer
 
 HELP = """Type text to add it to the story; the model then proposes a continuation.
   :a        accept the proposal (it joins the story) and propose more
@@ -23,7 +24,7 @@ HELP = """Type text to add it to the story; the model then proposes a continuati
   :q        quit (end of input quits too)"""
 
 
-def run_session(m: Writer, story: str, length: int, seed: int, sampling: dict, unknown: str,
+def run_session(m: Writer, story: str, length: int, seed: int, sampling: SampleConfig, unknown: str,
                 inp: TextIO, out: TextIO) -> int:
     s = m.session(story, unknown)
     say = lambda text="": print(text, file=out, flush=True)  # noqa: E731
@@ -34,7 +35,7 @@ def run_session(m: Writer, story: str, length: int, seed: int, sampling: dict, u
     def propose() -> str:
         nonlocal tries
         tries += 1
-        text = s.propose(length, seed=seed + tries, **sampling)
+        text = s.propose(length, seed=seed + tries, sampling=sampling)
         say("--- proposal (:a accept, :r reject, :n another) ---")
         say(text)
         say("---")
@@ -77,7 +78,7 @@ def run_session(m: Writer, story: str, length: int, seed: int, sampling: dict, u
                 proposal = propose()
             elif cmd in (":c", ":w"):
                 n = int(arg) if arg.strip().isdigit() else 5
-                options = s.next_chars(n) if cmd == ":c" else s.next_words(n)
+                options = s.next_tokens(n) if cmd == ":c" else s.next_words(n)
                 chosen = pick(options)
                 if chosen is not None:
                     s.add(chosen)

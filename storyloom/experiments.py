@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from . import plots
 from .batches import Batches
-from .api import clean_sources
 from .config import ModelConfig
+from .corpus import clean_sources
 from .errors import UserError
 from .model import LanguageModel
 from .runtime import set_threads
@@ -224,3 +224,13 @@ def gradients(out: str | Path, sources=("shakespeare",), distance: int = 100, wa
 
 
 EXPERIMENTS = {"long-range": long_range, "gradients": gradients}
+
+
+def run_experiment(name: str, out: str | Path, steps: int | None = None, threads: int = 0) -> Path:
+    """`storyloom experiment NAME`: its plots, results.json and report.md in `out`, which is returned."""
+    if name not in EXPERIMENTS:
+        raise UserError(f"no experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise UserError(f"--steps must be a positive integer, got {steps}")
+    EXPERIMENTS[name](out, threads=threads, **({"steps": steps} if steps is not None else {}))
+    return Path(out)

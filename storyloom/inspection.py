@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import Writer
-from .cells import ReferenceLSTM
+from .corpus import clean_sources
 from .errors import UserError
+from .writer import Writer
 
 SHOWN_UNITS = 24  # units whose activations the page carries (the best ranked, and the one asked for)
 SPEAKER = re.compile(r"^[A-Z][A-Z '\-]*[A-Z]\.$")  # a play's speech heading, like "FIRST CITIZEN."
@@ -81,24 +81,11 @@ def correlations(acts: np.ndarray, feats: dict[str, np.ndarray]) -> list[dict]:
 def read_through(w: Writer, ids: np.ndarray) -> dict:
     """Activations (T, H), gates per layer, and next-token probabilities (T, V) for ids read as one stream."""
     m = w.model.float().eval()
-    x = torch.from_numpy(ids.astype(np.int64))[None]  # (1, T)
-    e = m.inp(x)  # (1, T, I)
-    cfg = m.cfg
-    gates = None
-    if cfg.cell in ("lstm", "lstm-reference"):
-        ref = ReferenceLSTM(cfg.input_size, cfg.hidden, cfg.layers, 0.0)
-        ref.load_state_dict(m.cell.state_dict())
-        ref.record = True
-        h, _ = ref(e)
-        acts = torch.tanh(ref.gates["cell"][-1, 0])  # (T, H): the top layer's tanh(C_t)
-        gates = {k: v[:, 0] for k, v in ref.gates.items()}  # (L, T, H)
-        kind = "cell state tanh(C_t)"
-    else:
-        h, _ = m.cell(e)
-        acts = h[0]
-        kind = "hidden output h_t"
-    probs = torch.softmax(m.out(h)[0].float(), -1)  # (T, V): the guess for the token after each
-    return {"acts": acts.numpy(), "gates": gates, "probs": probs.numpy(), "kind": kind}
+    x = torch.from_numpy(ids.astype(np.int64))[None].to(w.device)  # (1, T)
+    r = m.cell.activations(m.inp(x))  # the cell knows what is worth showing: for LSTMs, the cell state and the gates
+    probs = torch.softmax(m.out(r["h"])[0].float(), -1)  # (T, V): the guess for the token after each
+    gates = {k: v.cpu() for k, v in r["gates"].items()} if r["gates"] else None
+    return {"acts": r["acts"].cpu().numpy(), "gates": gates, "probs": probs.cpu().numpy(), "kind": r["kind"]}
 
 
 def gate_stats(gates: dict | None) -> list[dict]:
@@ -114,10 +101,19 @@ def gate_stats(gates: dict | None) -> list[dict]:
     return rows
 
 
+def inspect_text(run: str | Path, sources, out: str | Path, chars: int = 3000, offset: int = 0, unit: int | None = None,
+                 which: str = "best", encoding: str = "utf-8") -> dict:
+    """`storyloom inspect`: the page for `chars` characters of the sources from `offset` on."""
+    if isinstance(chars, bool) or not isinstance(chars, int) or chars < 3 or not isinstance(offset, int) or offset < 0:
+        raise UserError(f"--chars must be at least 3 and --offset at least 0, got {chars} and {offset}")
+    text = clean_sources(sources, encoding=encoding)[offset : offset + chars]
+    return inspect(run, text, out, unit=unit, which=which)
+
+
 def inspect(run: str | Path, text: str, out: str | Path, unit: int | None = None, which: str = "best") -> dict:
     """Write the page; returns the ranked correlations and gate statistics it shows."""
     w = Writer(run, which, "cpu")  # a few thousand tokens through the step-by-step reference LSTM: the CPU is enough
-    text = w._prepare(text)
+    text = w.clean(text)
     ids = w.tokenizer.ids(text, "replace", "the text")
     if len(ids) < 3:
         raise UserError("inspect needs a text of at least three tokens")

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cells import State, cached, make_cell
+from .cells import Folds, State, cached, make_cell
 from .config import ModelConfig
 
 
@@ -76,7 +76,7 @@ class LanguageModel(nn.Module):
         """(V, 4H): the cell's first input projection of every token, when the input is a lookup
         and the cell can fold it; cached until a parameter changes."""
         lookup = {nn.Embedding: lambda: self.inp.weight, OneHot: lambda: torch.eye(self.cfg.vocab_size)}.get(type(self.inp))
-        if lookup is None or not hasattr(self.cell, "fold"):
+        if lookup is None or not isinstance(self.cell, Folds):
             return None
         return cached(self, "_table_cache", lambda: self.cell.fold(lookup()).detach())
 

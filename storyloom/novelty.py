@@ -18,10 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .corpus import load_prepared, prepared_dir, split
+from .corpus import texts
 from .errors import UserError
 from .runs import Run
-from .sources import read
 
 INDEX = "novelty.safetensors"
 NS = (10, 20, 50)
@@ -67,16 +66,10 @@ class Index:
             except (UserError, SafetensorError, KeyError, ValueError, TypeError):
                 pass  # a damaged cache is rebuilt, never trusted
         cfg = run.config()
-        sources = list(cfg.sources)
-        prep = prepared_dir(sources)
-        if prep is not None:
-            c, _ = load_prepared(prep)
-            train = [(f"{prep.name} (prepared)", run.tokenizer().decode(c.train))]
-        elif "-" in sources:
-            raise UserError(f"{run.path}: trained from stdin, so its training text is not on disk to compare against")
-        else:
-            # config.json holds the split exactly as trained (the bundled corpus's benchmark split included)
-            train, _ = split(read(sources, cfg.data.encoding), cfg.data)
+        try:  # config.json holds the split exactly as trained (the bundled corpus's benchmark split included)
+            train = texts(cfg.sources, cfg.data, run.tokenizer(), "train")
+        except UserError as e:
+            raise UserError(f"{run.path}: {e}") from None
         ids = codepoints("".join(t for _, t in train))
         works, off = [], 0
         for name, t in train:

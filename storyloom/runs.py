@@ -1,4 +1,4 @@
-"""A run is a directory: weights in safetensors, everything else in JSON.
+"""A run is a directory: weights in safetensors, everything else in JSON (files.py: how; checkpoint.py: what a checkpoint holds).
 
     manifest.json        SHA-256 and size of each file below
     config.json          RunConfig plus what the run was trained on
@@ -9,11 +9,11 @@
     novelty.safetensors  the training text's suffix array, made on first use
     checkpoints/step-00001200/   the newest --keep checkpoints, each whole on its own:
         model.safetensors    weights
-        trainer.safetensors  optimizer moments, carried LSTM state, RNG states
+        trainer.safetensors  optimizer moments, carried state, RNG states
         trainer.json         counters, schedule position, optimizer settings
         manifest.json        SHA-256 and size of those three
 
-Nothing is pickled and nothing is unpickled. Every file is written to a
+Every JSON file carries "format" (files.FORMAT). Nothing is pickled and nothing is unpickled. Every file is written to a
 temporary name, fsynced, then renamed; a checkpoint is written as a temporary
 directory and renamed into place, so a kill or a full disk leaves the
 previous one whole. Before a top-level file is replaced the manifest accepts
@@ -23,7 +23,6 @@ that still verifies.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,112 +30,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
+from . import checkpoint
+from .checkpoint import TrainerState
 from .config import RunConfig
 from .errors import UserError
-from .model import LanguageModel
+from .files import (MANIFEST, PICKLE_SUFFIXES, dumps, entry, fsync_dir, looks_pickled, parse_json, parse_tensors,
+                    read_bytes, read_manifest, refuse_pickle, tensor_bytes, verify, write_atomic, write_json, write_synced)
 from .tokenize import Tokenizer, from_dict
 
-MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
-PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        _write_synced(Path(tmp), data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def looks_pickled(data: bytes) -> bool:
-    """Pickle protocol 2+ opens with 0x80 and the protocol; torch.save's zip holds a pickle too."""
-    return (len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5) or data[:4] == b"PK\x03\x04"
-
-
-def refuse_pickle(path: Path) -> None:
-    raise UserError(f"{path}: a pickle file (as PyTorch .pt/.pth/.pkl checkpoints are); storyloom never unpickles, "
-                    "because loading a pickle can run any code; give a run directory made by `storyloom train`")
-
-
-def _json(path: Path, data: bytes):
-    try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: damaged JSON ({e}); restore the file or train the run again") from None
-
-
-def _tensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
-    try:
-        return st_load(data)
-    except (SafetensorError, ValueError, OSError, RuntimeError) as e:
-        raise UserError(f"{path}: damaged weights file ({e}); restore it or train the run again") from None
-
-
-def _read(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing; the run is incomplete (train it, or restore the file)") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: a directory where a file belongs; the run is damaged") from None
-    if looks_pickled(data):
-        refuse_pickle(path)
-    return data
-
-
-def _verify(path: Path, data: bytes, entry: dict | None) -> bytes:
-    """data if it matches its manifest entry (or the previous one, while a write is in flight)."""
-    if entry is None:
-        raise UserError(f"{path}: not listed in the run's manifest.json; the run is damaged or was edited by hand")
-    accepted = [entry] + ([entry["previous"]] if entry.get("previous") else [])
-    if any(sha256(data) == e["sha256"] for e in accepted):
-        return data
-    if all(len(data) < e["bytes"] for e in accepted):
-        why = f"truncated: {len(data)} of {entry['bytes']} bytes"
-    else:
-        why = "its SHA-256 differs from manifest.json: damaged or edited by hand"
-    raise UserError(f"{path}: {why}; restore it from a copy or train the run again")
-
-
-def _manifest(path: Path) -> dict:
-    m = _json(path, _read(path))
-    ok = isinstance(m, dict) and all(
-        isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("bytes"), int)
-        and (e.get("previous") is None or isinstance(e["previous"], dict) and isinstance(e["previous"].get("sha256"), str)
-             and isinstance(e["previous"].get("bytes"), int))
-        for e in m.values())
-    if not ok:
-        raise UserError(f"{path}: not a storyloom manifest; the run is damaged or was edited by hand")
-    return m
 
 
 class Checkpoint:
@@ -145,22 +48,24 @@ class Checkpoint:
     def __init__(self, path: Path):
         self.path = path
         self.step = int(path.name.split("-")[1])
-        self._manifest: dict | None = None  # read once: a checkpoint never changes after its rename
+        self.manifest: dict | None = None  # read once: a checkpoint never changes after its rename
 
     def __repr__(self) -> str:
         return f"Checkpoint({str(self.path)!r})"
 
     def read(self, name: str) -> bytes:
-        if self._manifest is None:
-            self._manifest = _manifest(self.path / MANIFEST)
-        return _verify(self.path / name, _read(self.path / name), self._manifest.get(name))
+        if self.manifest is None:
+            self.manifest = read_manifest(self.path / MANIFEST)
+        return verify(self.path / name, read_bytes(self.path / name), self.manifest.get(name))
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return _tensors(self.path / "model.safetensors", self.read("model.safetensors"))
+        return parse_tensors(self.path / "model.safetensors", self.read("model.safetensors"))
 
-    def trainer(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = _tensors(self.path / "trainer.safetensors", self.read("trainer.safetensors"))
-        return tensors, _json(self.path / "trainer.json", self.read("trainer.json"))
+    def position(self) -> checkpoint.Position:
+        return checkpoint.read_meta(self.path / "trainer.json", self.read("trainer.json"))[0]
+
+    def state(self) -> TrainerState:
+        return checkpoint.unpack({name: self.read(name) for name in checkpoint.FILES}, self.path)
 
 
 class Run:
@@ -192,8 +97,8 @@ class Run:
             shutil.rmtree(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
         write_json(run.file(MANIFEST), {})
-        run.put("config.json", _dumps({**cfg.to_dict(), "info": info}))
-        run.put("vocab.json", _dumps(tokenizer.to_dict()))
+        run.put("config.json", dumps({**cfg.to_dict(), "info": info}))
+        run.put("vocab.json", dumps(tokenizer.to_dict()))
         return run
 
     @classmethod
@@ -218,26 +123,26 @@ class Run:
 
     # -- verified top-level files ------------------------------------------
     def manifest(self) -> dict:
-        return _manifest(self.file(MANIFEST))
+        return read_manifest(self.file(MANIFEST))
 
     def read(self, name: str) -> bytes:
-        return _verify(self.file(name), _read(self.file(name)), self.manifest().get(name))
+        return verify(self.file(name), read_bytes(self.file(name)), self.manifest().get(name))
 
     def read_json(self, name: str):
-        return _json(self.file(name), self.read(name))
+        return parse_json(self.file(name), self.read(name))
 
     def has(self, name: str) -> bool:
         return name in self.manifest() and self.file(name).exists()
 
     def put(self, name: str, data: bytes) -> None:
         m = self.manifest()
-        entry = {"sha256": sha256(data), "bytes": len(data)}
+        new = entry(data)
         old = m.get(name)
-        if old != entry:
-            m[name] = {**entry, "previous": {k: old[k] for k in ("sha256", "bytes")} if old else None}
+        if old != new:
+            m[name] = {**new, "previous": {k: old[k] for k in ("sha256", "bytes")} if old else None}
             write_json(self.file(MANIFEST), m)
         write_atomic(self.file(name), data)
-        m[name] = entry
+        m[name] = new
         write_json(self.file(MANIFEST), m)
 
     def config(self) -> RunConfig:
@@ -249,7 +154,7 @@ class Run:
     def set_train_config(self, train: dict) -> None:
         d = self.read_json("config.json")
         d["train"] = train
-        self.put("config.json", _dumps(d))
+        self.put("config.json", dumps(d))
 
     def tokenizer(self) -> Tokenizer:
         d = self.read_json("vocab.json")
@@ -262,26 +167,15 @@ class Run:
     def save_weights(self, model: torch.nn.Module, which: str = "best") -> None:
         self.put(f"{which}.safetensors", tensor_bytes(model.state_dict()))
 
-    def load_model(self, which: str = "best", device: str | torch.device = "cpu") -> LanguageModel:
-        cfg = self.config()
-        tok = self.tokenizer()
-        if cfg.model.vocab_size != len(tok):
-            raise UserError(f"{self.path}: config.json says {cfg.model.vocab_size} characters but vocab.json has {len(tok)}; "
-                            "the run is damaged")
+    def weights(self, which: str = "best") -> tuple[Path, dict[str, torch.Tensor]]:
+        """(where they were read from, the state_dict) of the best weights or the newest checkpoint's."""
         if which == "best":
-            where, weights = self.file("best.safetensors"), _tensors(self.file("best.safetensors"), self.read("best.safetensors"))
-        elif which == "last":
+            where = self.file("best.safetensors")
+            return where, parse_tensors(where, self.read("best.safetensors"))
+        if which == "last":
             ck = self.latest()
-            where, weights = ck.path / "model.safetensors", ck.weights()
-        else:
-            raise UserError(f"--which must be best or last, got {which!r}")
-        model = LanguageModel(cfg.model)
-        try:
-            model.load_state_dict(weights, strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise UserError(f"{where}: weights do not match config.json ({first}); the run is damaged") from None
-        return model.to(device).eval()
+            return ck.path / "model.safetensors", ck.weights()
+        raise UserError(f"--which must be best or last, got {which!r}")
 
     # -- checkpoints -------------------------------------------------------
     def checkpoints(self) -> list[Checkpoint]:
@@ -298,23 +192,22 @@ class Run:
             raise UserError(f"{self.path}: no checkpoint yet; train the run first")
         return cks[-1]
 
-    def save_checkpoint(self, step: int, model: torch.nn.Module, tensors: dict[str, torch.Tensor], meta: dict,
-                        keep: int = 2) -> Checkpoint:
-        files = {"model.safetensors": tensor_bytes(model.state_dict()), "trainer.safetensors": tensor_bytes(tensors),
-                 "trainer.json": _dumps(meta)}
+    def save_checkpoint(self, state: TrainerState, keep: int = 2) -> Checkpoint:
+        files = checkpoint.pack(state)
+        step = state.position.step
         root = self.file("checkpoints")
         root.mkdir(exist_ok=True)
         final = root / f"step-{step:08d}"
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
         try:
             for name, data in files.items():
-                _write_synced(tmp / name, data)
-            _write_synced(tmp / MANIFEST, _dumps({n: {"sha256": sha256(d), "bytes": len(d)} for n, d in files.items()}))
-            _fsync_dir(tmp)
+                write_synced(tmp / name, data)
+            write_synced(tmp / MANIFEST, dumps({n: entry(d) for n, d in files.items()}))
+            fsync_dir(tmp)
             if final.exists():  # the same step saved again (a run that ends on a checkpoint)
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _fsync_dir(root)
+            fsync_dir(root)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             before = [c for c in self.checkpoints() if c.path != final]
@@ -326,9 +219,6 @@ class Run:
         self.seal_metrics()
         return Checkpoint(final)
 
-    def load_trainer(self) -> tuple[dict[str, torch.Tensor], dict]:
-        return self.latest().trainer()
-
     # -- metrics -----------------------------------------------------------
     def append_metrics(self, row: dict) -> None:
         with open(self.file(METRICS), "a") as f:
@@ -339,9 +229,9 @@ class Run:
         if not p.exists():
             return []
         data = p.read_bytes()
-        entry = self.manifest().get(METRICS)
-        if entry:
-            _verify(p, data[: entry["bytes"]], entry)
+        e = self.manifest().get(METRICS)
+        if e:
+            verify(p, data[: e["bytes"]], e)
         rows = []
         for line in data.decode("utf-8", "replace").split("\n"):
             try:
@@ -353,25 +243,11 @@ class Run:
     def seal_metrics(self) -> None:
         """Record the log as it stands in the manifest: what the last checkpoint vouches for."""
         p = self.file(METRICS)
-        data = p.read_bytes() if p.exists() else b""
         m = self.manifest()
-        m[METRICS] = {"sha256": sha256(data), "bytes": len(data)}
+        m[METRICS] = entry(p.read_bytes() if p.exists() else b"")
         write_json(self.file(MANIFEST), m)
 
     def truncate_metrics(self, step: int) -> None:
         """Drop rows logged after `step`: a resumed run logs them again."""
         rows = [r for r in self.metrics() if r.get("step", 0) <= step]
         self.put(METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
-
-
-def _dumps(obj) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
-
-
-def write_json(path: Path, obj) -> None:
-    write_atomic(path, _dumps(obj))
-
-
-def tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    # safetensors refuses tensors that share memory (a tied head and embedding): save copies.
-    return st_save({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()})

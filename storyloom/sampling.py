@@ -7,37 +7,11 @@ applies them: ban, repetition penalty, temperature, top-k, top-p.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from .errors import UserError
+from .config import SampleConfig
 
 NEG = float("-inf")
-
-
-@dataclass
-class SampleConfig:
-    """How to pick each next token. temperature 0 means greedy."""
-
-    temperature: float = 0.8
-    top_k: int | None = None  # keep the k likeliest (None: all)
-    top_p: float = 1.0  # keep the smallest set with probability mass >= p
-    repetition_penalty: float = 1.0  # > 1 discourages tokens seen in the last `penalty_window`
-    penalty_window: int = 32
-    banned: tuple[int, ...] = field(default_factory=tuple)  # ids never emitted
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.temperature < float("inf"):
-            raise UserError(f"--temperature must be a number >= 0 (0 is greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise UserError(f"--top-k must be >= 1 (leave it out to keep every character), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if not self.repetition_penalty >= 1:
-            raise UserError(f"--repetition-penalty must be >= 1, got {self.repetition_penalty}")
-        if self.penalty_window < 1:
-            raise UserError(f"--penalty-window must be >= 1, got {self.penalty_window}")
 
 
 def ban(logits: torch.Tensor, banned) -> torch.Tensor:
@@ -76,9 +50,9 @@ def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, NEG)
 
 
-def shape_logits(logits: torch.Tensor, cfg: SampleConfig, recent: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply every filter in `cfg` except the draw itself; fp32 in and out."""
-    logits = ban(logits.float(), cfg.banned)
+def shape_logits(logits: torch.Tensor, cfg: SampleConfig, recent: torch.Tensor | None = None, banned=()) -> torch.Tensor:
+    """Apply every filter in `cfg` except the draw itself, `banned` being ids never to emit; fp32 in and out."""
+    logits = ban(logits.float(), banned)
     if recent is not None:
         logits = repetition_penalty(logits, recent, cfg.repetition_penalty)
     if cfg.temperature > 0:

@@ -29,9 +29,6 @@ import numpy as np
 
 from .errors import UserError
 
-LEVELS = ("char", "word", "bpe")
-
-
 @dataclass
 class Scored:
     ids: np.ndarray  # token ids of the whole text
@@ -79,6 +76,16 @@ class _Ids:
         return self.ids(text, unknown).tolist()
 
 
+def replacement_for(chars: list[str], counts: np.ndarray | None = None) -> str | None:
+    """What an unseen character becomes under `--unknown replace`: a space where the text had spaces (least
+    disruptive), else its commonest character (without counts, which a vocabulary alone lacks: its first)."""
+    if not chars:
+        return None
+    if " " in chars:
+        return " "
+    return chr(int(np.argmax(counts))) if counts is not None else sorted(chars)[0]
+
+
 class CharTokenizer(_Ids):
     """One id per distinct character, in code-point order.
 
@@ -100,9 +107,8 @@ class CharTokenizer(_Ids):
         # entry (-1) also stands for every code point above the largest one
         self._lut = np.full(int(self._cps.max()) + 2 if len(self._cps) else 1, -1, dtype=np.int32)
         self._lut[self._cps] = np.arange(len(self._cps), dtype=np.int32)
-        # Unseen characters become this one under `--unknown replace`: a space
-        # when the text had spaces (least disruptive), else the commonest char.
-        self.replacement = replacement if replacement is not None else (" " if " " in chars else (self.chars[0] if chars else None))
+        # Unseen characters become this one under `--unknown replace` (from_counts chooses it; see there).
+        self.replacement = replacement if replacement is not None else replacement_for(self.chars)
 
     @classmethod
     def fit(cls, text: str) -> "CharTokenizer":
@@ -113,8 +119,7 @@ class CharTokenizer(_Ids):
         """The vocabulary of every code point counted at least once (counts[cp], as char_counts gives)."""
         cps = np.nonzero(counts)[0]
         chars = [chr(c) for c in cps]
-        repl = " " if " " in chars else (chr(int(np.argmax(counts))) if len(cps) else None)
-        return cls(chars, repl)
+        return cls(chars, replacement_for(chars, counts))
 
     def __len__(self) -> int:
         return len(self.chars)
@@ -297,7 +302,6 @@ class BPETokenizer(_Ids):
     kind = "bpe"
     words_are_tokens = True
     charges_unknown = False  # nothing is unknown to byte-level BPE
-    MIN_VOCAB = 257  # the 256 byte symbols, and at least one merge
 
     def __init__(self, tok):
         from tokenizers import decoders

@@ -1,21 +1,24 @@
 """Training and evaluation.
 
-fit() runs truncated BPTT: B contiguous streams, T steps a batch, the LSTM
+fit() runs truncated BPTT: B contiguous streams, T steps a batch, the
 state carried (detached) from batch to batch and reset at each epoch. AdamW
 with linear warmup then cosine decay over the run's progress, gradient-norm
 clipping, evaluation at equal steps of progress, early stopping, and
 checkpoints that resume exactly. A step whose loss or gradient is not finite
 is skipped; too many in a row restore the last checkpoint at a lower rate.
+
+A Trainer writes into a store: a run directory (runs.Run), or `Memory`,
+which keeps the rows, the best weights and the last checkpoint in memory.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -23,14 +26,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .batches import Batches
-from .corpus import Corpus
+from .checkpoint import Position, TrainerState, Window, capture_rng, restore_rng
 from .config import TrainConfig
-from .model import LanguageModel, State, detach
-from .runs import Run
+from .corpus import Corpus
 from .errors import UserError
+from .model import LanguageModel, State, detach
 from .runtime import autocast
 
 LN2 = math.log(2)
+MAX_RECOVERIES = 3  # then training stops: the learning rate is 1/8 of the asked one and it still diverges
 
 
 @torch.no_grad()
@@ -114,82 +118,60 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
 
 
-@dataclass
-class Position:
-    """Where training is: all a checkpoint needs besides tensors."""
+class Memory:
+    """A store for a trainer without a run directory: metrics rows, best weights and the last checkpoint, in memory."""
 
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0  # next batch index within the epoch
-    elapsed: float = 0.0  # wall-clock seconds spent so far, across resumes
-    evals_done: int = 0
-    best_bpc: float = float("inf")
-    bad_evals: int = 0  # evaluations since the best one
-    history: list = field(default_factory=list)  # (step, elapsed, val_bpc) per evaluation
-    # since the last metrics row: summed loss, steps, characters, seconds in steps
-    acc_loss: float = 0.0
-    acc_steps: int = 0
-    acc_tokens: int = 0
-    acc_time: float = 0.0
-    stopped: str = ""  # why the last session ended: "", "limit", "patience" or "interrupted"
-    skipped: int = 0  # steps skipped for a non-finite loss or gradient, over the whole run
-    bad_streak: int = 0  # non-finite steps in a row, now
-    recoveries: int = 0  # times the last checkpoint was restored after bad_steps non-finite steps
-    lr_scale: float = 1.0  # halved at each recovery
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.best: dict[str, torch.Tensor] | None = None
+        self.last: TrainerState | None = None
+        self.path = "memory"
 
+    def append_metrics(self, row: dict) -> None:
+        self.rows.append(row)
 
-MAX_RECOVERIES = 3  # then training stops: the learning rate is 1/8 of the asked one and it still diverges
+    def metrics(self) -> list[dict]:
+        return list(self.rows)
 
+    def truncate_metrics(self, step: int) -> None:
+        self.rows = [r for r in self.rows if r.get("step", 0) <= step]
 
-def rng_to_checkpoint() -> tuple[dict[str, torch.Tensor], dict]:
-    """Every random stream training may touch: torch (and CUDA), numpy, python."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(keys.astype(np.int64))}
-    if torch.cuda.is_available():
-        for i, st in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = st
-    meta = {"numpy": [name, int(pos), int(has_gauss), float(gauss)], "python": random.getstate()}
-    return tensors, meta
+    def save_weights(self, model: torch.nn.Module, which: str = "best") -> None:
+        self.best = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+    def save_checkpoint(self, state: TrainerState, keep: int = 2) -> "Memory":
+        self.last, self.step = copy.deepcopy(state), state.position.step
+        return self
 
-def rng_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    name, pos, has_gauss, gauss = meta["numpy"]
-    np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = meta["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    def latest(self) -> "Memory":
+        if self.last is None:
+            raise UserError("no checkpoint yet")
+        return self
 
-
-def opt_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = opt.state_dict()
-    tensors = {f"opt.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
-    return tensors, sd["param_groups"]
-
-
-def opt_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, i, k = key.split(".", 2)
-            state.setdefault(int(i), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    def state(self) -> TrainerState:
+        return copy.deepcopy(self.last)
 
 
 class Trainer:
-    def __init__(self, model: LanguageModel, corpus: Corpus, cfg: TrainConfig, run: Run, precision: str):
-        self.model, self.cfg, self.run, self.precision = model, cfg, run, precision
-        train_ids = corpus.train
+    """Trains `model` on `corpus` into `store` (a run directory or Memory()).
+
+    on_step, if given, is called with the trainer before every optimizer step
+    (the batch already cut): a plain hook for tests and benchmarks, which may
+    call request_stop().
+    """
+
+    def __init__(self, model: LanguageModel, corpus: Corpus, cfg: TrainConfig, store=None, precision: str = "fp32",
+                 on_step=None):
+        self.model, self.cfg, self.precision, self.on_step = model, cfg, precision, on_step
+        self.store = store if store is not None else Memory()
         self.dev = next(model.parameters()).device
-        self.batches = Batches(train_ids, cfg.batch_size, cfg.seq_len)
+        self.batches = Batches(corpus.train, cfg.batch_size, cfg.seq_len)
         self.corpus = corpus
         self.chars_per_token = corpus.train_chars / len(corpus.train)
         # fused: one kernel per parameter for the whole update; on this CPU it
         # made training 17% faster than the per-op loop (benchmarks/README.md).
         self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99), fused=True)
-        self.pos = Position()
+        self.pos, self.window = Position(), Window()
         self.loss_sum = torch.zeros((), device=self.dev)  # summed where the loss is; read only when logging
         self.state: State | None = None
         self.stop_requested = False
@@ -199,7 +181,6 @@ class Trainer:
         """Finish the current step, checkpoint and return (SIGINT and SIGTERM call this)."""
         self.stop_requested = True
 
-    # -- progress --------------------------------------------------------
     def progress(self) -> float:
         c, p = self.cfg, self.pos
         parts = []
@@ -211,48 +192,57 @@ class Trainer:
             parts.append(p.elapsed / (c.minutes * 60))
         return max(parts)
 
-    # -- checkpoints -----------------------------------------------------
-    def checkpoint(self) -> None:
-        self.pos.acc_loss = float(self.loss_sum)
-        tensors, groups = opt_to_tensors(self.opt)
-        rng, rng_meta = rng_to_checkpoint()
-        tensors.update(rng)
-        if self.state is not None:
-            tensors.update({f"state.{i}": s.float() for i, s in enumerate(self.state)})
-        meta = {"position": self.pos.__dict__, "param_groups": groups, "rng": rng_meta}
-        self.run.save_checkpoint(self.pos.step, self.model, tensors, meta, self.cfg.keep)
-        self.last_checkpoint = time.perf_counter()
-
-    def restore(self) -> None:
-        """Continue exactly from the run's newest checkpoint."""
-        ck = self.run.latest()
-        tensors, meta = ck.trainer()
-        self.model.load_state_dict(ck.weights())
-        opt_from_tensors(self.opt, tensors, meta["param_groups"])
-        rng_from_checkpoint(tensors, meta["rng"])
-        self.pos = Position(**meta["position"])
-        self.loss_sum = torch.tensor(self.pos.acc_loss, device=self.dev)
-        parts = sorted((k for k in tensors if k.startswith("state.")), key=lambda k: int(k.split(".")[1]))
-        self.state = tuple(tensors[k].to(self.dev) for k in parts) or None
-        self.run.truncate_metrics(self.pos.step)
-
-    def recover(self) -> None:
-        """After bad_steps non-finite steps in a row: back to the last checkpoint, at half the learning rate."""
-        now = self.pos
-        if now.recoveries >= MAX_RECOVERIES:
-            at = self.run.latest()
-            raise UserError(f"training diverged: {now.bad_streak} non-finite steps in a row after {now.recoveries} restores "
-                            f"at ever lower learning rates; the last good checkpoint (step {at.step}) is kept in "
-                            f"{self.run.path}; retrain with a lower --lr or a smaller --clip")
-        self.restore()
-        # Time, faults and recoveries are the run's history, not the checkpoint's.
-        self.pos.elapsed, self.pos.skipped = now.elapsed, now.skipped
-        self.pos.recoveries, self.pos.lr_scale, self.pos.bad_streak = now.recoveries + 1, now.lr_scale / 2, 0
-        self.run.append_metrics({"step": self.pos.step, "epoch": self.pos.epoch, "elapsed_s": round(now.elapsed, 3),
-                                 "event": "restored after non-finite steps", "skipped": now.skipped,
-                                 "lr_scale": self.pos.lr_scale})
-
     # -- the loop --------------------------------------------------------
+    def fit(self, show_progress: bool = True) -> Position:
+        """Train until a limit, early stopping or a stop request; checkpoint, and return where training is."""
+        self.model.train()
+        self.started, self.start_elapsed = time.perf_counter(), self.pos.elapsed
+        self.last_checkpoint = self.started
+        with self._bar(show_progress) as bar, self._signals_caught():
+            while self.progress() < 1.0 and not self.stop_requested:
+                if self.pos.batch >= len(self.batches):
+                    self.new_epoch()
+                    continue
+                x, y = self.next_batch()
+                if self.on_step is not None:
+                    self.on_step(self)
+                lr, t = self.lr(), time.perf_counter()
+                loss = self.step(x, y, lr)
+                self.advance()
+                if loss is None:
+                    self.after_bad_step()
+                    continue
+                self.count(loss, x.numel(), time.perf_counter() - t)
+                row = self.log_row(lr) if self.pos.step % self.cfg.log_every == 0 else None
+                evaluated = self.evaluation_due()
+                if evaluated:
+                    row = {**(row or self.row(lr=lr)), **val_fields(self.evaluate_now())}
+                    self.tick()
+                if row:
+                    self.store.append_metrics(row)
+                    self._show(bar, row)
+                if self.cfg.patience and self.pos.bad_evals >= self.cfg.patience:
+                    break
+                if self.checkpoint_due(evaluated) and self.progress() < 1.0:
+                    self.checkpoint()
+        self.finish()
+        return self.pos
+
+    def new_epoch(self) -> None:
+        """The streams start again from the text's beginning, with a fresh state."""
+        p = self.pos
+        p.epoch, p.batch, self.state = p.epoch + 1, 0, None
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (x, y), on the device."""
+        x, y = self.batches[self.pos.batch]
+        if self.dev.type == "cuda":  # a copy from page-locked memory can overlap the GPU's work
+            x, y = x.pin_memory(), y.pin_memory()
+        return x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
+
+    def lr(self) -> float:
+        return lr_at(self.cfg, self.pos.step, self.progress()) * self.pos.lr_scale
+
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor | None:
         """One optimizer step; None (and nothing changed) if the loss or the gradient is not finite."""
         for g in self.opt.param_groups:
@@ -281,8 +271,69 @@ class Trainer:
         self.state = detach(state)
         return loss.detach()
 
+    def advance(self) -> None:
+        """After a step, taken or skipped: count it and bring the clock up to date."""
+        p = self.pos
+        p.step, p.batch = p.step + 1, p.batch + 1
+        self.tick()
+
+    def tick(self) -> None:
+        self.pos.elapsed = self.start_elapsed + time.perf_counter() - self.started
+
+    def after_bad_step(self) -> None:
+        p = self.pos
+        p.skipped, p.bad_streak = p.skipped + 1, p.bad_streak + 1
+        if p.bad_streak >= self.cfg.bad_steps:
+            self.recover()
+
+    def count(self, loss: torch.Tensor, tokens: int, seconds: float) -> None:
+        self.pos.bad_streak = 0
+        self.loss_sum += loss
+        w = self.window
+        w.steps, w.tokens, w.seconds = w.steps + 1, w.tokens + tokens, w.seconds + seconds
+
+    # -- metrics rows ------------------------------------------------------
+    def row(self, **fields) -> dict:
+        """A metrics.jsonl row: where training is, and `fields`."""
+        p = self.pos
+        return {"step": p.step, "epoch": p.epoch, "elapsed_s": round(p.elapsed, 3), **fields}
+
+    def log_row(self, lr: float) -> dict:
+        """The training figures of the steps since the last row, which starts a new window."""
+        w = self.window
+        mean = self.loss_sum.item() / w.steps
+        row = self.row(train_loss=mean, train_bpc=mean / LN2 / self.chars_per_token, tokens_per_s=round(w.tokens / w.seconds, 1),
+                       chars_per_s=round(w.tokens * self.chars_per_token / w.seconds, 1), lr=lr)
+        if self.pos.skipped:
+            row["skipped"] = self.pos.skipped
+        self.loss_sum, self.window = torch.zeros((), device=self.dev), Window()
+        return row
+
+    def _show(self, bar, row: dict) -> None:
+        c, p = self.cfg, self.pos
+        last_val = p.history[-1][2] if p.history else None
+        shown = (("loss", row.get("train_loss")), ("val_bpc", last_val), ("chars/s", row.get("chars_per_s")))
+        bar.set_postfix({k: round(v, 3) for k, v in shown if v is not None}, refresh=False)
+        bar.n = p.step if (c.steps or c.epochs) else min(int(p.elapsed), bar.total)
+        bar.refresh()
+
+    @contextmanager
+    def _bar(self, show: bool):
+        c = self.cfg
+        total = c.steps or (int(c.epochs * len(self.batches)) if c.epochs else int(c.minutes * 60))
+        bar = tqdm(total=total, initial=0, unit="step" if (c.steps or c.epochs) else "s", disable=None if show else True,
+                   dynamic_ncols=True)
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+    # -- evaluation --------------------------------------------------------
+    def evaluation_due(self) -> bool:
+        return self.progress() >= min(1.0, (self.pos.evals_done + 1) / self.cfg.evals)
+
     def evaluate_now(self) -> dict:
-        """Validation bpc now; keeps the weights as best.safetensors when they are the best yet."""
+        """Validation bpc now; keeps the weights as the best when they are the best yet."""
         c = self.corpus
         r = evaluate(self.model, c.val, self.precision, streams=16, chars=c.val_chars, extra_nats=c.val_extra_nats,
                      limit=self.cfg.eval_tokens)
@@ -291,91 +342,67 @@ class Trainer:
         p.history.append((p.step, round(p.elapsed, 3), r["bpc"]))
         if r["bpc"] < p.best_bpc:
             p.best_bpc, p.bad_evals = r["bpc"], 0
-            self.run.save_weights(self.model, "best")
+            self.store.save_weights(self.model, "best")
         else:
             p.bad_evals += 1
         return r
 
-    def _catch_signals(self) -> dict:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        return {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def finish(self) -> None:
+        """Why training ended; a last evaluation if the last step had none; a checkpoint."""
+        p = self.pos
+        if self.stop_requested:
+            p.stopped = "interrupted"
+        else:
+            p.stopped = "patience" if self.cfg.patience and p.bad_evals >= self.cfg.patience else "limit"
+            if not p.history or p.history[-1][0] != p.step:
+                self.store.append_metrics(self.row(**val_fields(self.evaluate_now())))
+        self.checkpoint()
 
+    # -- checkpoints -----------------------------------------------------
     def checkpoint_due(self, evaluated: bool) -> bool:
         c = self.cfg
         return (evaluated or bool(c.checkpoint_every and self.pos.step % c.checkpoint_every == 0)
                 or bool(c.checkpoint_minutes and time.perf_counter() - self.last_checkpoint >= 60 * c.checkpoint_minutes))
 
-    def fit(self, show_progress: bool = True) -> Position:
-        c, p, n = self.cfg, self.pos, len(self.batches)
-        self.model.train()
-        bar_total = c.steps or (int(c.epochs * n) if c.epochs else int(c.minutes * 60))
-        bar = tqdm(total=bar_total, initial=0, unit="step" if (c.steps or c.epochs) else "s", disable=None if show_progress else True, dynamic_ncols=True)
-        last_val = p.history[-1][2] if p.history else None
-        t0 = time.perf_counter()
-        start_elapsed = p.elapsed
-        self.last_checkpoint = t0
-        handlers = self._catch_signals()
+    def checkpoint(self) -> None:
+        self.window.loss = float(self.loss_sum)
+        st = TrainerState(self.pos, self.window, self.model.state_dict(), self.opt.state_dict(), self.state, capture_rng())
+        self.store.save_checkpoint(st, self.cfg.keep)
+        self.last_checkpoint = time.perf_counter()
+
+    def restore(self) -> None:
+        """Continue exactly from the store's newest checkpoint."""
+        st = self.store.latest().state()
+        self.model.load_state_dict(st.model)
+        self.opt.load_state_dict(st.optimizer)
+        restore_rng(*st.rng)
+        self.pos, self.window = st.position, st.window
+        self.loss_sum = torch.tensor(self.window.loss, device=self.dev)
+        self.state = tuple(s.to(self.dev) for s in st.carried) if st.carried else None
+        self.store.truncate_metrics(self.pos.step)
+
+    def recover(self) -> None:
+        """After bad_steps non-finite steps in a row: back to the last checkpoint, at half the learning rate."""
+        now = self.pos
+        if now.recoveries >= MAX_RECOVERIES:
+            at = self.store.latest()
+            raise UserError(f"training diverged: {now.bad_streak} non-finite steps in a row after {now.recoveries} restores "
+                            f"at ever lower learning rates; the last good checkpoint (step {at.step}) is kept in "
+                            f"{self.store.path}; retrain with a lower --lr or a smaller --clip")
+        self.restore()
+        # Time, faults and recoveries are the run's history, not the checkpoint's.
+        self.pos.elapsed, self.pos.skipped = now.elapsed, now.skipped
+        self.pos.recoveries, self.pos.lr_scale, self.pos.bad_streak = now.recoveries + 1, now.lr_scale / 2, 0
+        self.store.append_metrics(self.row(event="restored after non-finite steps", skipped=now.skipped,
+                                           lr_scale=self.pos.lr_scale))
+
+    @contextmanager
+    def _signals_caught(self):
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while self.progress() < 1.0 and not self.stop_requested:
-                if p.batch >= n:
-                    p.epoch, p.batch, self.state = p.epoch + 1, 0, None
-                    continue
-                x, y = self.batches[p.batch]
-                if self.dev.type == "cuda":  # a copy from page-locked memory can overlap the GPU's work
-                    x, y = x.pin_memory(), y.pin_memory()
-                x, y = x.to(self.dev, non_blocking=True), y.to(self.dev, non_blocking=True)
-                ts = time.perf_counter()
-                lr = lr_at(c, p.step, self.progress()) * p.lr_scale
-                loss = self.step(x, y, lr)
-                p.step, p.batch = p.step + 1, p.batch + 1
-                p.elapsed = start_elapsed + time.perf_counter() - t0
-                if loss is None:
-                    p.skipped, p.bad_streak = p.skipped + 1, p.bad_streak + 1
-                    if p.bad_streak >= c.bad_steps:
-                        self.recover()
-                        p = self.pos
-                    continue
-                p.bad_streak = 0
-                self.loss_sum += loss
-                p.acc_steps, p.acc_tokens = p.acc_steps + 1, p.acc_tokens + x.numel()
-                p.acc_time += time.perf_counter() - ts
-                row = None
-                if p.step % c.log_every == 0:
-                    mean = self.loss_sum.item() / p.acc_steps
-                    row = {"step": p.step, "epoch": p.epoch, "elapsed_s": round(p.elapsed, 3), "train_loss": mean,
-                           "train_bpc": mean / LN2 / self.chars_per_token, "tokens_per_s": round(p.acc_tokens / p.acc_time, 1),
-                           "chars_per_s": round(p.acc_tokens * self.chars_per_token / p.acc_time, 1), "lr": lr}
-                    if p.skipped:
-                        row["skipped"] = p.skipped
-                    self.loss_sum, p.acc_steps, p.acc_tokens, p.acc_time = torch.zeros((), device=self.dev), 0, 0, 0.0
-                evaluated = self.progress() >= min(1.0, (p.evals_done + 1) / c.evals)
-                if evaluated:
-                    r = self.evaluate_now()
-                    last_val = r["bpc"]
-                    row = row or {"step": p.step, "epoch": p.epoch, "elapsed_s": round(p.elapsed, 3), "lr": lr}
-                    row.update(val_fields(r))
-                    p.elapsed = start_elapsed + time.perf_counter() - t0
-                if row:
-                    self.run.append_metrics(row)
-                    shown = (("loss", row.get("train_loss")), ("val_bpc", last_val), ("chars/s", row.get("chars_per_s")))
-                    bar.set_postfix({k: round(v, 3) for k, v in shown if v is not None}, refresh=False)
-                    bar.n = p.step if (c.steps or c.epochs) else min(int(p.elapsed), bar_total)
-                    bar.refresh()
-                if c.patience and p.bad_evals >= c.patience:
-                    break
-                if self.checkpoint_due(evaluated) and self.progress() < 1.0:
-                    self.checkpoint()
+            yield
         finally:
-            bar.close()
             for sig, h in handlers.items():
                 signal.signal(sig, h)
-        if self.stop_requested:
-            p.stopped = "interrupted"
-        else:
-            p.stopped = "patience" if c.patience and p.bad_evals >= c.patience else "limit"
-            if not p.history or p.history[-1][0] != p.step:
-                r = self.evaluate_now()
-                self.run.append_metrics({"step": p.step, "epoch": p.epoch, "elapsed_s": round(p.elapsed, 3), **val_fields(r)})
-        self.checkpoint()
-        return p

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from storyloom.batches import Batches
+from storyloom.errors import UserError
 
 
 def test_streams_continue_and_targets_shift():
@@ -31,5 +32,7 @@ def test_every_position_is_a_target_once():
 
 
 def test_too_short_text():
-    with pytest.raises(ValueError, match="one batch"):
+    # The same one-line error `storyloom train` gives (it was a bare ValueError here before the check had one home).
+    with pytest.raises(UserError, match=r"40 tokens long, fewer than one batch needs \(4x10\+1 = 41\)"):
         Batches(np.arange(40), batch_size=4, seq_len=10)
+    Batches(np.arange(41), batch_size=4, seq_len=10)

@@ -42,6 +42,7 @@ def test_a_run_is_safetensors_and_json(run):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["hidden"] == 32 and cfg["info"]["params"] > 0
     manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest.pop("format") == 1 and cfg["format"] == 1
     assert set(manifest) == {"best.safetensors", "config.json", "vocab.json", "metrics.jsonl"}
     assert all(len(e["sha256"]) == 64 and e["bytes"] > 0 for e in manifest.values())
 
@@ -207,7 +208,7 @@ def test_fault_full_disk_during_checkpoint_keeps_the_previous(copy, monkeypatch)
     import storyloom.runs as runs
 
     before = [c.step for c in Run(copy).checkpoints()]
-    real = runs._write_synced
+    real = runs.write_synced
     calls = []
 
     def fill_up(path, data):
@@ -216,10 +217,10 @@ def test_fault_full_disk_during_checkpoint_keeps_the_previous(copy, monkeypatch)
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(runs, "_write_synced", fill_up)
+    monkeypatch.setattr(runs, "write_synced", fill_up)
     with pytest.raises(UserError, match=r"step-00000040: could not save the checkpoint \(No space left on device\); the checkpoint at step 30 is intact"):
         storyloom.train(resume=copy, progress=False, steps=40)
-    monkeypatch.setattr(runs, "_write_synced", real)
+    monkeypatch.setattr(runs, "write_synced", real)
     assert "trainer.safetensors" in calls
     assert [c.step for c in Run(copy).checkpoints()] == before
     assert not [p for p in (copy / "checkpoints").iterdir() if p.name.startswith(".")]  # no half-written directory

@@ -48,7 +48,7 @@ def test_draw_is_reproducible_per_row_and_greedy_at_zero():
 
 
 def test_draw_never_picks_a_filtered_token():
-    logits = shape_logits(torch.randn(1, 30), SampleConfig(temperature=1.5, top_k=3, banned=(0, 1)))
+    logits = shape_logits(torch.randn(1, 30), SampleConfig(temperature=1.5, top_k=3), banned=(0, 1))
     allowed = set(kept(logits))
     for s in range(200):
         assert draw(logits, 1.5, [torch.Generator().manual_seed(s)]).item() in allowed

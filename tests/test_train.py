@@ -40,26 +40,19 @@ def test_bf16_training_steps_on_the_device(tmp_path, sonnets, dev):
     assert storyloom.status(run)["skipped"] == 0
 
 
-def test_resumed_run_equals_uninterrupted(tmp_path, sonnets, monkeypatch, dev):
+def test_resumed_run_equals_uninterrupted(tmp_path, sonnets, dev):
     (tmp_path / "s.txt").write_text(sonnets)
     flags = dict(TINY, steps=40, log_every=5, evals=4, dropout=0.1, seed=7, device=dev, deterministic=True)
     full = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "full", progress=False, **flags)
 
     # Interrupt the second run after step 17, as SIGINT would, then resume it.
-    from storyloom.train import Trainer
+    def stop_at_17(t):  # called before each step: 16 are done, the 17th is the last
+        if t.pos.step == 16:
+            t.request_stop()
 
-    real_step = Trainer.step
-
-    def step_then_stop(self, x, y, lr):
-        out = real_step(self, x, y, lr)
-        if self.pos.step == 16:
-            self.request_stop()
-        return out
-
-    monkeypatch.setattr(Trainer, "step", step_then_stop)
-    part = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "part", progress=False, **flags)
-    monkeypatch.setattr(Trainer, "step", real_step)
+    part = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "part", progress=False, on_step=stop_at_17, **flags)
     assert max(r["step"] for r in storyloom.api.metrics(part)) < 40
+    assert storyloom.status(part)["step"] == 17 and storyloom.status(part)["stopped"] == "interrupted"
     storyloom.train(resume=part, progress=False)
     a, b = storyloom.api.metrics(full), storyloom.api.metrics(part)
     assert [r["step"] for r in a] == [r["step"] for r in b]
@@ -67,19 +60,14 @@ def test_resumed_run_equals_uninterrupted(tmp_path, sonnets, monkeypatch, dev):
     np.testing.assert_allclose([r["val_bpc"] for r in a if "val_bpc" in r], [r["val_bpc"] for r in b if "val_bpc" in r], rtol=1e-6)
 
 
-def test_state_is_carried_across_batches_and_reset_each_epoch(tmp_path, sonnets, monkeypatch):
-    from storyloom.train import Trainer
-
+def test_state_is_carried_across_batches_and_reset_each_epoch(tmp_path, sonnets):
     seen = []
-    real_step = Trainer.step
 
-    def spy(self, x, y, lr):
-        seen.append((self.pos.epoch, self.state is None))
-        return real_step(self, x, y, lr)
+    def spy(t):  # before each step: the epoch, and whether the step starts from a fresh state
+        seen.append((t.pos.epoch, t.state is None))
 
-    monkeypatch.setattr(Trainer, "step", spy)
     (tmp_path / "s.txt").write_text(sonnets[:3000])
-    storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", epochs=2, progress=False, **TINY)
+    storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", epochs=2, progress=False, on_step=spy, **TINY)
     per_epoch = len(seen) // 2
     assert seen[0] == (0, True) and seen[per_epoch] == (1, True)
     assert all(not fresh for i, (_, fresh) in enumerate(seen) if i not in (0, per_epoch))
@@ -258,3 +246,27 @@ def test_threads_default_to_physical_cores(monkeypatch):
 
     monkeypatch.setattr("builtins.open", fake_open)
     assert runtime.physical_cores() == 2
+
+
+def test_a_trainer_without_a_run_directory_keeps_everything_in_memory(tmp_path, sonnets, monkeypatch):
+    from storyloom.config import DataConfig
+    from storyloom.corpus import build
+    from storyloom.sources import Document
+    from storyloom.train import Memory, Trainer
+
+    monkeypatch.chdir(tmp_path)
+    corpus = build([Document("s.txt", sonnets)], DataConfig())
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=len(corpus.tokenizer), hidden=32, embed=16, layers=1))
+    cfg = TrainConfig(steps=30, seq_len=16, batch_size=4, evals=2, log_every=5, checkpoint_every=10)
+    calls = []
+    t = Trainer(model, corpus, cfg, on_step=lambda tr: calls.append(tr.pos.step))
+    pos = t.fit(show_progress=False)
+    assert isinstance(t.store, Memory) and list(tmp_path.iterdir()) == []  # nothing written anywhere
+    assert pos.step == 30 and calls == list(range(30))
+    rows = t.store.metrics()
+    assert [r["step"] for r in rows if "train_loss" in r] == [5, 10, 15, 20, 25, 30]
+    assert [r["step"] for r in rows if "val_bpc" in r] == [15, 30]
+    assert t.store.best is not None and t.store.latest().step == 30
+    best = min(r["val_bpc"] for r in rows if "val_bpc" in r)
+    assert pos.best_bpc == best

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import storyloom
-from storyloom.generate import Stops
+from storyloom.decoding import Stops
 
 from conftest import TINY
 

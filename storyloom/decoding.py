@@ -16,7 +16,8 @@ import torch
 from .cells import cached
 from .model import LanguageModel, State
 from .runtime import autocast
-from .sampling import SampleConfig, ban, draw, shape_logits
+from .config import SampleConfig
+from .sampling import ban, draw, shape_logits
 
 
 class Decoder:
@@ -32,7 +33,7 @@ class Decoder:
 
     def __init__(self, model: LanguageModel, device: torch.device, precision: str = "fp32", graphs: bool = True):
         self.model, self.device, self.precision = model.eval(), device, precision
-        self.graphs = graphs and device.type == "cuda" and getattr(model.cell, "graphable", False)
+        self.graphs = graphs and device.type == "cuda" and model.cell.graphable
 
     @torch.inference_mode()
     def read(self, ids: np.ndarray, state: State | None = None) -> tuple[torch.Tensor, State]:
@@ -91,12 +92,13 @@ def expand(logits: torch.Tensor, state: State, B: int) -> tuple[torch.Tensor, St
     return logits.expand(B, -1).clone(), tuple(s.expand(-1, B, -1).contiguous() for s in state)
 
 
-def sample(dec: Decoder, logits: torch.Tensor, state: State, recent: np.ndarray, cfg: SampleConfig,
+def sample(dec: Decoder, logits: torch.Tensor, state: State, recent: np.ndarray, cfg: SampleConfig, banned,
            seeds: list[int], length: int) -> Iterator[torch.Tensor]:
     """Yield next ids (B,) for B = len(seeds) streams, forever if length is 0.
 
     `logits`/`state` are where the prompt left one stream; `recent` holds the
-    prompt's last ids for the repetition penalty. Memory stays constant.
+    prompt's last ids for the repetition penalty; `banned` ids are never
+    drawn. Memory stays constant.
     """
     B = len(seeds)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
@@ -105,7 +107,7 @@ def sample(dec: Decoder, logits: torch.Tensor, state: State, recent: np.ndarray,
     rec = torch.as_tensor(np.asarray(recent[-W:] if W else recent[:0], dtype=np.int64)).expand(B, -1)  # (B, <=W)
     n = 0
     while length == 0 or n < length:
-        ids = draw(shape_logits(logits, cfg, rec), cfg.temperature, gens)  # (B,)
+        ids = draw(shape_logits(logits, cfg, rec, banned), cfg.temperature, gens)  # (B,)
         yield ids
         if W:
             rec = torch.cat([rec, ids[:, None]], 1)[:, -W:]
