@@ -66,39 +66,9 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
     flags = {k: v for k, v in flags.items() if v is not None}
     if resume is not None and overwrite:
         raise UserError("--overwrite starts a new run and --resume continues one; give only one of them")
-    if resume is not None:
-        run = Run.open(resume)
-        cfg = run.config()
-        fixed = sorted(set(flags) - set(RESUMABLE))
-        if fixed:
-            raise UserError(f"--resume continues a run as configured; drop {', '.join(flag(f) for f in fixed)} "
-                            f"(only {', '.join(flag(f) for f in RESUMABLE)} may change)")
-        if set(flags) & set(LIMITS):  # new limits replace the old ones
-            cfg.train = override(cfg.train, **{k: flags.get(k, 0) for k in LIMITS})
-        cfg.train = override(cfg.train, **{k: v for k, v in flags.items() if k not in LIMITS})
-        if "-" in cfg.sources and not sources:
-            raise UserError(f"{resume}: this run was trained from stdin; give the text again: storyloom train - --resume {resume}")
-        sources = list(sources) or list(cfg.sources)
-        tokenizer = run.tokenizer()
-    else:
-        cfg = _configure(sources, preset, flags)
-        tokenizer = None
-    prep = prepared_dir(sources)
-    if prep is not None:
-        corpus, data = load_prepared(prep)
-        if resume is None:
-            fixed = sorted(k for k in set(flags) & set(presets.DATA_FLAGS) if k != "unknown")
-            if fixed:
-                raise UserError(f"{prep}: a prepared corpus fixes its text settings; drop "
-                                f"{', '.join(flag(f) for f in fixed)} or prepare it again with them")
-            if cfg.data.level != data.level:
-                raise UserError(f"--preset {preset} works at {cfg.data.level} level but {prep} was prepared at {data.level} "
-                                f"level; run storyloom prepare --level {cfg.data.level}, or choose another preset")
-            cfg.data = data
-        elif corpus.tokenizer.to_dict() != tokenizer.to_dict():
-            raise UserError(f"{prep}: its vocabulary differs from the run's; resume with the corpus the run was trained on")
-    else:
-        corpus = build(read(sources, cfg.data.encoding), cfg.data, tokenizer)
+    run = Run.open(resume) if resume is not None else None
+    cfg, sources = _resumed(run, sources, flags) if run else (_configure(sources, preset, flags), sources)
+    corpus = _corpus(sources, cfg, run.tokenizer() if run else None, flags, preset)
     tc = cfg.train
     Batches.check(len(corpus.train), tc.batch_size, tc.seq_len)
     cfg.model.vocab_size = len(corpus.tokenizer)
@@ -112,9 +82,8 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         info = {"params": n_params(model), "level": corpus.tokenizer.kind, "vocab": len(corpus.tokenizer),
                 "train_chars": corpus.train_chars, "train_tokens": int(len(corpus.train)), "val_chars": corpus.val_chars,
-                "val_tokens": int(len(corpus.val)),
-                "train_works": corpus.train_names, "val_works": corpus.val_names, "precision": precision,
-                "device": str(dev), "torch": torch.__version__}
+                "val_tokens": int(len(corpus.val)), "train_works": corpus.train_names, "val_works": corpus.val_names,
+                "precision": precision, "device": str(dev), "torch": torch.__version__}
         run = Run.create(out or Path("runs") / f"{preset}-{stamp}", cfg, corpus.tokenizer, info, overwrite)
     trainer = Trainer(model, corpus, tc, run, precision, on_step)
     if resume is not None:
@@ -123,6 +92,43 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
             run.set_train_config(dataclasses.asdict(tc))
     trainer.fit(show_progress=progress)
     return run.path
+
+
+def _resumed(run: Run, sources, flags: dict) -> tuple[RunConfig, list]:
+    """The run's config with what --resume may change changed, and the sources to read again."""
+    cfg = run.config()
+    fixed = sorted(set(flags) - set(RESUMABLE))
+    if fixed:
+        raise UserError(f"--resume continues a run as configured; drop {', '.join(flag(f) for f in fixed)} "
+                        f"(only {', '.join(flag(f) for f in RESUMABLE)} may change)")
+    if set(flags) & set(LIMITS):  # new limits replace the old ones
+        cfg.train = override(cfg.train, **{k: flags.get(k, 0) for k in LIMITS})
+    cfg.train = override(cfg.train, **{k: v for k, v in flags.items() if k not in LIMITS})
+    if "-" in cfg.sources and not sources:
+        raise UserError(f"{run.path}: this run was trained from stdin; give the text again: "
+                        f"storyloom train - --resume {run.path}")
+    return cfg, list(sources) or list(cfg.sources)
+
+
+def _corpus(sources, cfg: RunConfig, tokenizer, flags: dict, preset: str):
+    """The training and validation ids: read from a prepared corpus (whose text settings then hold), or built."""
+    prep = prepared_dir(sources)
+    if prep is None:
+        return build(read(sources, cfg.data.encoding), cfg.data, tokenizer)
+    corpus, data = load_prepared(prep)
+    if tokenizer is not None:  # resuming
+        if corpus.tokenizer.to_dict() != tokenizer.to_dict():
+            raise UserError(f"{prep}: its vocabulary differs from the run's; resume with the corpus the run was trained on")
+        return corpus
+    fixed = sorted(k for k in set(flags) & set(presets.DATA_FLAGS) if k != "unknown")
+    if fixed:
+        raise UserError(f"{prep}: a prepared corpus fixes its text settings; drop "
+                        f"{', '.join(flag(f) for f in fixed)} or prepare it again with them")
+    if cfg.data.level != data.level:
+        raise UserError(f"--preset {preset} works at {cfg.data.level} level but {prep} was prepared at {data.level} "
+                        f"level; run storyloom prepare --level {cfg.data.level}, or choose another preset")
+    cfg.data = data
+    return corpus
 
 
 def prepare(sources, out: str | Path, workers: int = 0, progress: bool = True, **flags) -> dict:

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -75,7 +77,13 @@ def test_each_cell_trains_and_survives_save_and_load(tmp_path, sonnets, cell):
     m = storyloom.load(run)
     assert m.config.model.cell == cell
     assert len(m.generate("Shall I", 12, seed=1)) == 12
-    assert 0 < m.score(sonnets[:500])["bpc"] < 10
+    r = m.score(sonnets[:500])
+    assert 0 < r["bpc"] < 10
+    ids = torch.from_numpy(m.tokenizer.ids(sonnets[:500]).astype("int64"))
+    with torch.no_grad():  # the score is the mean cross-entropy of every next character, read as one stream
+        logits, _ = m.model(ids[None, :-1].to(m.device))
+        nats = torch.nn.functional.cross_entropy(logits[0].cpu(), ids[1:]).item()
+    assert r["bpc"] == pytest.approx(nats / math.log(2), abs=1e-4) and r["chars"] == 499
     storyloom.train(resume=run, steps=8, progress=False)  # the carried state checkpoints and resumes
     assert storyloom.status(run)["step"] == 8
 

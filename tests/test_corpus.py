@@ -113,3 +113,32 @@ def test_prepare_reads_stdin_once(tmp_path, monkeypatch):
     storyloom.prepare(["-"], tmp_path / "p", val_fraction=0.1, progress=False)
     c, _ = load_prepared(tmp_path / "p")
     assert c.tokenizer.decode(c.train) + c.tokenizer.decode(c.val) == "from standard input\n" * 30
+
+
+@pytest.mark.parametrize("damage, message", [("flip", r"train.bin: its SHA-256 differs from manifest.json"),
+                                             ("cut", r"val.bin: truncated"),
+                                             ("newer", r"prepared.json: written by a newer storyloom \(file format 99")])
+def test_fault_a_damaged_or_newer_prepared_corpus_is_refused(tmp_path, sonnets, damage, message):
+    import json
+
+    import storyloom
+    from storyloom.corpus import load_prepared
+
+    (tmp_path / "s.txt").write_text(sonnets)
+    prep = tmp_path / "prep"
+    storyloom.prepare([str(tmp_path / "s.txt")], prep, progress=False)
+    manifest = json.loads((prep / "manifest.json").read_text())
+    assert manifest["format"] == 1 and set(manifest) == {"format", "train.bin", "val.bin", "vocab.json"}
+    load_prepared(prep)  # whole, it verifies
+    if damage == "flip":
+        data = bytearray((prep / "train.bin").read_bytes())
+        data[1000] ^= 1
+        (prep / "train.bin").write_bytes(bytes(data))
+    elif damage == "cut":
+        (prep / "val.bin").write_bytes((prep / "val.bin").read_bytes()[:-10])
+    else:
+        meta = json.loads((prep / "prepared.json").read_text())
+        (prep / "prepared.json").write_text(json.dumps({**meta, "format": 99}))
+    with pytest.raises(UserError, match=message):
+        storyloom.train([str(prep)], out=tmp_path / "r", steps=1, progress=False)
+    assert not (tmp_path / "r").exists()

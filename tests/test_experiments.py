@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from storyloom import experiments as E
@@ -30,6 +31,20 @@ def test_hidden_gradient_norms_are_per_distance():
     x = torch.randint(0, 10, (3, 12))
     norms = E.hidden_grad_norms(m, x, x)
     assert len(norms) == 11 and all(n >= 0 for n in norms) and norms[0] > 0
+    # The same norms by hand: h_t = tanh(W_ih e_t + b_ih + W_hh h_{t-1} + b_hh), the loss at the last step only,
+    # its gradient carried back one step at a time through the tanh and W_hh.
+    c, B, T = m.cell, x.shape[0], x.shape[1]
+    with torch.no_grad():
+        e, hs = m.inp(x), [torch.zeros(B, 8)]
+        for t in range(T):
+            hs.append(torch.tanh(e[:, t] @ c.weight_ih_l0.T + c.bias_ih_l0 + hs[-1] @ c.weight_hh_l0.T + c.bias_hh_l0))
+        p = torch.softmax(m.head(hs[-1]), -1)
+        g = (p - torch.nn.functional.one_hot(x[:, -1], 10)) / B @ m.head.weight  # dL/dh_T, (B, H)
+        want = []
+        for t in range(T, 1, -1):
+            g = (g * (1 - hs[t] ** 2)) @ c.weight_hh_l0  # dL/dh_{t-1}
+            want.append(g.norm(dim=-1).mean().item())
+    assert norms == pytest.approx(want, rel=1e-4)
 
 
 def test_experiments_write_plots_and_reports(tmp_path, capsys):

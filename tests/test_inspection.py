@@ -82,3 +82,9 @@ def test_plot_writes_a_png(run, tmp_path):
     out = tmp_path / "curves.png"
     assert main(["plot", str(run), str(run), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(out)[..., :3]
+    assert img.shape[:2] == (462, 1210)  # the two panels: bpc against steps and against minutes
+    orange = (abs(img - [1.0, 0x7F / 255, 0x0E / 255]).max(-1) < 0.06).sum()
+    assert orange > 50  # the second run's validation points (drawn over the first's: it is the same run) are there

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from storyloom.config import ModelConfig
+from storyloom.errors import UserError
 from storyloom.model import LanguageModel, n_params
 
 
@@ -82,5 +83,5 @@ def test_tied_head_shares_the_embedding_through_a_projection():
     logits, state = m(x)
     step_logits, _ = m.step(x[:, 0], m.initial_state(2))
     torch.testing.assert_close(step_logits, logits[:, 0], rtol=1e-5, atol=1e-5)
-    with pytest.raises(Exception, match="--tie"):
+    with pytest.raises(UserError, match="--tie shares the embedding with the head, so it needs --input embedding, not onehot"):
         ModelConfig(vocab_size=50, input="onehot", tie=True)

@@ -72,6 +72,24 @@ def test_a_run_loads_on_the_other_device(tmp_path, sonnets, dev, trained_on):
     assert there.generate("Shall I", 50, seed=1) == there.generate("Shall I", 50, seed=1)
 
 
+@pytest.mark.parametrize("name", ["config.json", "vocab.json", "manifest.json", "trainer.json"])
+def test_fault_a_run_from_a_newer_storyloom_is_refused(copy, name):
+    from storyloom.files import entry
+
+    path = copy / name if name != "trainer.json" else Run(copy).latest().path / name
+    d = json.loads(path.read_text())
+    d["format"] = 99
+    path.write_text(json.dumps(d))
+    for manifest in (copy / "manifest.json", path.parent / "manifest.json"):  # as a newer storyloom would have listed it
+        m = json.loads(manifest.read_text())
+        if name in m:
+            m[name] = entry(path.read_bytes())
+            manifest.write_text(json.dumps(m))
+    with pytest.raises(UserError, match=rf"{name}: written by a newer storyloom \(file format 99; this one reads formats "
+                                        r"up to 1\); upgrade storyloom to open it"):
+        storyloom.status(copy) if name == "trainer.json" else storyloom.load(copy)
+
+
 def test_fault_hand_edited_config_is_refused(copy):
     cfg = json.loads((copy / "config.json").read_text())
     cfg["model"]["hidden"] = 64

@@ -1,0 +1,56 @@
+import dataclasses
+
+import pytest
+
+from storyloom import presets
+from storyloom.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from storyloom.errors import UserError
+
+
+def test_the_default_preset_is_the_configs_defaults():
+    assert presets.build("default") == RunConfig()
+    assert presets.PRESETS["default"].model == {} and presets.PRESETS["default"].train == {}
+
+
+@pytest.mark.parametrize("name", presets.names())
+def test_every_preset_builds_and_validates(name):
+    cfg = presets.build(name)
+    p = presets.PRESETS[name]
+    assert cfg.preset == name
+    for part, values in (("model", p.model), ("data", p.data), ("train", p.train)):
+        for k, v in values.items():
+            assert getattr(getattr(cfg, part), k) == v, f"{name}: {part}.{k}"
+
+
+@pytest.mark.parametrize("name, model, data, train", [
+    ("story-writer", dict(input="onehot", hidden=256, layers=2, dropout=0.2), {}, dict(seq_len=40, batch_size=64)),  # seed 000
+    ("shakespeare", dict(input="onehot", hidden=128, layers=1), dict(val_fraction=0.2), dict(seq_len=40, batch_size=64)),
+    ("mysterious-island", dict(input="embedding", embed=256, hidden=512, layers=1), {}, dict(seq_len=40, batch_size=64)),
+    ("heart-of-darkness", dict(input="scalar", hidden=256, dropout=0.2), dict(lowercase=True), dict(seq_len=100, batch_size=128)),
+])
+def test_the_seed_presets_are_their_seeds(name, model, data, train):
+    cfg = presets.build(name)
+    for part, values in (("model", model), ("data", data), ("train", train)):
+        assert {k: getattr(getattr(cfg, part), k) for k in values} == values
+
+
+def test_overrides_win_and_go_to_their_config():
+    cfg = presets.build("shakespeare", {"hidden": 64, "val_files": ("a.txt",), "lr": 0.01, "layers": None})
+    assert cfg.model.hidden == 64 and cfg.data.val_files == ("a.txt",) and cfg.train.lr == 0.01
+    assert cfg.model.layers == 1  # None: not given, the preset's value stays
+    assert cfg.model.input == "onehot"
+
+
+def test_bad_presets_and_overrides_name_the_flag():
+    with pytest.raises(UserError, match="--preset 'nope' is not a preset; choose one of: default, story-writer"):
+        presets.build("nope")
+    with pytest.raises(UserError, match="--hidden must be a positive integer"):
+        presets.build("default", {"hidden": 0})
+    with pytest.raises(UserError, match="unknown setting hiden"):
+        presets.build("default", {"hiden": 3})
+
+
+def test_the_flag_lists_are_the_config_fields():
+    assert set(presets.MODEL_FLAGS) == {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
+    assert set(presets.DATA_FLAGS) == {f.name for f in dataclasses.fields(DataConfig)}
+    assert not set(presets.MODEL_FLAGS) & {f.name for f in dataclasses.fields(TrainConfig)}

@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+import storyloom
+from storyloom.config import SampleConfig
+from storyloom.errors import UserError
+from storyloom.writer import Writer, draw_seed, load_model
+from storyloom.runs import Run
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, sonnets):
+    d = tmp_path_factory.mktemp("writer")
+    (d / "s.txt").write_text(sonnets)
+    plain = storyloom.train([str(d / "s.txt")], out=d / "plain", steps=30, progress=False, **{**TINY, "lr": 1e-2})
+    lower = storyloom.train([str(d / "s.txt")], out=d / "lower", steps=5, lowercase=True, progress=False, **TINY)
+    return plain, lower
+
+
+def test_encode_folds_case_for_a_lowercase_run_and_read_starts_from_a_new_line(runs):
+    plain, lower = (storyloom.load(r, device="cpu") for r in runs)
+    assert lower.tokenizer.decode(lower.encode("Shall I")) == "shall i"
+    assert plain.tokenizer.decode(plain.encode("Shall I")) == "Shall I"
+    ids, logits, state = plain.read("")
+    assert plain.tokenizer.decode(ids) == "\n" and logits.shape == (1, len(plain.tokenizer))
+    with pytest.raises(UserError, match="the prompt has 1 character\\(s\\) never seen in training"):
+        plain.read("\u00e9")
+
+
+def test_sampling_travels_as_one_config_or_as_keywords(runs):
+    m = storyloom.load(runs[0], device="cpu")
+    cfg = SampleConfig(temperature=1.2, top_k=5, stop=("\n\n",))
+    assert m.generate("Shall I", 60, seed=3, sampling=cfg) == m.generate("Shall I", 60, seed=3, temperature=1.2, top_k=5,
+                                                                         stop="\n\n")
+    # keywords change the given config
+    assert m.generate("Shall I", 40, seed=3, sampling=cfg, top_k=1) == m.generate("Shall I", 40, temperature=0, seed=9)
+    with pytest.raises(UserError, match="unknown setting temprature"):
+        m.generate("Shall I", 10, temprature=1.0)
+    with pytest.raises(UserError, match="--length must be between 0 and 1,000,000"):
+        m.generate("Shall I", -3)
+
+
+def test_banned_holds_the_tokenizers_own_and_the_asked(runs):
+    m = storyloom.load(runs[0], device="cpu")
+    ids = m.banned("ea")
+    assert m.tokenizer.decode(list(ids)) == "ae"
+    assert "e" not in m.generate("Shall I", 200, seed=1, ban="e")
+
+
+def test_next_tokens_are_the_likeliest_after_the_prompt(runs):
+    m = storyloom.load(runs[0], device="cpu")
+    top = m.next_tokens("Shall I compare thee", 4)
+    assert m.next_chars("Shall I compare thee", 4) == top  # the old name still answers
+    _, logits, _ = m.read("Shall I compare thee")
+    p = torch.softmax(logits[0], -1)
+    want = [(m.tokenizer.decode([i]), v) for v, i in zip(*p.topk(4))]
+    assert [c for c, _ in top] == [c for c, _ in want]
+    assert [v for _, v in top] == pytest.approx([float(v) for _, v in want])
+
+
+def test_draw_seed_keeps_a_given_seed_and_draws_a_fresh_one():
+    assert draw_seed(7) == 7
+    drawn = {draw_seed() for _ in range(20)}
+    assert len(drawn) > 15 and all(0 <= s < 2**31 for s in drawn)
+
+
+def test_load_model_gives_the_best_or_the_last_weights(runs):
+    run = Run(runs[0])
+    best, last = load_model(run, "best"), load_model(run, "last")
+    assert not best.training
+    assert all(torch.equal(best.state_dict()[k], v) for k, v in run.weights("best")[1].items())
+    assert all(torch.equal(last.state_dict()[k], v) for k, v in run.latest().weights().items())
+    with pytest.raises(UserError, match="--which must be one of best, last"):
+        Writer(runs[0], which="newest")
