@@ -53,6 +53,7 @@ class LanguageModel(nn.Module):
         self.inp = make_input(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.cell = make_cell(cfg)
+        self.folds = isinstance(self.cell, Folds)  # asked once: a protocol check costs microseconds, a step has few
         # Tying (Press & Wolf, 2017) makes the head reuse the embedding; a
         # projection maps H to the embedding width when the two differ.
         self.proj = nn.Linear(H, cfg.embed, bias=False) if cfg.tie and cfg.embed != H else None
@@ -76,7 +77,7 @@ class LanguageModel(nn.Module):
         """(V, 4H): the cell's first input projection of every token, when the input is a lookup
         and the cell can fold it; cached until a parameter changes."""
         lookup = {nn.Embedding: lambda: self.inp.weight, OneHot: lambda: torch.eye(self.cfg.vocab_size)}.get(type(self.inp))
-        if lookup is None or not isinstance(self.cell, Folds):
+        if lookup is None or not self.folds:
             return None
         return cached(self, "_table_cache", lambda: self.cell.fold(lookup()).detach())
 
