@@ -87,7 +87,13 @@ def config(a: argparse.Namespace, cls):
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="storyloom", description="Train a recurrent language model on a book and write in its style.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in (_train_parser, _eval_parser, _generate_parser, _write_parser, _compare_parser, _experiment_parser,
+                _inspect_parser, _plot_parser, _prepare_parser, _clean_parser, _presets_parser):
+        add(sub)  # one function per command, below
+    return ap
 
+
+def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a run on text (default: the bundled Shakespeare corpus)",
                        description="Settings default to the `default` preset's; `storyloom presets` lists the others.")
     t.add_argument("sources", nargs="*", metavar="SOURCE", help="files, directories, globs, - for stdin, .gz, or a bundled corpus name")
@@ -100,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     for cls in RUN_CONFIGS:
         add_settings(t, cls, groups=groups)
 
+
+def _eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="bits per character of a run on texts, read as one stream")
     e.add_argument("run", metavar="RUN")
     e.add_argument("texts", nargs="+", metavar="TEXT", help="files, directories, globs, - or a bundled corpus name")
@@ -107,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(e, DataConfig, defaults=True, only=("unknown", "encoding"))
     add_settings(e, LoadConfig, defaults=True)
 
+
+def _generate_parser(sub) -> None:
     w = sub.add_parser("generate", help="write text from a run")
     w.add_argument("run", metavar="RUN")
     w.add_argument("--prompt", default="", help="text to start from (printed first)")
@@ -118,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     for cls in (GenerateConfig, SampleConfig, LoadConfig):
         add_settings(w, cls, defaults=True)
 
+
+def _write_parser(sub) -> None:
     cw = sub.add_parser("write", help="co-write a story with a run, in the terminal")
     cw.add_argument("run", metavar="RUN")
     cw.add_argument("--story", metavar="FILE", help="start from the text in this file")
@@ -129,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     for cls in (SampleConfig, LoadConfig):
         add_settings(cw, cls, defaults=True)
 
+
+def _compare_parser(sub) -> None:
     cp = sub.add_parser("compare", help="train several configurations for the same time and report bpc side by side",
                         description="Settings given as flags apply to every SPEC; a SPEC's own overrides win.")
     cp.add_argument("specs", nargs="+", metavar="SPEC", help="a preset, optionally with overrides: default:level=bpe,vocab_size=2000")
@@ -142,12 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     for cls in RUN_CONFIGS:
         add_settings(cp, cls, skip=COMPARE_FIXED, groups=groups)
 
+
+def _experiment_parser(sub) -> None:
     x = sub.add_parser("experiment", help="measure the seeds' claims: long-range (memory across K steps) or gradients")
     x.add_argument("name", choices=tuple(EXPERIMENTS), metavar="NAME", help="long-range or gradients")
     x.add_argument("--out", required=True, help="directory for the plots, results.json and report.md")
     x.add_argument("--steps", type=int, help="training steps per model (long-range default 1000, gradients default 300)")
     x.add_argument("--threads", type=int, default=0)
 
+
+def _inspect_parser(sub) -> None:
     i = sub.add_parser("inspect", help="a self-contained HTML page of what each unit of a run responds to")
     i.add_argument("run", metavar="RUN")
     i.add_argument("texts", nargs="+", metavar="TEXT", help="files, globs, - or a bundled corpus name")
@@ -158,22 +176,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings(i, LoadConfig, defaults=True, only=("which",))
     add_settings(i, DataConfig, defaults=True, only=("encoding",))
 
+
+def _plot_parser(sub) -> None:
     pl = sub.add_parser("plot", help="train and validation bpc of runs against steps and wall time, as a PNG")
     pl.add_argument("runs", nargs="+", metavar="RUN")
     pl.add_argument("--out", required=True, help="the PNG file to write")
 
+
+def _prepare_parser(sub) -> None:
     pr = sub.add_parser("prepare", help="clean and encode sources once, for training on any size of text in constant memory")
     pr.add_argument("sources", nargs="*", metavar="SOURCE", help="as for train (default: the bundled corpus)")
     pr.add_argument("--out", required=True, help="directory for train.bin, val.bin, vocab.json and prepared.json")
     pr.add_argument("--workers", type=int, default=0, help="processes for character level (default 0: one per core)")
     add_settings(pr, DataConfig)
 
+
+def _clean_parser(sub) -> None:
     c = sub.add_parser("clean", help="print what the model sees of the sources")
     c.add_argument("sources", nargs="+", metavar="SOURCE")
     add_settings(c, DataConfig, defaults=True, only=("encoding", "lowercase"))
 
+
+def _presets_parser(sub) -> None:
     sub.add_parser("presets", help="list the named configurations")
-    return ap
 
 
 def cmd_train(a) -> int:
