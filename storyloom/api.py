@@ -22,7 +22,7 @@ import torch
 from . import presets
 from .batches import Batches
 from .clean import normalize
-from .config import DEFAULT_MINUTES, RESUMABLE, RunConfig, flag, override
+from .config import DEFAULT_MINUTES, RESUMABLE, LoadConfig, RunConfig, flag, override
 from .corpus import build, clean_sources, load_prepared, prepared_dir, texts
 from .corpus import prepare as prepare_corpus
 from .errors import UserError
@@ -179,7 +179,8 @@ def novelty(run: "str | Path | Writer", text: str) -> dict:
     return report(Index.for_run(r), codepoints(text), text)
 
 
-def load(path: str | Path, which: str = "best", device: str = "auto", precision: str = "fp32") -> Writer:
+def load(path: str | Path, which: str = LoadConfig.which, device: str = LoadConfig.device,
+         precision: str = LoadConfig.precision) -> Writer:
     """Open a run directory for writing and scoring; `which` is "best" or "last", `device` auto (a CUDA GPU
     when one is visible), cpu or cuda. A run trained on either device loads on both."""
     return Writer(path, which, device, precision)

@@ -224,7 +224,7 @@ def prepare(jobs: list, cfg: DataConfig, out: str | Path, sources=(), workers: i
     """Clean, split and encode once: train.bin and val.bin (raw ids in the smallest unsigned type), vocab.json, prepared.json.
 
     jobs are source files (as sources.locate gives them) or documents
-    already read. workers: processes for character level (0: one per core).
+    already read. workers: processes for character level (api.prepare passes one per physical core).
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / PREPARED).is_file():

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .clean import clean, normalize
-from .config import GenerateConfig, LoadConfig, SampleConfig
+from .config import DataConfig, GenerateConfig, LoadConfig, SampleConfig
 from .decoding import Decoder, Stops, next_words, sample
 from .decoding import beam as beam_search
 from .errors import UserError
@@ -67,7 +67,8 @@ class Writer:
     samples); `seed` makes the text reproducible.
     """
 
-    def __init__(self, path: str | Path, which: str = "best", device: str = "auto", precision: str = "fp32"):
+    def __init__(self, path: str | Path, which: str = LoadConfig.which, device: str = LoadConfig.device,
+                 precision: str = LoadConfig.precision):
         opts = LoadConfig(which, device, precision)
         self.run = Run.open(path)
         self.config = self.run.config()
@@ -85,13 +86,13 @@ class Writer:
         """Text as the run's training text was: cleaned (Gutenberg boilerplate, newlines, NFC) and case-folded if it was."""
         return clean(text, self.config.data.lowercase)
 
-    def encode(self, text: str, unknown: str = "error", what: str = "the text") -> np.ndarray:
+    def encode(self, text: str, unknown: str = DataConfig.unknown, what: str = "the text") -> np.ndarray:
         """Ids of text a person typed: normalised, and case-folded for a lowercase run."""
         if self.config.data.lowercase:
             text = text.lower()
         return self.tokenizer.ids(normalize(text), unknown, what)
 
-    def read(self, prompt: str, unknown: str = "error", state: State | None = None):
+    def read(self, prompt: str, unknown: str = DataConfig.unknown, state: State | None = None):
         """(ids, logits, state) after reading `prompt` in one call; an empty prompt starts as at a new line."""
         ids = self.encode(prompt, unknown, "the prompt")
         if not len(ids) and state is None:
@@ -101,11 +102,11 @@ class Writer:
         logits, state = self.decoder.read(ids, state)
         return ids, logits, state
 
-    def banned(self, ban: str = "", unknown: str = "error") -> tuple[int, ...]:
+    def banned(self, ban: str = "", unknown: str = DataConfig.unknown) -> tuple[int, ...]:
         """Ids never to write: the tokenizer's own (<unk>) and the characters of `ban`."""
         return tuple(sorted(set(self.tokenizer.never()) | set(self.tokenizer.banned(ban, unknown) if ban else ())))
 
-    def score(self, text: str, unknown: str = "error") -> dict:
+    def score(self, text: str, unknown: str = DataConfig.unknown) -> dict:
         """bpc, nats_per_char, perplexity (per character), chars, token_perplexity and tokens of `text`, read as one stream.
 
         bpc compares across char, word and BPE runs: see `evaluate`.
@@ -117,7 +118,7 @@ class Writer:
 
     # -- text out --------------------------------------------------------
     def stream(self, prompt: str = "", length: int = GenerateConfig.length, *, seed: int | None = None, beam: int = 0,
-               unknown: str = "error", sampling: SampleConfig | None = None, **settings) -> Iterator[str]:
+               unknown: str = DataConfig.unknown, sampling: SampleConfig | None = None, **settings) -> Iterator[str]:
         """Yield the new text piece by piece; the prompt is read once, then one step per token.
 
         length 0 writes until a stop string (or until the caller stops iterating), in constant memory.
@@ -136,7 +137,7 @@ class Writer:
         return "".join(self.stream(prompt, length, **kw))
 
     def samples(self, prompt: str = "", num: int = GenerateConfig.num, length: int = GenerateConfig.length, *,
-                seed: int | None = None, unknown: str = "error", sampling: SampleConfig | None = None,
+                seed: int | None = None, unknown: str = DataConfig.unknown, sampling: SampleConfig | None = None,
                 **settings) -> list[dict]:
         """`num` samples drawn as one batch: [{"text": ..., "seed": ...}]; sample i uses seed + i."""
         GenerateConfig(length=length, num=num)
@@ -156,13 +157,13 @@ class Writer:
                 break
         return [{"text": t + s.flush(), "seed": sd} for t, s, sd in zip(texts, stops, seeds)]
 
-    def next_tokens(self, prompt: str, k: int = 5, unknown: str = "error") -> list[tuple[str, float]]:
+    def next_tokens(self, prompt: str, k: int = 5, unknown: str = DataConfig.unknown) -> list[tuple[str, float]]:
         """The k likeliest next tokens (characters, words or subwords) after `prompt`, with their probabilities."""
         return self.top_tokens(self.read(prompt, unknown)[1], k)
 
     next_chars = next_tokens  # the name of the character-level days, kept for users' code
 
-    def session(self, story: str = "", unknown: str = "error") -> "Session":
+    def session(self, story: str = "", unknown: str = DataConfig.unknown) -> "Session":
         """A co-writing session over a growing story, its state cached."""
         return Session(self, story, unknown)
 
@@ -198,7 +199,7 @@ class Session:
     """A story written together: the model's state after the story is kept,
     so a proposal starts at once however long the story is."""
 
-    def __init__(self, writer: Writer, story: str = "", unknown: str = "error"):
+    def __init__(self, writer: Writer, story: str = "", unknown: str = DataConfig.unknown):
         self.writer, self.unknown = writer, unknown
         self.story = ""
         self.ids, self.logits, self.state = writer.read("", unknown)  # the new-line primer
