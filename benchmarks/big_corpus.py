@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from storyloom.sources import bundled_files  # noqa: E402
+from machine import describe  # noqa: E402
 
 SWAPS = [(" the ", " a "), (" and ", " or "), (" my ", " thy "), (" you ", " thou "), (" is ", " was "), (" he ", " she ")]
 
@@ -105,7 +106,7 @@ def main() -> None:
         t = time.perf_counter()
         nbytes, files = generate(src, int(a.gb * 1e9))
         emit(kind="config", gb=a.gb, bytes=nbytes, files=files, generate_s=round(time.perf_counter() - t, 1),
-             steps=a.steps, cores=len(os.sched_getaffinity(0)), machine=platform.processor() or platform.machine(),
+             steps=a.steps, cores=len(os.sched_getaffinity(0)), machine=describe(),
              python=platform.python_version())
         cli = [sys.executable, "-m", "storyloom"]
         speeds = {}

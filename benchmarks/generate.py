@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
+from machine import describe  # noqa: E402
 
 
 def emit(**row) -> None:
@@ -71,7 +71,7 @@ def main() -> None:
     prompt40 = text[10000:10040]
     prompt1000 = text[20000:21000]
     emit(kind="config", run=str(run), model=m.config.model.__dict__, torch=torch.__version__, threads=torch.get_num_threads(),
-         machine=platform.processor() or platform.machine(), length=a.length)
+         machine=describe(), length=a.length)
 
     s = timed(lambda: m.generate(prompt40, a.length, temperature=1.0, seed=0))
     stateful = a.length / s

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -58,6 +57,7 @@ from storyloom import presets  # noqa: E402
 from storyloom.compare import parse_spec  # noqa: E402
 from storyloom.corpus import load_prepared  # noqa: E402
 from storyloom.runtime import autocast  # noqa: E402
+from machine import describe  # noqa: E402
 from roofline import model_gemms  # noqa: E402
 from train_speed import PlainLoop  # noqa: E402
 
@@ -80,16 +80,6 @@ class Log:
         print(line, flush=True)
         self.f.write(line + "\n")
         self.f.flush()
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def lstm_bf16_works() -> str:
@@ -115,8 +105,7 @@ def env(log: Log) -> str:
                    memory_gib=round(p.total_memory / 2**30, 1), nvidia_smi=smi, cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version())
     bf16 = lstm_bf16_works()
-    log(kind="env", device=DEV, **gpu, torch=torch.__version__, cpu=cpu_model(), cpus=os.cpu_count(),
-        python=platform.python_version(), lstm_bf16=not bf16, lstm_bf16_error=bf16 or None)
+    log(kind="env", device=DEV, **gpu, machine=describe(), lstm_bf16=not bf16, lstm_bf16_error=bf16 or None)
     return "fp32" if bf16 else "bf16"
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
+from machine import describe  # noqa: E402
 from storyloom.batches import Batches  # noqa: E402
 
 KERNEL = ("rnn", "lstm", "mm", "matmul", "linear", "addmm", "bmm", "gemm")
@@ -101,7 +101,7 @@ def main() -> None:
     spent["python and framework"] = max(wall - sum(spent.values()), 0.0)
     total = sum(spent.values())
     emit(kind="config", preset=a.preset, precision=a.precision, profiled_steps=a.steps, warmup=a.warmup,
-         torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.processor() or platform.machine())
+         torch=torch.__version__, threads=torch.get_num_threads(), machine=describe())
     emit(kind="breakdown", ms_per_step=round(wall / a.steps / 1e3, 2),
          **{k: round(v / total, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])})
     for (c, name), us in sorted(ops.items(), key=lambda kv: -kv[1])[:15]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
+from machine import describe  # noqa: E402
 from storyloom import presets  # noqa: E402
 from storyloom.sources import BUNDLED  # noqa: E402
 
@@ -45,7 +45,7 @@ def main() -> None:
     marks = [float(m) for m in a.marks.split(",") if float(m) <= a.minutes]
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="storyloom-quality-"))
     emit(kind="config", presets=a.presets.split(","), minutes=a.minutes, marks=marks, split=BUNDLED["shakespeare"],
-         torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.processor() or platform.machine())
+         torch=torch.__version__, threads=torch.get_num_threads(), machine=describe())
     val_text = storyloom.clean_sources([str(p) for p in sorted((Path(storyloom.__file__).parent / "corpora" / "shakespeare").glob("*.txt"))
                                         if p.name in BUNDLED["shakespeare"]])
     for name in a.presets.split(","):

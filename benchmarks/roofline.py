@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
+from machine import describe  # noqa: E402
 from storyloom import presets  # noqa: E402
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     I = m.embed if m.input == "embedding" else (V if m.input == "onehot" else 1)
     B, T, H, L = t.batch_size, t.seq_len, m.hidden, m.layers
     emit(kind="config", preset=a.preset, B=B, T=T, I=I, H=H, layers=L, V=V, seconds=a.seconds, torch=torch.__version__,
-         threads=torch.get_num_threads(), machine=platform.processor() or platform.machine())
+         threads=torch.get_num_threads(), machine=describe())
     flops_per_char = 3 * (sum(2 * 4 * H * ((I if l == 0 else H) + H) for l in range(L)) + 2 * H * V)
     gemms = model_gemms(B, T, I, H, V, L)
     roof = {}

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import tempfile
 import time
@@ -52,6 +51,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
+from machine import describe  # noqa: E402
 from storyloom import presets  # noqa: E402
 from storyloom.corpus import load_prepared  # noqa: E402
 from storyloom.runtime import autocast, device  # noqa: E402
@@ -239,7 +239,7 @@ def main() -> None:
     storyloom.prepare(["shakespeare"], prep)  # the bundled corpus, its fixed benchmark split
     corpus, _ = load_prepared(prep)
     val_text = corpus.tokenizer.decode(corpus.val)
-    emit(kind="config", device=str(dev), machine=platform.processor() or platform.machine(), torch=torch.__version__,
+    emit(kind="config", device=str(dev), machine=describe(), torch=torch.__version__,
          threads=torch.get_num_threads(), preset="default", B=cfg.train.batch_size, T=cfg.train.seq_len,
          embed=cfg.model.embed, hidden=cfg.model.hidden, lr=cfg.train.lr, train_chars=len(corpus.train),
          val_chars=len(corpus.val), speed_seconds=a.speed_seconds, minutes=a.minutes)

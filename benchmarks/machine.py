@@ -1,0 +1,56 @@
+"""The machine a figure was measured on, for every benchmark's `config` line.
+
+    python benchmarks/machine.py        # prints it as one JSON line
+
+These machines differ from session to session (2 cores of an Intel Sapphire
+Rapids with or without AMX, or of an AMD EPYC; a GPU or none), and a figure
+compares only with its twin on the same kind: every script records this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+import torch
+
+FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+def describe() -> dict:
+    """CPU model and vendor, its matrix extensions (AMX or not), cores, GPU, torch."""
+    model, flags = _cpuinfo()
+    vendor = "AMD" if "AMD" in model or "authenticamd" in flags else "Intel" if "Intel" in model else model
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": model, "vendor": vendor, "amx": "amx_bf16" in flags, "cpu_flags": [f for f in FLAGS if f in flags],
+            "cpus": cpus, "gpu": gpu, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def label(d: dict | None = None) -> str:
+    """A short name for tables: "Intel Xeon, AMX", "AMD EPYC", "NVIDIA H200"."""
+    d = d or describe()
+    if d["gpu"]:
+        return d["gpu"]
+    name = "AMD EPYC" if d["vendor"] == "AMD" else "Intel Xeon"
+    return f"{name}, {'AMX' if d['amx'] else 'no AMX'}, {d['cpus']} cores"
+
+
+if __name__ == "__main__":
+    print(json.dumps({**describe(), "label": label()}))
