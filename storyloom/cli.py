@@ -221,7 +221,7 @@ def cmd_train(a) -> int:
 
 def _load(a) -> api.Writer:
     opts = config(a, LoadConfig)
-    return api.load(a.run, opts.which, opts.device, opts.precision)
+    return api.load(a.run, opts.which, opts.device, opts.precision, opts.threads)
 
 
 def cmd_eval(a) -> int:

@@ -177,7 +177,8 @@ class TrainConfig:
     precision: str = setting("auto", "auto (bf16 where the hardware has it natively), fp32 or bf16", "optimisation",
                              PRECISIONS)
     device: str = setting("auto", "auto (a CUDA GPU when one is visible), cpu or cuda", "optimisation", DEVICES)
-    threads: int = setting(0, "CPU threads (0: one per physical core)", "optimisation")
+    threads: int = setting(0, "CPU threads (0: one per physical core, fewer while other processes keep cores busy)",
+                           "optimisation")
     checkpoint_every: int = setting(0, "also checkpoint every this many steps (0: only at evaluations and the end)",
                                     "checkpoints and faults", resume=True)
     checkpoint_minutes: float = setting(5.0, "also checkpoint after this much wall-clock time since the last (0: never)",
@@ -276,8 +277,10 @@ class LoadConfig:
                          ("best", "last"))
     device: str = setting("auto", "auto (a CUDA GPU when one is visible), cpu or cuda", "run", DEVICES)
     precision: str = setting("fp32", "fp32 (exact), bf16 or auto (bf16 where native)", "run", PRECISIONS)
+    threads: int = setting(0, "CPU threads (0: one per physical core, fewer while other processes keep cores busy)", "run")
 
     def __post_init__(self) -> None:
+        _non_negative(self, "threads")
         _choice(self, "which", ("best", "last"))
         _choice(self, "device", DEVICES)
         _choice(self, "precision", PRECISIONS)

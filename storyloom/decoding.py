@@ -15,7 +15,7 @@ import torch
 
 from .cells import cached
 from .model import LanguageModel, State
-from .runtime import autocast
+from .runtime import autocast, pace
 from .config import SampleConfig
 from .sampling import ban, draw, shape_logits
 
@@ -46,6 +46,7 @@ class Decoder:
     @torch.inference_mode()
     def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One token per stream: ids (B,) -> logits (B, V)."""
+        pace()
         state = tuple(s.float() for s in state)
         if self.graphs:
             logits, state = self._graph(ids, state)(ids, state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import time
 
 import numpy as np
 import torch
@@ -86,11 +87,86 @@ def physical_cores() -> int:
 
 
 def set_threads(n: int = 0) -> int:
-    """Use physical cores: two threads sharing a core's matrix units slow GEMM-bound work down."""
+    """Use physical cores: two threads sharing a core's matrix units slow GEMM-bound work down.
+
+    n = 0 (the default): every physical core, and `pace()` fits the count to
+    the cores other processes leave free; n > 0: exactly n threads, always.
+    """
+    global pacer
     if n <= 0:
         n = physical_cores()
+        pacer = Pacer(n) if n > 1 and _cpu_jiffies() is not None else None
+    else:
+        pacer = None
     torch.set_num_threads(n)
     return n
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of the CPUs this process may run on, from /proc/stat; None off Linux."""
+    cpus = {f"cpu{c}" for c in (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else ())}
+    busy = total = 0
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name in cpus:
+                    v = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+                    total += sum(v)
+                    busy += sum(v) - v[3] - v[4]
+    except (OSError, ValueError):
+        return None
+    return (busy, total) if total else None
+
+
+class Pacer:
+    """Fits the thread count to the cores other processes leave free.
+
+    PyTorch's worker threads spin while they wait for each other; when another
+    busy process takes one of the cores, every parallel region waits for a
+    thread that is not running, and work that shares the cores goes 3 to 15
+    times slower instead of 2 (benchmarks/contention.py). Fewer spinning
+    threads is the cure, but fewer threads cost a third of the speed on an
+    idle machine. So, every WINDOW seconds of work, the pacer reads how busy
+    this process's CPUs were (/proc/stat) and how much of that was this
+    process (its CPU time): the rest is other processes, and the threads are
+    the cores left, between 1 and every core. A change needs two readings in a row.
+    """
+
+    WINDOW = 0.5  # seconds of work between readings: a jiffy is 10 ms
+
+    def __init__(self, full: int, read=_cpu_jiffies, clock=time.perf_counter, cpu_time=time.process_time):
+        self.full, self.n, self.read, self.clock, self.cpu_time = full, full, read, clock, cpu_time
+        self.last: tuple[float, float, tuple[int, int]] | None = None
+        self.wanted = full  # what the last reading asked for
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else full
+
+    def __call__(self) -> int:
+        now = self.clock()
+        if self.last is not None and now - self.last[0] < self.WINDOW:
+            return self.n
+        reading = (now, self.cpu_time(), self.read())
+        if self.last is not None and reading[2] is not None and self.last[2] is not None:
+            (t0, p0, (b0, j0)), (t1, p1, (b1, j1)) = self.last, reading
+            if j1 > j0 and t1 > t0:
+                busy = self.cores * (b1 - b0) / (j1 - j0)  # cores busy, ours and others'
+                ours = (p1 - p0) / (t1 - t0)  # cores this process kept busy (spinning counts)
+                target = max(1, min(self.full, round(self.cores - max(0.0, busy - ours))))
+                if target != self.n and target == self.wanted:
+                    self.n = target
+                    torch.set_num_threads(target)
+                self.wanted = target
+        self.last = reading
+        return self.n
+
+
+pacer: Pacer | None = None  # set by set_threads(0); None: a fixed thread count
+
+
+def pace() -> None:
+    """Called once per unit of work (a training step, an evaluation chunk, a written token): keeps the thread count fitted."""
+    if pacer is not None:
+        pacer()
 
 
 def seed_everything(seed: int) -> None:
@@ -106,4 +182,7 @@ def set_deterministic(on: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # cuDNN's autotuner may pick another algorithm in a resumed process.
         torch.backends.cudnn.benchmark = False
+        # A CPU kernel may sum in another order with another thread count: keep the count fixed.
+        global pacer
+        pacer = None
     torch.use_deterministic_algorithms(on)

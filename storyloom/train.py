@@ -31,7 +31,7 @@ from .config import TrainConfig
 from .corpus import Corpus
 from .errors import UserError
 from .model import LanguageModel, State, detach
-from .runtime import autocast
+from .runtime import autocast, pace
 
 LN2 = math.log(2)
 MAX_RECOVERIES = 3  # then training stops: the learning rate is 1/8 of the asked one and it still diverges
@@ -87,6 +87,7 @@ def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", str
     state = None
     for s in range(0, x.shape[1], chunk):
         xs, ys = x[:, s : s + chunk].to(dev), y[:, s : s + chunk].to(dev)
+        pace()
         with autocast(precision, dev):
             logits, state = model(xs, state)  # (S, T, V)
         total += F.cross_entropy(logits.float().flatten(0, 1), ys.flatten(), reduction="sum", ignore_index=-100).double().cpu()
@@ -272,10 +273,11 @@ class Trainer:
         return loss.detach()
 
     def advance(self) -> None:
-        """After a step, taken or skipped: count it and bring the clock up to date."""
+        """After a step, taken or skipped: count it, bring the clock up to date, fit the threads to the free cores."""
         p = self.pos
         p.step, p.batch = p.step + 1, p.batch + 1
         self.tick()
+        pace()
 
     def tick(self) -> None:
         self.pos.elapsed = self.start_elapsed + time.perf_counter() - self.started

@@ -32,7 +32,7 @@ from .errors import UserError
 from .model import LanguageModel, State
 from .runs import Run
 from .runtime import device as pick_device
-from .runtime import resolve_precision
+from .runtime import resolve_precision, set_threads
 from .train import evaluate
 
 
@@ -68,8 +68,9 @@ class Writer:
     """
 
     def __init__(self, path: str | Path, which: str = LoadConfig.which, device: str = LoadConfig.device,
-                 precision: str = LoadConfig.precision):
-        opts = LoadConfig(which, device, precision)
+                 precision: str = LoadConfig.precision, threads: int = LoadConfig.threads):
+        opts = LoadConfig(which, device, precision, threads)
+        set_threads(opts.threads)
         self.run = Run.open(path)
         self.config = self.run.config()
         self.tokenizer = self.run.tokenizer()

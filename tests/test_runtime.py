@@ -32,3 +32,46 @@ def test_fp32_on_cuda_is_ieee_not_tf32(monkeypatch):
     monkeypatch.setattr(rnn, "fp32_precision", "tf32")  # torch's default: cuDNN LSTMs in TF32
     runtime.ieee_fp32_on_cuda()
     assert rnn.fp32_precision == "ieee"
+
+
+def test_the_pacer_fits_the_threads_to_the_cores_others_leave_free(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    clock = iter(range(0, 100))
+    state = {"busy": 0, "total": 0, "cpu": 0.0}
+
+    def window(busy_cores: float, our_cores: float, cores: int = 2, seconds: float = 1.0):
+        """What /proc/stat and this process's CPU time say one window later."""
+        state["total"] += int(100 * cores * seconds)
+        state["busy"] += int(100 * busy_cores * seconds)
+        state["cpu"] += our_cores * seconds
+
+    p = runtime.Pacer(2, read=lambda: (state["busy"], state["total"]), clock=lambda: float(next(clock)),
+                      cpu_time=lambda: state["cpu"])
+    p.cores = 2
+    assert p() == 2  # the first reading only starts the window
+    window(busy_cores=2.0, our_cores=2.0)
+    assert p() == 2 and calls == []  # alone: every core is ours
+    window(busy_cores=2.0, our_cores=1.3)  # a neighbour took 0.7 of a core
+    assert p() == 2 and calls == []  # one reading is not enough
+    window(busy_cores=2.0, our_cores=1.3)
+    assert p() == 1 and calls == [1]
+    window(busy_cores=2.0, our_cores=1.0)  # one thread, the neighbour on the other core: stay
+    assert p() == 1
+    window(busy_cores=1.0, our_cores=1.0)  # the neighbour has gone: a core is idle
+    window(busy_cores=1.0, our_cores=1.0)
+    assert p() == 1  # windows are read when work reports in, one reading per call
+    window(busy_cores=1.0, our_cores=1.0)
+    assert p() == 2 and calls == [1, 2]
+
+
+def test_fixed_threads_and_deterministic_runs_keep_their_count():
+    runtime.set_threads(1)
+    assert runtime.pacer is None
+    runtime.set_threads(0)
+    runtime.set_deterministic(True)
+    try:
+        assert runtime.pacer is None
+    finally:
+        runtime.set_deterministic(False)
+        torch.set_num_threads(1)
