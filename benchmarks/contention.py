@@ -45,7 +45,7 @@ import json, sys, time
 import numpy as np, torch
 import storyloom
 from storyloom import presets, runtime
-from storyloom.corpus import load_prepared
+from storyloom.prepared import load_prepared
 from storyloom.model import LanguageModel
 from storyloom.train import Trainer, evaluate
 prep, seconds, threads, pacer = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"

@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import storyloom  # noqa: E402
 from storyloom import presets  # noqa: E402
 from storyloom.compare import parse_spec  # noqa: E402
-from storyloom.corpus import load_prepared  # noqa: E402
+from storyloom.prepared import load_prepared  # noqa: E402
 from storyloom.runtime import autocast  # noqa: E402
 from machine import describe  # noqa: E402
 from roofline import model_gemms  # noqa: E402

@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
 from machine import describe  # noqa: E402
 from storyloom import presets  # noqa: E402
-from storyloom.corpus import load_prepared  # noqa: E402
+from storyloom.prepared import load_prepared  # noqa: E402
 from storyloom.runtime import autocast, device  # noqa: E402
 
 LN2 = math.log(2)

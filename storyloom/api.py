@@ -23,8 +23,9 @@ from . import presets
 from .batches import Batches
 from .clean import normalize
 from .config import DEFAULT_MINUTES, RESUMABLE, LoadConfig, RunConfig, flag, override
-from .corpus import build, clean_sources, load_prepared, prepared_dir, texts
-from .corpus import prepare as prepare_corpus
+from .corpus import build, clean_sources
+from .prepared import load_prepared, prepared_dir, texts
+from .prepared import prepare as prepare_corpus
 from .errors import UserError
 from .model import LanguageModel, n_params
 from .novelty import Index, codepoints, report

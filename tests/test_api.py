@@ -2,7 +2,7 @@ import pytest
 
 import storyloom
 from storyloom import api
-from storyloom.corpus import load_prepared
+from storyloom.prepared import load_prepared
 from storyloom.errors import UserError
 
 from conftest import TINY

@@ -306,7 +306,7 @@ def test_a_run_written_before_format_versions_still_loads_and_resumes(tmp_path):
 
 
 def test_a_corpus_prepared_before_format_versions_still_trains(tmp_path):
-    from storyloom.corpus import load_prepared
+    from storyloom.prepared import load_prepared
 
     corpus, data = load_prepared(FORMAT0 / "prepared")
     assert (len(corpus.train), len(corpus.val)) == (5700, 300) and data.unknown == "replace"
