@@ -10,7 +10,9 @@
 2. Runs `storyloom prepare DIR --out PREP` as its own process, once with
    `--workers 1` (the baseline) and once with the default (one worker per
    core): wall-clock seconds of the whole command, start-up included, MB/s
-   of input text, and peak RSS of the process tree.
+   of input text, and peak RSS of the largest process. Then the same for the
+   library concatenated into ONE file (as enwik9 or a joined library comes),
+   which prepare reads in pieces.
 3. Runs `storyloom train PREP --steps N` and reports its peak RSS, its
    wall-clock time, and its training speed.
 
@@ -108,15 +110,22 @@ def main() -> None:
         emit(kind="config", gb=a.gb, bytes=nbytes, files=files, generate_s=round(time.perf_counter() - t, 1),
              steps=a.steps, cores=len(os.sched_getaffinity(0)), machine=describe(),
              python=platform.python_version())
+        one = work / "one"
+        one.mkdir(exist_ok=True)
+        with open(one / "library.txt", "wb") as f:  # the same bytes as one file
+            for p in sorted(src.iterdir()):
+                f.write(p.read_bytes())
         cli = [sys.executable, "-m", "storyloom"]
-        speeds = {}
-        for workers in (1, 0):
-            shutil.rmtree(work / "prep", ignore_errors=True)
-            wall, peak, line = peak_rss_mb(cli + ["prepare", str(src), "--out", str(work / "prep"), "--workers", str(workers)])
-            speeds[workers] = nbytes / 1e6 / wall
-            emit(kind="prepare", workers=workers or "one per core", wall_s=round(wall, 2), mb_per_s=round(speeds[workers], 1),
-                 peak_rss_mb=round(peak), output=line)
-        emit(kind="prepare_ratio", parallel_over_one_worker=round(speeds[0] / speeds[1], 2))
+        for source, what in ((src, f"{files} files"), (one / "library.txt", "one file")):
+            speeds = {}
+            for workers in (1, 0):
+                shutil.rmtree(work / "prep", ignore_errors=True)
+                wall, peak, line = peak_rss_mb(cli + ["prepare", str(source), "--out", str(work / "prep"), "--workers",
+                                                      str(workers)])
+                speeds[workers] = nbytes / 1e6 / wall
+                emit(kind="prepare", source=what, workers=workers or "one per core", wall_s=round(wall, 2),
+                     mb_per_s=round(speeds[workers], 1), peak_rss_mb=round(peak), output=line)
+            emit(kind="prepare_ratio", source=what, parallel_over_one_worker=round(speeds[0] / speeds[1], 2))
         meta = json.loads((work / "prep" / "prepared.json").read_text())
         run = work / "run"
         wall, peak, line = peak_rss_mb(cli + ["train", str(work / "prep"), "--out", str(run), "--steps", str(a.steps),

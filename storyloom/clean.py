@@ -55,41 +55,80 @@ def _end_line(text: str, start: int) -> int | None:
     return None
 
 
-def strip_gutenberg(text: str) -> str:
-    # The body starts after the last start-marker line in the front half (a
-    # play may quote the words later), and ends before the first end-marker line after it.
+def start_lines(text: str) -> list[tuple[int, int]]:
+    """[start, end) of every line holding a start marker, in order."""
+    return [_line(text, m.start()) for m in _START.finditer(text)]
+
+
+def body_start(lines: list[tuple[int, int]], n: int) -> int:
+    """Where the body of a text of n characters starts: after the last start-marker line in its front
+    half (a play may quote the words later), else at 0."""
     start = 0
-    for m in _START.finditer(text):
-        a, b = _line(text, m.start())
-        if a > len(text) // 2:
+    for a, b in lines:
+        if a > n // 2:
             break
         start = b + 1
+    return start
+
+
+def end_lines(text: str) -> list[int]:
+    """Where every line holding an end marker begins, in order."""
+    found, pos = [], 0
+    while (at := _end_line(text, pos)) is not None:
+        found.append(at)
+        nl = text.find("\n", at)
+        if nl < 0:
+            break
+        pos = nl + 1
+    return found
+
+
+def strip_gutenberg(text: str) -> str:
+    # The body starts after the last start-marker line in the front half, and ends before the first
+    # end-marker line after it. prepared.py applies the same rules to a file read in pieces.
+    start = body_start(start_lines(text), len(text))
     end = _end_line(text, start)
     body = text[start : len(text) if end is None else end]
-    return _drop_credit(body) if start else body
+    if not start:
+        return body
+    lead, span = credit_span(body)
+    body = body[lead:]
+    return body if span is None else body[: span[0]] + body[span[1] :]
 
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 
-def _drop_credit(body: str) -> str:
-    """Remove a "Produced by ..." paragraph among the first two paragraphs of the body."""
-    body = body.lstrip("\n")
+def opening_is_whole(opening: str) -> bool:
+    """Whether this opening of a body decides credit_span as the whole body would: its first two paragraph
+    breaks are in it, the second followed by text."""
+    stripped = opening.lstrip("\n")
+    breaks = _PARAGRAPH_BREAK.finditer(stripped)
+    second = next(breaks, None) and next(breaks, None)
+    return second is not None and bool(stripped[second.end() :].strip())
+
+
+def credit_span(body: str) -> tuple[int, tuple[int, int] | None]:
+    """The newlines that open a body (dropped), and the [start, end) of a "Produced by ..." paragraph among the
+    first two paragraphs after them (dropped with the break that follows it), in the body without those newlines."""
+    stripped = body.lstrip("\n")
     start = 0
-    breaks = _PARAGRAPH_BREAK.finditer(body)  # lazily: only the first two breaks are ever needed
+    breaks = _PARAGRAPH_BREAK.finditer(stripped)  # lazily: only the first two breaks are ever needed
     for _ in range(2):
         brk = next(breaks, None)
-        end = len(body) if brk is None else brk.start()
-        if _PRODUCED.match(body, start, end):
-            return body[:start] + body[len(body) if brk is None else brk.end():]
+        end = len(stripped) if brk is None else brk.start()
+        if _PRODUCED.match(stripped, start, end):
+            return len(body) - len(stripped), (start, len(stripped) if brk is None else brk.end())
         if brk is None:
             break
         start = brk.end()
-    return body
+    return len(body) - len(stripped), None
 
 
-def normalize(text: str) -> str:
-    text = text.removeprefix("\ufeff")
+def normalize(text: str, first: bool = True) -> str:
+    """BOM (at the text's start: `first`), newlines and NFC; safe on pieces split after a newline."""
+    if first:
+        text = text.removeprefix("\ufeff")
     if "\r" in text:  # a search is ~4x faster than the two replaces that are usually no-ops
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return unicodedata.normalize("NFC", text)

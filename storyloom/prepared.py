@@ -7,25 +7,32 @@
 
 At character level nothing is held whole: files are read twice (count the
 characters, then encode), one at a time per worker process, each writing
-its ids straight into its slice of train.bin and val.bin.
+its ids straight into its slice of train.bin and val.bin. A file larger than
+PIECE_BYTES is read in pieces split after a newline, spread over the workers
+like files: a first pass finds where its Gutenberg boilerplate ends and its
+validation tail begins (clean.py's rules, applied across pieces), and the
+pieces give exactly the ids the whole file would.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import multiprocessing
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from .clean import body_start, credit_span, end_lines, normalize, opening_is_whole, start_lines
 from .config import DataConfig
 from .corpus import Corpus, build, check_split, roles, split, split_one
 from .errors import UserError
 from .files import MANIFEST, dumps, entry, fsync_dir, parse_json, read_bytes, read_manifest, verify, write_atomic, write_json
-from .sources import Document, load, read
+from .sources import Document, decode, load, read
 from .tokenize import CharTokenizer, Tokenizer, char_counts, from_dict
 
 PREPARED = "prepared.json"
@@ -62,20 +69,172 @@ def _encode(args) -> None:
         ids = tok.ids(text, "error" if what == "training" else cfg.unknown, f"the {what} text")
         if len(ids) != n:
             raise UserError(f"{getattr(job, 'name', job)}: changed while it was being prepared; run `storyloom prepare` again")
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.pwrite(fd, memoryview(np.ascontiguousarray(ids, dtype=tok.dtype())), at * tok.dtype().itemsize)
-        finally:
-            os.close(fd)
+        _write_ids(path, at, ids, tok)
+
+
+PIECE_BYTES = 16 << 20  # a file larger than this is prepared in pieces (each worker holds one at a time)
+SPLITTABLE = {"utf-8", "ascii", "iso8859-1", "cp1252"}  # encodings where byte 0x0A is a newline and only ever one
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Bytes [start, end) of a large file, ending just after a newline (the last at the file's end)."""
+
+    path: Path
+    index: int
+    start: int
+    end: int
+
+
+def pieces(path: Path, size: int) -> list[Piece]:
+    n, out, a = path.stat().st_size, [], 0
+    with open(path, "rb") as f:
+        while a < n:
+            b = min(a + size, n)
+            f.seek(b)
+            while b < n:  # on to the end of the line
+                block = f.read(1 << 16)
+                nl = block.find(b"\n")
+                b = min(n, b + (nl + 1 if nl >= 0 else len(block)))
+                if nl >= 0 or not block:
+                    break
+            out.append(Piece(path, len(out), a, b))
+            a = b
+    return out
+
+
+def splittable(job, cfg: DataConfig, size: int) -> bool:
+    """Whether a job is a large plain file in an encoding that can be cut at its newline bytes."""
+    if not isinstance(job, Path) or job.suffix == ".gz" or job.stat().st_size <= size:
+        return False
+    try:
+        return codecs.lookup(cfg.encoding).name in SPLITTABLE
+    except LookupError:
+        return False
+
+
+def _piece_text(p: Piece, cfg: DataConfig) -> str:
+    """A piece of a file decoded and normalised: exactly that stretch of the whole file's normalised text
+    (NFC and newlines never reach across a newline; only the first piece can open with a BOM)."""
+    with open(p.path, "rb") as f:
+        f.seek(p.start)
+        data = f.read(p.end - p.start)
+    return normalize(decode(data, str(p.path), cfg.encoding, offset=p.start), first=p.index == 0)
+
+
+def _scan(args) -> tuple[int, bool, list[tuple[int, int]], list[int], tuple[np.ndarray, np.ndarray]]:
+    """Pass 1 for a piece: its normalised length, whether it is ASCII, its start-marker and end-marker lines,
+    and all its characters (code points, counts; lowered as the run will see them, where that keeps lengths)."""
+    p, cfg = args
+    text = _piece_text(p, cfg)
+    counts = char_counts(text.lower() if cfg.lowercase and text.isascii() else text)
+    cps = np.flatnonzero(counts)
+    return len(text), text.isascii(), start_lines(text), end_lines(text), (cps, counts[cps])
+
+
+def _opening(ps: list[Piece], offsets: list[int], start: int, end: int, cfg: DataConfig) -> str:
+    """The body's text from `start`, as far as credit_span needs it."""
+    text = ""
+    for p, o, o2 in zip(ps, offsets, offsets[1:]):
+        if o2 <= start:
+            continue
+        if o >= end:
+            break
+        text += _piece_text(p, cfg)[max(start - o, 0) : end - o]
+        if opening_is_whole(text):
+            break
+    return text
+
+
+def layout(name: str, ps: list[Piece], scans: list, cfg: DataConfig):
+    """A large file's training and validation parts as [start, end) ranges of its normalised text, split as
+    split_one splits the whole text; None when it must be read whole (lowercasing outside ASCII may change lengths)."""
+    if cfg.lowercase and not all(s[1] for s in scans):
+        return None
+    offsets = np.cumsum([0] + [s[0] for s in scans]).tolist()
+    n = offsets[-1]
+    start = body_start([(o + a, o + b) for o, s in zip(offsets, scans) for a, b in s[2]], n)
+    end = min([o + e for o, s in zip(offsets, scans) for e in s[3] if o + e >= start], default=n)
+    kept = [(start, end)]
+    if start:
+        lead, span = credit_span(_opening(ps, offsets, start, end, cfg))
+        s0 = start + lead
+        kept = [(s0, end)] if span is None else [(s0, s0 + span[0]), (s0 + span[1], end)]
+    kept = [(a, b) for a, b in kept if b > a]
+    if cfg.val_files:
+        return ([], kept) if name in cfg.val_files else (kept, [])
+    length = sum(b - a for a, b in kept)
+    cut = length - int(round(length * cfg.val_fraction))
+    train, val, at = [], [], 0
+    for a, b in kept:  # cut the kept text `cut` characters in
+        c = a + min(max(cut - at, 0), b - a)
+        train += [(a, c)] if c > a else []
+        val += [(c, b)] if b > c else []
+        at += b - a
+    return train, val
+
+
+def _stretches(text: str, offset: int, ranges: list[tuple[int, int]], lowercase: bool):
+    """(position in the part the ranges make up, text) of each range's stretch inside this piece."""
+    at = 0
+    for a, b in ranges:
+        lo, hi = max(a, offset), min(b, offset + len(text))
+        if lo < hi:
+            t = text[lo - offset : hi - offset]
+            yield at + lo - a, (t.lower() if lowercase else t)
+        at += b - a
+
+
+def _outside(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """The stretches of [0, n) that sorted, disjoint ranges leave out."""
+    edges = [0] + [x for r in ranges for x in r] + [n]
+    return [(a, b) for a, b in zip(edges[::2], edges[1::2]) if b > a]
+
+
+def _count_piece(args) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 2 for a piece: the characters (code points, counts) of its share of some ranges (what the
+    training part leaves out: pass 1 counted whole pieces, and the header, footer and tail are few of them)."""
+    p, cfg, offset, train = args
+    counts = np.zeros(256, dtype=np.int64)
+    for _, t in _stretches(_piece_text(p, cfg), offset, train, cfg.lowercase):
+        c = char_counts(t)
+        if len(c) > len(counts):
+            counts = np.pad(counts, (0, len(c) - len(counts)))
+        counts[: len(c)] += c
+    cps = np.flatnonzero(counts)
+    return cps, counts[cps]
+
+
+def _encode_piece(args) -> None:
+    """Pass 3 for a piece: its share of the training and validation ids, written into the file's slices.
+    parts: (path, the file's first token there, the file's ranges) for train.bin and val.bin."""
+    p, cfg, tok, offset, length, parts = args
+    text = _piece_text(p, cfg)
+    if len(text) != length:
+        raise UserError(f"{p.path}: changed while it was being prepared; run `storyloom prepare` again")
+    for (path, base, ranges), what in zip(parts, ("training", "validation")):
+        for pos, t in _stretches(text, offset, ranges, cfg.lowercase):
+            _write_ids(path, base + pos, tok.ids(t, "error" if what == "training" else cfg.unknown, f"the {what} text"),
+                       tok)
+
+
+def _write_ids(path: Path, at: int, ids: np.ndarray, tok) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, memoryview(np.ascontiguousarray(ids, dtype=tok.dtype())), at * tok.dtype().itemsize)
+    finally:
+        os.close(fd)
 
 
 def _size(job) -> int:
+    if isinstance(job, Piece):
+        return job.end - job.start
     return len(job.text) if isinstance(job, Document) else job.stat().st_size
 
 
 def _parallel(fn, jobs: list, workers: int, bar: tqdm):
     """fn over jobs in order, in `workers` processes (in this one when 1), advancing the bar by each job's size."""
-    sizes = [_size(j[0]) for j in jobs]
+    sizes = [_size(j[1][0]) for j in jobs]
     pool = None
     if workers > 1 and len(jobs) > 1:
         # fork: workers start in milliseconds and inherit the imported modules; they touch no torch state.
@@ -90,17 +249,63 @@ def _parallel(fn, jobs: list, workers: int, bar: tqdm):
             pool.terminate()
 
 
-def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progress: bool) -> dict:
-    """Character level in constant memory: one pass counts characters, a second encodes, file by file on `workers` processes."""
-    total = sum(_size(j) for j in jobs)
-    with tqdm(total=2 * total, unit="B", unit_scale=True, desc="prepare", disable=None if progress else True) as bar:
-        names, chars, counts = [], [], np.zeros(256, dtype=np.int64)
-        for name, nt, nv, cps, n in _parallel(_count, [(j, cfg) for j in jobs], workers, bar):
-            names.append(name)
-            chars.append((nt, nv))
+def _task(args):
+    """One unit of a pass: a whole file, or a piece of a large one (a module function, so a pool can send it)."""
+    fn, rest = args
+    return {"count": _count, "encode": _encode, "scan": _scan, "count_piece": _count_piece,
+            "encode_piece": _encode_piece}[fn](rest)
+
+
+def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progress: bool, piece_bytes: int = PIECE_BYTES) -> dict:
+    """Character level in constant memory: count characters, then encode, file by file (a large file piece by
+    piece, after a first pass that lays it out) on `workers` processes."""
+    split_files = {i: pieces(j, piece_bytes) for i, j in enumerate(jobs) if splittable(j, cfg, piece_bytes)}
+    total = sum(_size(j) for j in jobs) * 2 + sum(_size(j) for i, j in enumerate(jobs) if i in split_files)
+    run = lambda tasks: _parallel(_task, tasks, workers, bar)  # noqa: E731
+    with tqdm(total=total, unit="B", unit_scale=True, desc="prepare", disable=None if progress else True) as bar:
+        scans = list(run([("scan", (p, cfg)) for ps in split_files.values() for p in ps]))
+        counts = np.zeros(256, dtype=np.int64)
+
+        def add(cps: np.ndarray, n: np.ndarray, sign: int = 1) -> None:
+            nonlocal counts
             if len(cps) and cps[-1] >= len(counts):
                 counts = np.pad(counts, (0, int(cps[-1]) + 1 - len(counts)))
-            counts[cps] += n
+            counts[cps] += sign * n
+
+        layouts = {}  # file index -> (offsets, lengths, train ranges, val ranges) of a file read in pieces
+        tasks, owner = [], []  # pass 2: what to count, the file it belongs to, and whether it adds or takes away
+        for i, ps in split_files.items():
+            mine, scans = scans[: len(ps)], scans[len(ps) :]
+            laid = layout(jobs[i].name, ps, mine, cfg)
+            if laid is None:
+                bar.update(_size(jobs[i]))  # read whole after all: one pass fewer than counted
+                continue
+            lengths = [s[0] for s in mine]
+            offsets = np.cumsum([0] + lengths[:-1]).tolist()
+            layouts[i] = (offsets, lengths, *laid)
+            for s in mine:
+                add(*s[4])
+            outside = _outside(laid[0], sum(lengths))
+            for p, o, n in zip(ps, offsets, lengths):
+                if any(a < o + n and b > o for a, b in outside):
+                    tasks.append(("count_piece", (p, cfg, o, outside)))
+                    owner.append((i, -1))
+                else:
+                    bar.update(p.end - p.start)
+        for i, j in enumerate(jobs):
+            if i not in layouts:
+                tasks.append(("count", (j, cfg)))
+                owner.append((i, 1))
+        names = [j.name if isinstance(j, (Path, Document)) else "<stdin>" for j in jobs]
+        chars = [(sum(b - a for a, b in layouts[i][2]), sum(b - a for a, b in layouts[i][3])) if i in layouts else None
+                 for i in range(len(jobs))]
+        for (i, sign), r in zip(owner, run(tasks)):
+            if i in layouts:
+                add(*r, sign)
+            else:
+                names[i], nt, nv, cps, n = r
+                chars[i] = (nt, nv)
+                add(cps, n)
         check_split(names, chars, cfg)
         tok = CharTokenizer.from_counts(counts)
         # Each file's slice of train.bin and val.bin: (path, offset in tokens, tokens).
@@ -110,7 +315,16 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
             with open(tmp, "wb") as f:
                 f.truncate(sum(n) * tok.dtype().itemsize)
             places[part] = [(tmp, int(at), k) for at, k in zip(np.cumsum([0] + n[:-1]), n)]
-        for _ in _parallel(_encode, [(j, cfg, tok, (t, v)) for j, t, v in zip(jobs, *places)], workers, bar):
+        tasks = []
+        for i, j in enumerate(jobs):
+            t, v = places[0][i], places[1][i]
+            if i in layouts:
+                offsets, lengths, train, val = layouts[i]
+                parts = ((t[0], t[1], train), (v[0], v[1], val))
+                tasks += [("encode_piece", (p, cfg, tok, o, n, parts)) for p, o, n in zip(split_files[i], offsets, lengths)]
+            else:
+                tasks.append(("encode", (j, cfg, tok, (t, v))))
+        for _ in run(tasks):
             pass
         for part, name in enumerate(("train.bin", "val.bin")):
             tmp = places[part][0][0]
@@ -134,7 +348,8 @@ def _prepare_in_memory(jobs: list, cfg: DataConfig, out: Path) -> dict:
             "train_works": c.train_names, "val_works": c.val_names}
 
 
-def prepare(jobs: list, cfg: DataConfig, out: str | Path, sources=(), workers: int = 0, progress: bool = True) -> dict:
+def prepare(jobs: list, cfg: DataConfig, out: str | Path, sources=(), workers: int = 0, progress: bool = True,
+            piece_bytes: int = PIECE_BYTES) -> dict:
     """Clean, split and encode once: train.bin and val.bin (raw ids in the smallest unsigned type), vocab.json, prepared.json.
 
     jobs are source files (as sources.locate gives them) or documents
@@ -147,7 +362,7 @@ def prepare(jobs: list, cfg: DataConfig, out: str | Path, sources=(), workers: i
     out.mkdir(parents=True, exist_ok=True)
     (out / PREPARED).unlink(missing_ok=True)  # preparing again: the old marker must not vouch for half-written files
     if cfg.level == "char":
-        r = _prepare_chars(jobs, cfg, out, max(workers, 1), progress)
+        r = _prepare_chars(jobs, cfg, out, max(workers, 1), progress, piece_bytes)
     else:
         r = _prepare_in_memory(jobs, cfg, out)
     tok = r.pop("tokenizer")

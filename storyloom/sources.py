@@ -67,7 +67,8 @@ def expand(source: str) -> list[Path] | None:
     raise UserError(f"{source}: no such file, directory or bundled corpus (bundled: {', '.join(BUNDLED)})")
 
 
-def decode(data: bytes, where: str, encoding: str) -> str:
+def decode(data: bytes, where: str, encoding: str, offset: int = 0) -> str:
+    """data as text; `offset`: where data starts in its file, for the byte a decoding error names."""
     if where.endswith(".gz"):
         try:
             data = gzip.decompress(data)
@@ -81,7 +82,7 @@ def decode(data: bytes, where: str, encoding: str) -> str:
         raise UserError(f"--encoding {encoding!r} is not a known text encoding; try utf-8 or latin-1") from None
     except UnicodeDecodeError as e:
         raise UserError(
-            f"{where}: not valid {encoding} text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+            f"{where}: not valid {encoding} text (byte 0x{data[e.start]:02x} at offset {offset + e.start}); "
             f"pass --encoding with the file's encoding, for example --encoding latin-1"
         ) from None
 

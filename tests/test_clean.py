@@ -69,9 +69,15 @@ _ORACLE_END = __import__("re").compile(
     _FLAGS)
 
 
-def oracle_strip(text: str) -> str:
-    from storyloom.clean import _drop_credit
+def _drop_credit(body: str) -> str:
+    from storyloom.clean import credit_span
 
+    lead, span = credit_span(body)
+    body = body[lead:]
+    return body if span is None else body[: span[0]] + body[span[1] :]
+
+
+def oracle_strip(text: str) -> str:
     start = 0
     for m in _ORACLE_START.finditer(text):
         if m.start() > len(text) // 2:

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from storyloom.config import DataConfig
 from storyloom.corpus import build
@@ -105,3 +107,70 @@ def test_fault_a_damaged_or_newer_prepared_corpus_is_refused(tmp_path, sonnets, 
     with pytest.raises(UserError, match=message):
         storyloom.train([str(prep)], out=tmp_path / "r", steps=1, progress=False)
     assert not (tmp_path / "r").exists()
+
+
+# -- a large file read in pieces gives exactly the ids of the file read whole --------------------------------
+HEADER = ("The Project Gutenberg EBook of Foo\r\n\r\n*** START OF THIS PROJECT GUTENBERG EBOOK FOO ***\r\n\r\n\r\n"
+          "Produced by Jane Doe and the Online\r\nDistributed Proofreading Team\r\n\r\n\r\n")
+FOOTER = "\r\n*** END OF THIS PROJECT GUTENBERG EBOOK FOO ***\r\n\r\nlicence text\r\n"
+LINES = ["It was a dark night; the rain fell.", "cafe\u0301 au lait, d\u00e9j\u00e0 vu", "", "   ", "CHAPTER II",
+         "*** START OF THE PROJECT GUTENBERG EBOOK quoted late ***", "\u00c9tienne said: \u201cno.\u201d", "x" * 90]
+
+
+def prepare_both(tmp_path, files: dict[str, str], piece_bytes: int, workers: int = 2, **data):
+    from storyloom.config import DataConfig
+    from storyloom.prepared import prepare
+    from storyloom.sources import locate
+
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (src / name).write_bytes(text.encode("utf-8"))
+    cfg = DataConfig(**data)
+    whole = prepare(locate([str(src)]), cfg, tmp_path / "whole", progress=False, workers=workers)
+    pieces = prepare(locate([str(src)]), cfg, tmp_path / "pieces", progress=False, workers=workers, piece_bytes=piece_bytes)
+    for name in ("train.bin", "val.bin", "vocab.json"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "pieces" / name).read_bytes(), name
+    assert {k: v for k, v in whole.items() if k != "sources"} == {k: v for k, v in pieces.items() if k != "sources"}
+    return whole
+
+
+@pytest.mark.parametrize("piece_bytes", [40, 97, 256, 1000])
+@pytest.mark.parametrize("data", [{}, {"val_fraction": 0.3}, {"lowercase": True}, {"val_files": ("b.txt",)}])
+def test_a_file_in_pieces_gives_the_ids_of_the_whole_file(tmp_path, piece_bytes, data):
+    body = "\r\n".join(LINES * 6)
+    files = {"a.txt": "\ufeff" + HEADER + body + FOOTER, "b.txt": "Produced by nobody\n\n" + body, "c.txt": body + "\n"}
+    meta = prepare_both(tmp_path, files, piece_bytes, **data)
+    assert meta["train_tokens"] > 1000
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.sampled_from([HEADER, FOOTER, "\n", "\r\n", "\n\n\n", "Produced by X\n\n", "\ufeff", "a\u0301",
+                                       "END OF PROJECT GUTENBERG\n", *LINES]), min_size=1, max_size=40),
+       piece_bytes=st.integers(8, 300), lowercase=st.booleans())
+def test_fuzz_pieces_equal_the_whole_file_wherever_markers_fall(tmp_path_factory, parts, piece_bytes, lowercase):
+    tmp = tmp_path_factory.mktemp("pieces")
+    text = "".join(parts) + "\nthe end of the text, long enough for a validation tail\n"
+    prepare_both(tmp, {"a.txt": text, "b.txt": "Another work entirely.\n" * 5}, piece_bytes, workers=1, lowercase=lowercase,
+                 unknown="replace")
+
+
+def test_pieces_split_after_newlines_and_cover_the_file(tmp_path):
+    from storyloom.prepared import pieces
+
+    p = tmp_path / "f.txt"
+    p.write_bytes(b"ab\ncdefgh\n\nij" + b"k" * 100 + b"\nlast")
+    ps = pieces(p, 4)
+    data = p.read_bytes()
+    assert ps[0].start == 0 and ps[-1].end == len(data) and all(a.end == b.start for a, b in zip(ps, ps[1:]))
+    assert all(data[q.end - 1 : q.end] == b"\n" for q in ps[:-1])
+
+
+def test_an_undecodable_byte_in_a_piece_names_its_offset_in_the_file(tmp_path):
+    from storyloom.config import DataConfig
+    from storyloom.prepared import prepare
+    from storyloom.sources import locate
+
+    (tmp_path / "bad.txt").write_bytes(b"good line\n" * 50 + b"caf\xe9\n" + b"more\n" * 50)
+    with pytest.raises(UserError, match=r"bad.txt: not valid utf-8 text \(byte 0xe9 at offset 503\)"):
+        prepare(locate([str(tmp_path / "bad.txt")]), DataConfig(), tmp_path / "out", progress=False, piece_bytes=64)
