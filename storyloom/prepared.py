@@ -191,16 +191,22 @@ def _outside(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(edges[::2], edges[1::2]) if b > a]
 
 
+def _add(counts: np.ndarray, cps: np.ndarray, n: np.ndarray, sign: int = 1) -> np.ndarray:
+    """counts[cp] += sign * n for each code point, counts grown to hold the largest."""
+    if len(cps) and cps[-1] >= len(counts):
+        counts = np.pad(counts, (0, int(cps[-1]) + 1 - len(counts)))
+    counts[cps] += sign * n
+    return counts
+
+
 def _count_piece(args) -> tuple[np.ndarray, np.ndarray]:
     """Pass 2 for a piece: the characters (code points, counts) of its share of some ranges (what the
     training part leaves out: pass 1 counted whole pieces, and the header, footer and tail are few of them)."""
-    p, cfg, offset, train = args
+    p, cfg, offset, ranges = args
     counts = np.zeros(256, dtype=np.int64)
-    for _, t in _stretches(_piece_text(p, cfg), offset, train, cfg.lowercase):
+    for _, t in _stretches(_piece_text(p, cfg), offset, ranges, cfg.lowercase):
         c = char_counts(t)
-        if len(c) > len(counts):
-            counts = np.pad(counts, (0, len(c) - len(counts)))
-        counts[: len(c)] += c
+        counts = _add(counts, np.flatnonzero(c), c[c > 0])
     cps = np.flatnonzero(counts)
     return cps, counts[cps]
 
@@ -265,13 +271,6 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
     with tqdm(total=total, unit="B", unit_scale=True, desc="prepare", disable=None if progress else True) as bar:
         scans = list(run([("scan", (p, cfg)) for ps in split_files.values() for p in ps]))
         counts = np.zeros(256, dtype=np.int64)
-
-        def add(cps: np.ndarray, n: np.ndarray, sign: int = 1) -> None:
-            nonlocal counts
-            if len(cps) and cps[-1] >= len(counts):
-                counts = np.pad(counts, (0, int(cps[-1]) + 1 - len(counts)))
-            counts[cps] += sign * n
-
         layouts = {}  # file index -> (offsets, lengths, train ranges, val ranges) of a file read in pieces
         tasks, owner = [], []  # pass 2: what to count, the file it belongs to, and whether it adds or takes away
         for i, ps in split_files.items():
@@ -284,7 +283,7 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
             offsets = np.cumsum([0] + lengths[:-1]).tolist()
             layouts[i] = (offsets, lengths, *laid)
             for s in mine:
-                add(*s[4])
+                counts = _add(counts, *s[4])
             outside = _outside(laid[0], sum(lengths))
             for p, o, n in zip(ps, offsets, lengths):
                 if any(a < o + n and b > o for a, b in outside):
@@ -301,11 +300,11 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
                  for i in range(len(jobs))]
         for (i, sign), r in zip(owner, run(tasks)):
             if i in layouts:
-                add(*r, sign)
+                counts = _add(counts, *r, sign)
             else:
                 names[i], nt, nv, cps, n = r
                 chars[i] = (nt, nv)
-                add(cps, n)
+                counts = _add(counts, cps, n)
         check_split(names, chars, cfg)
         tok = CharTokenizer.from_counts(counts)
         # Each file's slice of train.bin and val.bin: (path, offset in tokens, tokens).
