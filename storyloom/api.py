@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import sys
 from pathlib import Path
 
 import torch
@@ -33,6 +34,7 @@ from .runs import Run
 from .runtime import device, physical_cores, resolve_precision, seed_everything, set_deterministic, set_threads
 from .sources import BUNDLED, is_bundled, locate, read
 from .train import Trainer
+from .world import World
 from .writer import Session, Writer, draw_seed, save_samples
 
 __all__ = ["train", "prepare", "load", "status", "metrics", "validation_text", "novelty", "clean_sources", "Writer",
@@ -63,33 +65,65 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
     minutes=5, val_files=("a.txt",), precision="bf16", ... `overwrite`
     replaces a run already in `out`; `on_step(trainer)` is called before
     every optimizer step.
+
+    Launched by torchrun, each process calls this with the same arguments:
+    they train one run data-parallel, and rank 0 writes it (world.py).
     """
     flags = {k: v for k, v in flags.items() if v is not None}
     if resume is not None and overwrite:
         raise UserError("--overwrite starts a new run and --resume continues one; give only one of them")
     run = Run.open(resume) if resume is not None else None
     cfg, sources = _resumed(run, sources, flags) if run else (_configure(sources, preset, flags), sources)
-    corpus = _corpus(sources, cfg, run.tokenizer() if run else None, flags, preset)
     tc = cfg.train
-    Batches.check(len(corpus.train), tc.batch_size, tc.seq_len)
+    world = World.join(device(tc.device), tc.dist_timeout)
+    try:
+        path = _train(world, run, cfg, sources, flags, preset, out, overwrite, progress, on_step)
+    except BaseException:
+        world.abandon()
+        raise
+    world.leave()
+    return path
+
+
+def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, preset: str, out, overwrite: bool,
+           progress: bool, on_step) -> Path:
+    tc, resume = cfg.train, run is not None
+
+    def read():
+        corpus = _corpus(sources, cfg, run.tokenizer() if run else None, flags, preset)
+        Batches.check(len(corpus.train), tc.batch_size, tc.seq_len)
+        world.shard(tc.batch_size)
+        return corpus
+
+    corpus = world.together(read, "reading the text")
     cfg.model.vocab_size = len(corpus.tokenizer)
-    set_threads(tc.threads)
+    set_threads(tc.threads or world.threads(physical_cores()))
     set_deterministic(tc.deterministic)
-    dev = device(tc.device)
+    dev = world.device(device(tc.device))
     precision = resolve_precision(tc.precision, dev)
     seed_everything(tc.seed)
     model = LanguageModel(cfg.model).to(dev)
-    if resume is None:
+    if world.rank:  # the same initial weights on every rank, but each rank its own dropout masks
+        torch.manual_seed(tc.seed + 7919 * world.rank)
+    if not resume:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         info = {"params": n_params(model), "level": corpus.tokenizer.kind, "vocab": len(corpus.tokenizer),
                 "train_chars": corpus.train_chars, "train_tokens": int(len(corpus.train)), "val_chars": corpus.val_chars,
                 "val_tokens": int(len(corpus.val)), "train_works": corpus.train_names, "val_works": corpus.val_names,
-                "precision": precision, "device": str(dev), "torch": torch.__version__}
-        run = Run.create(out or Path("runs") / f"{preset}-{stamp}", cfg, corpus.tokenizer, info, overwrite)
-    trainer = Trainer(model, corpus, tc, run, precision, on_step)
-    if resume is not None:
-        trainer.restore()
-        if tc != run.config().train:  # new limits are part of the run from now on
+                "precision": precision, "device": str(dev), "torch": torch.__version__, "ranks": world.size}
+        target = out or Path("runs") / f"{preset}-{stamp}"
+        run = world.together(lambda: Run.create(target, cfg, corpus.tokenizer, info, overwrite) if world.main else None,
+                             "creating the run")
+        path = world.broadcast(str(run.path) if world.main else None)
+        run = world.together(lambda: run if world.main else Run.open(path), "opening the run")
+    trainer = Trainer(model, corpus, tc, run, precision, on_step, world)
+    if resume:
+        world.together(trainer.restore, "reading the checkpoint")
+        if trainer.resumed_from != world.size and world.main:
+            print(f"storyloom: note: {run.path} was checkpointed by {trainer.resumed_from} rank(s) and resumes on "
+                  f"{world.size}: the {tc.batch_size} streams are re-sharded exactly (same batches, same carried state); "
+                  "dropout's random draws go on from new seeds", file=sys.stderr)
+        if tc != run.config().train and world.main:  # new limits are part of the run from now on
             run.set_train_config(dataclasses.asdict(tc))
     trainer.fit(show_progress=progress)
     return run.path

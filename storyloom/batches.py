@@ -15,14 +15,18 @@ from .errors import UserError
 
 
 class Batches:
-    """Batches cut on demand, so `ids` may be a memory-mapped file of any size: nothing is copied up front."""
+    """Batches cut on demand, so `ids` may be a memory-mapped file of any size: nothing is copied up front.
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
+    `streams` picks the rows one data-parallel rank owns; the streams are
+    always the global batch's, so every rank cuts the text the same way.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, streams: slice = slice(None)):
         self.ids, self.B, self.T = ids, batch_size, seq_len
         self.check(len(ids), batch_size, seq_len)
         self.L = (len(ids) - 1) // batch_size  # steps per stream
         self.n = self.L // seq_len  # batches per epoch
-        self.starts = np.arange(batch_size, dtype=np.int64)[:, None] * self.L  # (B, 1): where each stream begins
+        self.starts = (np.arange(batch_size, dtype=np.int64)[:, None] * self.L)[streams]  # (b, 1): where each stream begins
 
     @staticmethod
     def check(n: int, batch_size: int, seq_len: int) -> None:
@@ -38,5 +42,5 @@ class Batches:
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= k < self.n:
             raise IndexError(k)
-        window = torch.from_numpy(self.ids[self.starts + k * self.T + np.arange(self.T + 1)].astype(np.int64))  # (B, T+1)
-        return window[:, :-1], window[:, 1:]  # (B, T), (B, T)
+        window = torch.from_numpy(self.ids[self.starts + k * self.T + np.arange(self.T + 1)].astype(np.int64))  # (b, T+1)
+        return window[:, :-1], window[:, 1:]  # (b, T), (b, T)

@@ -6,9 +6,15 @@ into place, with a manifest):
     model.safetensors    the weights (the model's own state_dict names)
     trainer.safetensors  opt.<i>.<name>   optimizer state of parameter i (AdamW's moments, step)
                          state.<i>        the carried state's tensors, the batch on dim 1
-                         rng.torch, rng.numpy, rng.cuda.<device>   random generators
+                         rng.torch, rng.numpy, rng.cuda.<device>, rng.resets   random generators
+                         rank.<r>.rng.torch, rank.<r>.rng.cuda   those of data-parallel rank r >= 1
     trainer.json         {"format": N, "position": Position, "window": Window,
-                          "param_groups": the optimizer's settings, "rng": numpy's and Python's generator state}
+                          "param_groups": the optimizer's settings, "rng": numpy's and Python's generator state,
+                          "world": the ranks that trained (1 in one process)}
+
+A data-parallel run's checkpoint is the same as one process's: the carried
+state is the global batch's (rank r's streams are its r-th share of dim 1),
+and rank 0's generators are the ones above.
 
 `TrainerState` is that content in memory; `pack` and `unpack` turn it into
 the three files' contents and back. Checkpoints written before formats were
@@ -67,15 +73,17 @@ class TrainerState:
     optimizer: dict  # torch's Optimizer.state_dict()
     carried: tuple[torch.Tensor, ...] | None  # the streams' state, carried into the next batch
     rng: tuple[dict[str, torch.Tensor], dict]  # as capture_rng gives it
+    world: int = 1  # ranks that trained
+    ranks: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # rank r >= 1: {"torch": ..., "cuda": ...}
 
 
-def capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
-    """Every random stream training may touch: torch (and CUDA), numpy, python."""
+def capture_rng(cuda: list[int] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every random stream training may touch: torch (and CUDA: the GPUs in `cuda`, all when None), numpy, python."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(keys.astype(np.int64))}
     if torch.cuda.is_available():
-        for i, st in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = st
+        for i in range(torch.cuda.device_count()) if cuda is None else cuda:
+            tensors[f"rng.cuda.{i}"] = torch.cuda.get_rng_state(i)
     meta = {"numpy": [name, int(pos), int(has_gauss), float(gauss)], "python": random.getstate()}
     return tensors, meta
 
@@ -86,9 +94,10 @@ def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = meta["python"]
     random.setstate((version, tuple(internal), gauss_next))
-    cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    if torch.cuda.is_available():
+        for k, v in tensors.items():
+            if k.startswith("rng.cuda.") and int(k.rsplit(".", 1)[1]) < torch.cuda.device_count():
+                torch.cuda.set_rng_state(v, int(k.rsplit(".", 1)[1]))
 
 
 def pack(st: TrainerState) -> dict[str, bytes]:
@@ -96,10 +105,11 @@ def pack(st: TrainerState) -> dict[str, bytes]:
     sd = st.optimizer
     tensors = {f"opt.{i}.{k}": v for i, s in sd["state"].items() for k, v in s.items()}
     tensors.update(st.rng[0])
+    tensors.update({f"rank.{r}.rng.{k}": v for r, d in st.ranks.items() for k, v in d.items()})
     if st.carried is not None:
         tensors.update({f"state.{i}": s.float() for i, s in enumerate(st.carried)})
     meta = {"position": dataclasses.asdict(st.position), "window": dataclasses.asdict(st.window),
-            "param_groups": sd["param_groups"], "rng": st.rng[1]}
+            "param_groups": sd["param_groups"], "rng": st.rng[1], "world": st.world}
     return {"model.safetensors": tensor_bytes(st.model), "trainer.safetensors": tensor_bytes(tensors),
             "trainer.json": dumps(meta)}
 
@@ -134,5 +144,11 @@ def unpack(files: dict[str, bytes], where) -> TrainerState:
             state.setdefault(int(i), {})[k] = v
     carried = tuple(tensors[k] for k in sorted((k for k in tensors if k.startswith("state.")), key=lambda k: int(k.split(".")[1])))
     rng = ({k: v for k, v in tensors.items() if k.startswith("rng.")}, meta["rng"])
+    ranks: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith("rank."):
+            _, r, _, k = key.split(".", 3)
+            ranks.setdefault(int(r), {})[k] = v
     return TrainerState(position, window, parse_tensors(where / "model.safetensors", files["model.safetensors"]),
-                        {"state": state, "param_groups": meta["param_groups"]}, carried or None, rng)
+                        {"state": state, "param_groups": meta["param_groups"]}, carried or None, rng,
+                        int(meta.get("world", 1)), ranks)

@@ -22,6 +22,7 @@ from .cowrite import run_session
 from .errors import UserError
 from .experiments import EXPERIMENTS, run_experiment
 from .inspection import inspect_text
+from .world import RankLost, env_rank
 
 RUN_CONFIGS = (ModelConfig, DataConfig, TrainConfig)
 COMPARE_FIXED = ("steps", "epochs", "minutes")  # compare gives every spec the same --minutes, and no other limit
@@ -95,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a run on text (default: the bundled Shakespeare corpus)",
-                       description="Settings default to the `default` preset's; `storyloom presets` lists the others.")
+                       description="Settings default to the `default` preset's; `storyloom presets` lists the others.",
+                       epilog="Data-parallel over N processes (GPUs, or CPU cores): torchrun --nproc-per-node N -m "
+                              "storyloom train ... (--batch-size is the global batch; docs/scaling.md)")
     t.add_argument("sources", nargs="*", metavar="SOURCE", help="files, directories, globs, - for stdin, .gz, or a bundled corpus name")
     t.add_argument("--out", help="run directory (default runs/<preset>-<date>-<time>)")
     t.add_argument("--preset", default="default", help="a named configuration (see `storyloom presets`)")
@@ -204,6 +207,8 @@ def _presets_parser(sub) -> None:
 def cmd_train(a) -> int:
     path = api.train(a.sources, out=a.out, preset=a.preset, resume=a.resume, overwrite=a.overwrite,
                      progress=not a.no_progress, **given(a, *RUN_CONFIGS))
+    if env_rank():  # torchrun started this command once per rank: rank 0 reports
+        return 0
     st = api.status(path)
     if st["stopped"] == "interrupted":
         print(f"stopped at step {st['step']} and saved; continue with: storyloom train --resume {path}")
@@ -370,5 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"storyloom: error: {e}", file=sys.stderr)
         return 2
+    except RankLost as e:
+        print(f"storyloom: error: {e}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return 0

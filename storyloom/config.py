@@ -188,11 +188,15 @@ class TrainConfig:
                              "checkpoints and faults")
     deterministic: bool = setting(False, "deterministic kernels: a resumed run repeats an uninterrupted one bit for bit "
                                   "(needs --steps or --epochs)", "checkpoints and faults")
+    dist_timeout: float = setting(600.0, "under torchrun: seconds a rank waits for the others in a collective before "
+                                  "it stops with an error", "checkpoints and faults", resume=True)
 
     def __post_init__(self) -> None:
         _positive(self, "seq_len", "batch_size", "evals", "eval_tokens", "log_every", "keep", "bad_steps")
         _non_negative(self, "steps", "epochs", "minutes", "warmup", "weight_decay", "clip", "patience", "threads",
                       "checkpoint_every", "checkpoint_minutes")
+        if not (isinstance(self.dist_timeout, (int, float)) and 1 <= self.dist_timeout <= 86_400):
+            raise UserError(f"--dist-timeout must be between 1 and 86400 seconds, got {self.dist_timeout!r}")
         _at_most(self, "seq_len", "batch_size", "steps", "epochs", "minutes", "evals", "keep")
         if self.deterministic and self.minutes:
             raise UserError("--deterministic needs --steps or --epochs, not --minutes: a wall-clock limit makes the "

@@ -9,6 +9,11 @@ is skipped; too many in a row restore the last checkpoint at a lower rate.
 
 A Trainer writes into a store: a run directory (runs.Run), or `Memory`,
 which keeps the rows, the best weights and the last checkpoint in memory.
+
+Data-parallel (world.py): each rank trains its share of the B streams,
+DistributedDataParallel averages the gradients, and every decision (the
+step's loss, the clock, stopping, evaluations) is agreed by a collective, so
+the ranks take the same steps as one process would; rank 0 writes the store.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .corpus import Corpus
 from .errors import UserError
 from .model import LanguageModel, State, detach
 from .runtime import autocast, pace
+from .world import SOLO, World
 
 LN2 = math.log(2)
 MAX_RECOVERIES = 3  # then training stops: the learning rate is 1/8 of the asked one and it still diverges
@@ -39,7 +45,8 @@ MAX_RECOVERIES = 3  # then training stops: the learning rate is 1/8 of the asked
 
 @torch.no_grad()
 def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", streams: int = 1, warmup: int = 512,
-             chunk: int = 512, chars: int | None = None, extra_nats: float = 0.0, limit: int = 0) -> dict:
+             chunk: int = 512, chars: int | None = None, extra_nats: float = 0.0, limit: int = 0,
+             world: World = SOLO) -> dict:
     """Cross-entropy of `ids` with carried state; every token after the first is scored.
 
     bpc is (the scored tokens' nats + extra_nats) / chars / ln 2, where chars
@@ -55,6 +62,8 @@ def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", str
     With `limit`, a text of more tokens is sampled: `streams` pieces of
     limit/streams tokens spread evenly over it, the same pieces every time,
     and chars and extra_nats scaled to the share scored (exact at char level).
+    Over data-parallel ranks, each reads every world.size-th piece and the
+    sums are added up: the figure one process gives.
     """
     was_training = model.training
     model.eval()
@@ -83,16 +92,18 @@ def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", str
         piece = torch.from_numpy(np.asarray(ids[a : b + 1]).astype(np.int64))
         x[k, : b - a] = piece[:-1]
         y[k, f - a : b - a] = piece[f - a + 1 :]
+    scored = int((y != -100).sum())
+    mine = torch.arange(world.rank, S, world.size)  # this rank's pieces
     total = torch.zeros((), dtype=torch.float64)
     state = None
-    for s in range(0, x.shape[1], chunk):
-        xs, ys = x[:, s : s + chunk].to(dev), y[:, s : s + chunk].to(dev)
+    for s in range(0, x.shape[1] if len(mine) else 0, chunk):
+        xs, ys = x[mine, s : s + chunk].to(dev), y[mine, s : s + chunk].to(dev)
         pace()
         with autocast(precision, dev):
-            logits, state = model(xs, state)  # (S, T, V)
+            logits, state = model(xs, state)  # (S/world, T, V)
         total += F.cross_entropy(logits.float().flatten(0, 1), ys.flatten(), reduction="sum", ignore_index=-100).double().cpu()
+    total = world.sum(total, "evaluating")
     model.train(was_training)
-    scored = int((y != -100).sum())
     chars = n if chars is None else chars
     if sampled:  # scale the text's characters and outside charges to the share scored
         chars, extra_nats = chars * scored / n, extra_nats * scored / n
@@ -158,15 +169,20 @@ class Trainer:
 
     on_step, if given, is called with the trainer before every optimizer step
     (the batch already cut): a plain hook for tests and benchmarks, which may
-    call request_stop().
+    call request_stop(). `world`: the ranks training together (world.py).
     """
 
     def __init__(self, model: LanguageModel, corpus: Corpus, cfg: TrainConfig, store=None, precision: str = "fp32",
-                 on_step=None):
-        self.model, self.cfg, self.precision, self.on_step = model, cfg, precision, on_step
+                 on_step=None, world: World = SOLO):
+        self.model, self.cfg, self.precision, self.on_step, self.world = model, cfg, precision, on_step, world
         self.store = store if store is not None else Memory()
         self.dev = next(model.parameters()).device
-        self.batches = Batches(corpus.train, cfg.batch_size, cfg.seq_len)
+        self.streams = world.shard(cfg.batch_size)
+        self.batches = Batches(corpus.train, cfg.batch_size, cfg.seq_len, self.streams)
+        self.net = world.wrap(model)  # what a step calls: the model, or DDP around it
+        # Which streams' state is zeroed (reset_prob) is drawn for the global batch from its own generator,
+        # so every rank draws the same and a world of N resets the streams one process would.
+        self.resets = torch.Generator().manual_seed(cfg.seed)
         self.corpus = corpus
         self.chars_per_token = corpus.train_chars / len(corpus.train)
         # fused: one kernel per parameter for the whole update; on this CPU it
@@ -174,9 +190,10 @@ class Trainer:
         self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99), fused=True)
         self.pos, self.window = Position(), Window()
         self.loss_sum = torch.zeros((), device=self.dev)  # summed where the loss is; read only when logging
-        self.state: State | None = None
-        self.stop_requested = False
-        self.last_checkpoint = time.perf_counter()
+        self.state: State | None = None  # this rank's streams'
+        self.stop_requested = False  # asked here (a signal, request_stop)
+        self.stop_agreed = False  # asked on some rank, as of the last tick
+        self.last_checkpoint = 0.0  # pos.elapsed at the last checkpoint
 
     def request_stop(self, *_) -> None:
         """Finish the current step, checkpoint and return (SIGINT and SIGTERM call this)."""
@@ -198,9 +215,9 @@ class Trainer:
         """Train until a limit, early stopping or a stop request; checkpoint, and return where training is."""
         self.model.train()
         self.started, self.start_elapsed = time.perf_counter(), self.pos.elapsed
-        self.last_checkpoint = self.started
-        with self._bar(show_progress) as bar, self._signals_caught():
-            while self.progress() < 1.0 and not self.stop_requested:
+        self.last_checkpoint = self.pos.elapsed
+        with self._bar(show_progress and self.world.main) as bar, self._signals_caught():
+            while self.progress() < 1.0 and not self.stopping():
                 if self.pos.batch >= len(self.batches):
                     self.new_epoch()
                     continue
@@ -219,7 +236,7 @@ class Trainer:
                 if evaluated:
                     row = {**(row or self.row(lr=lr)), **val_fields(self.evaluate_now())}
                     self.tick()
-                if row:
+                if row and self.world.main:
                     self.store.append_metrics(row)
                     self._show(bar, row)
                 if self.cfg.patience and self.pos.bad_evals >= self.cfg.patience:
@@ -228,6 +245,10 @@ class Trainer:
                     self.checkpoint()
         self.finish()
         return self.pos
+
+    def stopping(self) -> bool:
+        """Asked to stop: here, in one process; on any rank as of the last tick, in a world (so all stop together)."""
+        return self.stop_agreed if self.world.joined else self.stop_requested
 
     def new_epoch(self) -> None:
         """The streams start again from the text's beginning, with a fresh state."""
@@ -254,23 +275,25 @@ class Trainer:
             # that blow up from a fresh state (seen here: 12 bpc on a text
             # opening with a rare capital). Zeroing a few streams' state at
             # random makes it learn to start anywhere.
-            keep = (torch.rand(x.shape[0]) >= self.cfg.reset_prob).to(self.dev)  # (B,)
-            state = tuple(s * keep[None, :, None].to(s.dtype) for s in state)
-        with autocast(self.precision, self.dev):
-            logits, state = self.model(x, state)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+            keep = (torch.rand(self.cfg.batch_size, generator=self.resets) >= self.cfg.reset_prob)[self.streams]  # (b,)
+            state = tuple(s * keep.to(self.dev)[None, :, None].to(s.dtype) for s in state)
+        with self.world.collective("averaging gradients"):
+            with autocast(self.precision, self.dev):
+                logits, state = self.net(x, state)  # (b, T, V)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()  # in a world, DDP has averaged the gradients when this returns
         params = [p for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if not bool(torch.isfinite(loss.detach() + norm)):
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])  # the global batch's gradient: the same on every rank
+        loss = self.world.mean_(loss.detach().clone())  # the global batch's loss: every rank skips the same steps
+        if not bool(torch.isfinite(loss + norm)):
             self.opt.zero_grad(set_to_none=True)
             return None
         if self.cfg.clip:
             torch.nn.utils.clip_grads_with_norm_(params, self.cfg.clip, norm)
         self.opt.step()
         self.state = detach(state)
-        return loss.detach()
+        return loss
 
     def advance(self) -> None:
         """After a step, taken or skipped: count it, bring the clock up to date, fit the threads to the free cores."""
@@ -280,7 +303,9 @@ class Trainer:
         pace()
 
     def tick(self) -> None:
-        self.pos.elapsed = self.start_elapsed + time.perf_counter() - self.started
+        """Bring the clock up to date: rank 0's, in a world, and learn whether any rank was asked to stop."""
+        here = self.start_elapsed + time.perf_counter() - self.started
+        self.pos.elapsed, self.stop_agreed = self.world.clock(here, self.stop_requested)
 
     def after_bad_step(self) -> None:
         p = self.pos
@@ -292,7 +317,7 @@ class Trainer:
         self.pos.bad_streak = 0
         self.loss_sum += loss
         w = self.window
-        w.steps, w.tokens, w.seconds = w.steps + 1, w.tokens + tokens, w.seconds + seconds
+        w.steps, w.tokens, w.seconds = w.steps + 1, w.tokens + tokens * self.world.size, w.seconds + seconds
 
     # -- metrics rows ------------------------------------------------------
     def row(self, **fields) -> dict:
@@ -338,13 +363,14 @@ class Trainer:
         """Validation bpc now; keeps the weights as the best when they are the best yet."""
         c = self.corpus
         r = evaluate(self.model, c.val, self.precision, streams=16, chars=c.val_chars, extra_nats=c.val_extra_nats,
-                     limit=self.cfg.eval_tokens)
+                     limit=self.cfg.eval_tokens, world=self.world)
         p = self.pos
         p.evals_done += 1
         p.history.append((p.step, round(p.elapsed, 3), r["bpc"]))
         if r["bpc"] < p.best_bpc:
             p.best_bpc, p.bad_evals = r["bpc"], 0
-            self.store.save_weights(self.model, "best")
+            if self.world.main:
+                self.store.save_weights(self.model, "best")
         else:
             p.bad_evals += 1
         return r
@@ -352,25 +378,41 @@ class Trainer:
     def finish(self) -> None:
         """Why training ended; a last evaluation if the last step had none; a checkpoint."""
         p = self.pos
-        if self.stop_requested:
+        if self.stopping():
             p.stopped = "interrupted"
         else:
             p.stopped = "patience" if self.cfg.patience and p.bad_evals >= self.cfg.patience else "limit"
             if not p.history or p.history[-1][0] != p.step:
-                self.store.append_metrics(self.row(**val_fields(self.evaluate_now())))
+                row = self.row(**val_fields(self.evaluate_now()))
+                if self.world.main:
+                    self.store.append_metrics(row)
         self.checkpoint()
 
     # -- checkpoints -----------------------------------------------------
     def checkpoint_due(self, evaluated: bool) -> bool:
         c = self.cfg
         return (evaluated or bool(c.checkpoint_every and self.pos.step % c.checkpoint_every == 0)
-                or bool(c.checkpoint_minutes and time.perf_counter() - self.last_checkpoint >= 60 * c.checkpoint_minutes))
+                or bool(c.checkpoint_minutes and self.pos.elapsed - self.last_checkpoint >= 60 * c.checkpoint_minutes))
 
     def checkpoint(self) -> None:
+        """Every rank gives its streams' state and its generators; rank 0 writes them as one process's checkpoint."""
         self.window.loss = float(self.loss_sum)
-        st = TrainerState(self.pos, self.window, self.model.state_dict(), self.opt.state_dict(), self.state, capture_rng())
-        self.store.save_checkpoint(st, self.cfg.keep)
-        self.last_checkpoint = time.perf_counter()
+        w = self.world
+        carried = None if self.state is None else tuple(torch.cat(w.gather(s), dim=1) for s in self.state)  # (L, B, H)
+        gpu = [self.dev.index or 0] if self.dev.type == "cuda" and w.joined else None
+        rng = capture_rng(gpu)
+        rng[0]["rng.resets"] = self.resets.get_state()
+        ranks = {}
+        if w.joined:
+            mine = {"torch": torch.get_rng_state()}
+            if self.dev.type == "cuda":
+                mine["cuda"] = torch.cuda.get_rng_state(self.dev)
+            every = {k: w.gather(v) for k, v in mine.items()}
+            ranks = {r: {k: every[k][r] for k in every} for r in range(1, w.size)}
+        if w.main:
+            st = TrainerState(self.pos, self.window, self.model.state_dict(), self.opt.state_dict(), carried, rng, w.size, ranks)
+            self.store.save_checkpoint(st, self.cfg.keep)
+        self.last_checkpoint = self.pos.elapsed
 
     def restore(self) -> None:
         """Continue exactly from the store's newest checkpoint."""
@@ -379,9 +421,24 @@ class Trainer:
         self.opt.load_state_dict(st.optimizer)
         restore_rng(*st.rng)
         self.pos, self.window = st.position, st.window
+        if "rng.resets" in st.rng[0]:
+            self.resets.set_state(st.rng[0]["rng.resets"])
+        else:  # a checkpoint from before the resets had their own generator
+            self.resets.manual_seed(self.cfg.seed + self.pos.step)
+        w = self.world
+        self.resumed_from = st.world  # ranks that wrote the checkpoint
+        if w.rank:
+            mine = st.ranks.get(w.rank) if st.world == w.size else None
+            if mine:
+                torch.set_rng_state(mine["torch"])
+                if "cuda" in mine and self.dev.type == "cuda":
+                    torch.cuda.set_rng_state(mine["cuda"], self.dev)
+            else:  # resumed on another world size: the streams re-shard exactly; dropout draws anew
+                torch.manual_seed(self.cfg.seed + 7919 * w.rank + self.pos.step)
         self.loss_sum = torch.tensor(self.window.loss, device=self.dev)
-        self.state = tuple(s.to(self.dev) for s in st.carried) if st.carried else None
-        self.store.truncate_metrics(self.pos.step)
+        self.state = tuple(s[:, self.streams].to(self.dev) for s in st.carried) if st.carried else None
+        if w.main:
+            self.store.truncate_metrics(self.pos.step)
 
     def recover(self) -> None:
         """After bad_steps non-finite steps in a row: back to the last checkpoint, at half the learning rate."""
@@ -395,8 +452,9 @@ class Trainer:
         # Time, faults and recoveries are the run's history, not the checkpoint's.
         self.pos.elapsed, self.pos.skipped = now.elapsed, now.skipped
         self.pos.recoveries, self.pos.lr_scale, self.pos.bad_streak = now.recoveries + 1, now.lr_scale / 2, 0
-        self.store.append_metrics(self.row(event="restored after non-finite steps", skipped=now.skipped,
-                                           lr_scale=self.pos.lr_scale))
+        if self.world.main:
+            self.store.append_metrics(self.row(event="restored after non-finite steps", skipped=now.skipped,
+                                               lr_scale=self.pos.lr_scale))
 
     @contextmanager
     def _signals_caught(self):

@@ -36,6 +36,15 @@ def test_pack_and_unpack_round_trip_everything():
         assert all(torch.equal(back.optimizer["state"][i][k], v) for k, v in s.items())
 
 
+def test_a_data_parallel_checkpoint_keeps_every_ranks_generators():
+    st = state()
+    st.world, st.ranks = 3, {1: {"torch": torch.get_rng_state()}, 2: {"torch": torch.zeros(5056, dtype=torch.uint8)}}
+    back = checkpoint.unpack(checkpoint.pack(st), Path("ck"))
+    assert back.world == 3 and set(back.ranks) == {1, 2}
+    assert all(torch.equal(back.ranks[r]["torch"], st.ranks[r]["torch"]) for r in (1, 2))
+    assert checkpoint.unpack(checkpoint.pack(state()), Path("ck")).world == 1  # one process: nothing more
+
+
 def test_restored_random_generators_draw_the_same_numbers():
     tensors, meta = checkpoint.capture_rng()
     meta = json.loads(json.dumps(meta))  # as trainer.json keeps it

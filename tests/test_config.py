@@ -92,12 +92,12 @@ def test_writing_flags_default_to_their_config_and_arrive(command, classes):
 
 
 def test_resume_may_change_only_the_settings_marked_resume(tmp_path, sonnets):
-    assert RESUMABLE == ("steps", "epochs", "minutes", "checkpoint_every", "checkpoint_minutes", "keep")
+    assert RESUMABLE == ("steps", "epochs", "minutes", "checkpoint_every", "checkpoint_minutes", "keep", "dist_timeout")
     (tmp_path / "s.txt").write_text(sonnets)
     run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=4, hidden=16, embed=8, seq_len=8, batch_size=4,
                           evals=1, threads=1, progress=False)
     with pytest.raises(UserError, match=r"drop --hidden, --lr \(only --steps, --epochs, --minutes, --checkpoint-every, "
-                                        r"--checkpoint-minutes, --keep may change\)"):
+                                        r"--checkpoint-minutes, --keep, --dist-timeout may change\)"):
         storyloom.train(resume=run, hidden=32, lr=0.01, progress=False)
     storyloom.train(resume=run, steps=6, keep=1, progress=False)
     assert storyloom.status(run)["step"] == 6 and len(list((run / "checkpoints").iterdir())) == 1
