@@ -28,8 +28,8 @@ to OUT/gpu.jsonl, and the test log to OUT/pytest-cuda.log):
   with the eager step, the first character after a 1,000-character prompt,
   and `--num 256` aggregate characters/s, for the quality run and the
   default-preset run.
-- ddp: a one-process nccl launch, once `torchrun` training exists (issue
-  "Scale out"); until then one line saying it is not built.
+- ddp: `benchmarks/scale.py` on the GPU(s): a plain process against a
+  torchrun world of 1 (nccl, DDP) and, with more GPUs, a world of each count.
 """
 
 from __future__ import annotations
@@ -312,11 +312,15 @@ def writing(log: Log, runs: dict[str, Path], length: int = 2000) -> None:
             sample=a[:120])
 
 
-def ddp(log: Log) -> None:
-    from storyloom import train as train_module
-
-    if not hasattr(train_module, "distributed"):
-        log(kind="ddp", built=False, note="torchrun training is issue 'Scale out'; nothing to launch yet")
+def ddp(log: Log, seconds: float) -> None:
+    gpus = torch.cuda.device_count() if DEV == "cuda" else 2
+    worlds = ",".join(str(w) for w in (1, 2, 4, 8) if w <= gpus)
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--device", DEV, "--worlds", worlds,
+                        "--torchrun-one", "--seconds", str(seconds)], capture_output=True, text=True)
+    for line in p.stdout.splitlines():
+        log(kind="ddp", **json.loads(line))
+    if p.returncode:
+        log(kind="ddp", error=p.stderr[-3000:])
 
 
 def main() -> None:
@@ -365,7 +369,7 @@ def main() -> None:
                                                                progress=False)
                 writing(log, runs)
             elif name == "ddp":
-                ddp(log)
+                ddp(log, a.speed_seconds)
         except Exception as e:  # one broken section must not hide the others' figures
             log(kind="error", section=name, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
         log(kind="section", section=name, seconds=round(time.perf_counter() - t, 1), total_s=round(time.perf_counter() - t0, 1))

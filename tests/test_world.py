@@ -215,3 +215,12 @@ def test_train_help_shows_the_torchrun_launch(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "torchrun --nproc-per-node N -m storyloom train" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_torchrun_world_of_1_on_the_device_trains_as_one_process(tmp_path, text, dev):
+    """The process group and DDP themselves (nccl on a GPU, gloo on the CPU) change nothing: a world of 1 equals a plain run."""
+    flags = ["--steps", "20", *TINY, "--device", dev]
+    _ok(_torchrun(1, "train", text, "--out", tmp_path / "t", *flags))
+    _ok(_one("train", text, "--out", tmp_path / "p", *flags))
+    assert Run.open(tmp_path / "t").info()["device"].startswith(dev)
+    _close(_rows(tmp_path / "p"), _rows(tmp_path / "t"), 1e-5)
