@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO_RUN := runs/demo
 
-.PHONY: venv demo test bench clean
+CHROMIUM ?= /usr/bin/chromium
+.PHONY: venv demo test bench clean serve browser
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,8 +24,19 @@ demo: venv
 	$(BIN)/storyloom train --minutes 3 --out $(DEMO_RUN)
 	$(BIN)/storyloom generate $(DEMO_RUN) --prompt "ROMEO." --length 500 --seed 1
 
-test: venv
+# The web page's test drives a real headless Chromium: Debian's package (a test tool's own browser download
+# needs network that CI does not have). Installed here when missing and we may; otherwise the command to run.
+browser:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || { echo "make test needs Chromium at $(CHROMIUM) for the web page's test: sudo apt-get install chromium"; exit 1; }
+
+test: venv browser
 	$(BIN)/python -m pytest
+
+# Serve the demo run on http://127.0.0.1:8000/ (make demo first).
+serve: venv
+	$(BIN)/storyloom serve $(DEMO_RUN)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache build *.egg-info

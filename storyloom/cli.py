@@ -17,7 +17,8 @@ import sys
 
 from . import api, plots, presets
 from .compare import compare
-from .config import UNKNOWN, DataConfig, GenerateConfig, LoadConfig, ModelConfig, SampleConfig, TrainConfig, flag, settings
+from .config import (UNKNOWN, DataConfig, GenerateConfig, LoadConfig, ModelConfig, SampleConfig, ServeConfig, TrainConfig, flag,
+                     settings)
 from .cowrite import run_session
 from .errors import UserError
 from .experiments import EXPERIMENTS, run_experiment
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="storyloom", description="Train a recurrent language model on a book and write in its style.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in (_train_parser, _eval_parser, _generate_parser, _write_parser, _compare_parser, _experiment_parser,
-                _inspect_parser, _plot_parser, _prepare_parser, _clean_parser, _presets_parser):
+                _inspect_parser, _plot_parser, _prepare_parser, _clean_parser, _presets_parser, _serve_parser):
         add(sub)  # one function per command, below
     return ap
 
@@ -143,6 +144,16 @@ def _write_parser(sub) -> None:
     add_settings(cw, GenerateConfig, defaults=True, skip=("beam", "num"))
     for cls in (SampleConfig, LoadConfig):
         add_settings(cw, cls, defaults=True)
+
+
+def _serve_parser(sub) -> None:
+    sv = sub.add_parser("serve", help="serve runs over HTTP: a web page to write with, and an OpenAI-compatible API",
+                        description="Loopback only unless --host says otherwise; docs/serving.md has the routes.")
+    sv.add_argument("runs", nargs="+", metavar="RUN", help="a run directory, or NAME=RUN (the name defaults to the directory's)")
+    sv.add_argument("--unknown", choices=UNKNOWN, default="error",
+                    help="prompt characters a run never saw: error (a 400 naming the prompt) or replace (default error)")
+    for cls in (ServeConfig, LoadConfig):
+        add_settings(sv, cls, defaults=True)
 
 
 def _compare_parser(sub) -> None:
@@ -361,9 +372,16 @@ def cmd_presets(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    from . import serve  # FastAPI loads only for this command: every other one starts faster without it
+
+    serve.serve(a.runs, config(a, ServeConfig), config(a, LoadConfig), a.unknown)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "write": cmd_write, "compare": cmd_compare,
             "experiment": cmd_experiment, "inspect": cmd_inspect, "plot": cmd_plot, "prepare": cmd_prepare,
-            "clean": cmd_clean, "presets": cmd_presets}
+            "clean": cmd_clean, "presets": cmd_presets, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -291,6 +291,27 @@ class LoadConfig:
 
 
 @dataclass
+class ServeConfig:
+    """How `storyloom serve` listens and what one request may ask for."""
+
+    host: str = setting("127.0.0.1", "address to listen on (loopback by default: only this machine can connect)", "server")
+    port: int = setting(8000, "TCP port", "server")
+    api_key: str = setting("", "require `Authorization: Bearer KEY` on every /v1 route (default: none)", "server",
+                           metavar="KEY")
+    max_batch: int = setting(64, "streams written together in one batched step; more requests wait their turn", "server")
+    max_tokens: int = setting(4096, "the most tokens (characters at char level) one completion may ask for", "server")
+    max_prompt_chars: int = setting(100_000, "the longest prompt (or text to score) a request may send", "server")
+    grace: float = setting(10.0, "seconds running streams may finish after SIGTERM", "server")
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_batch", "max_tokens", "max_prompt_chars")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise UserError(f"--port must be in 0..65535 (0: any free port), got {self.port!r}")
+        if not isinstance(self.grace, (int, float)) or self.grace < 0:
+            raise UserError(f"--grace must be >= 0 seconds, got {self.grace!r}")
+
+
+@dataclass
 class RunConfig:
     """Everything a run was made from: saved as config.json in the run."""
 
