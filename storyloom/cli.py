@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
+import shutil
 import sys
 
 from . import api, plots, presets
@@ -32,6 +34,19 @@ COMPARE_FIXED = ("steps", "epochs", "minutes")  # compare gives every spec the s
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not argparse's usage block
         raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+def invocation() -> str:
+    """How to run storyloom again from a new shell, for the commands we suggest: `storyloom` where that is on
+    PATH and is this one; else the path this process was started by (a virtual environment's bin/, not
+    activated: `make demo` runs .venv/bin/storyloom); else this Python with -m."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    found = shutil.which("storyloom")
+    if found and argv0 and os.path.realpath(found) == os.path.realpath(argv0):
+        return "storyloom"
+    if os.path.basename(argv0) == "storyloom" and os.path.isfile(argv0):
+        return shlex.quote(argv0 if os.path.isabs(argv0) or os.sep in argv0 else os.path.join(".", argv0))
+    return f"{shlex.quote(sys.executable)} -m storyloom"
 
 
 def _csv(s: str) -> tuple[str, ...]:
@@ -222,7 +237,7 @@ def cmd_train(a) -> int:
         return 0
     st = api.status(path)
     if st["stopped"] == "interrupted":
-        print(f"stopped at step {st['step']} and saved; continue with: storyloom train --resume {path}")
+        print(f"stopped at step {st['step']} and saved; continue with: {invocation()} train --resume {shlex.quote(str(path))}")
         return 0
     if st["stopped"] == "patience":
         print(f"early stopping: no improvement in the last {st['bad_evals']} evaluations")
@@ -231,7 +246,7 @@ def cmd_train(a) -> int:
     last = rows[-1] if rows else {}
     print(f"val bpc {last.get('val_bpc', float('nan')):.4f} (best {best:.4f}) after {last.get('step', 0)} steps "
           f"in {last.get('elapsed_s', 0) / 60:.1f} min; run saved in {path}")
-    print(f"write with: storyloom generate {path} --prompt 'Once upon a time'")
+    print(f"write with: {invocation()} generate {shlex.quote(str(path))} --prompt 'Once upon a time'")
     return 0
 
 
@@ -357,7 +372,7 @@ def cmd_plot(a) -> int:
 def cmd_prepare(a) -> int:
     meta = api.prepare(a.sources, a.out, workers=a.workers, **given(a, DataConfig))
     print(f"{meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens ({meta['dtype']}) in {a.out}; "
-          f"train with: storyloom train {a.out}")
+          f"train with: {invocation()} train {shlex.quote(str(a.out))}")
     return 0
 
 

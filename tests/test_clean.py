@@ -42,6 +42,13 @@ def test_bom_newlines_and_nfc():
     assert normalize(raw) == "caf\u00e9\nline two\nline three\n"
 
 
+def test_control_characters_go_but_newlines_and_tabs_stay():
+    # an old Gutenberg file: DOS line ends, a form feed between chapters, the DOS end-of-file mark
+    raw = "CHAPTER I\r\n\tIt was\x00 dark.\r\n\x0cCHAPTER II\r\nThe end.\r\n\x1a"
+    assert normalize(raw) == "CHAPTER I\n\tIt was dark.\nCHAPTER II\nThe end.\n"
+    assert normalize("caf\x85e\u0301") == "caf\u00e9"  # a C1 control between a letter and its accent
+
+
 def test_lowercase_is_optional():
     assert clean("Once Upon A Time") == "Once Upon A Time"
     assert clean("Once Upon A Time", lowercase=True) == "once upon a time"

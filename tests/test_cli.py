@@ -279,3 +279,31 @@ def test_reliability_doc_lists_every_case(tmp_path):
     assert len(names) > 20
     for case in [*names, *bad_inputs(tmp_path), *ABSURD_WRITING]:
         assert f"| {case} |" in doc or f"`{case}`" in doc, f"docs/reliability.md does not list {case}"
+
+
+def test_suggested_commands_work_as_printed_from_a_new_shell(tmp_path, sonnets, monkeypatch):
+    """`make demo` runs .venv/bin/storyloom without activating the venv: the hint must name that path."""
+    import shutil
+    import subprocess
+    import sys
+
+    from storyloom.cli import invocation
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # a fresh shell: storyloom is not on PATH
+    monkeypatch.setattr(sys, "argv", [".venv/bin/storyloom", "train"])
+    monkeypatch.setattr("os.path.isfile", lambda p: p == ".venv/bin/storyloom")
+    assert invocation() == ".venv/bin/storyloom"
+    monkeypatch.setattr(sys, "argv", ["/x/storyloom/__main__.py", "train"])
+    import shlex
+
+    assert invocation() == f"{shlex.quote(sys.executable)} -m storyloom"
+    monkeypatch.undo()
+    # and for real: the hint printed by `python -m storyloom train` runs as printed
+    (tmp_path / "s.txt").write_text(sonnets)
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "storyloom", "train", str(tmp_path / "s.txt"), "--out", str(tmp_path / "r"),
+                          "--steps", "3", "--hidden", "16", "--embed", "8", "--seq-len", "8", "--batch-size", "4", "--evals", "1",
+                          "--no-progress"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    hint = next(line for line in out.stdout.splitlines() if line.startswith("write with: ")).removeprefix("write with: ")
+    again = subprocess.run(hint + " --length 5 --seed 1", shell=True, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.startswith("Once upon a time"), (hint, again.stderr)

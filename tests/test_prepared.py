@@ -19,7 +19,9 @@ def test_prepared_corpus_trains_from_a_memory_map(tmp_path, sonnets, capsys):
 
     (tmp_path / "s.txt").write_text(sonnets)
     assert main(["prepare", str(tmp_path / "s.txt"), "--out", str(tmp_path / "prep"), "--level", "word"]) == 0
-    assert "train with: storyloom train" in capsys.readouterr().out
+    from storyloom.cli import invocation
+
+    assert f"train with: {invocation()} train {tmp_path / 'prep'}" in capsys.readouterr().out
     c, data = load_prepared(tmp_path / "prep")
     assert isinstance(c.train, np.memmap) and c.train.dtype == np.uint16 and data.level == "word"
     direct = build(read([str(tmp_path / "s.txt")]), DataConfig(level="word"))
