@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="storyloom", description="Train a recurrent language model on a book and write in its style.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in (_train_parser, _eval_parser, _generate_parser, _write_parser, _compare_parser, _experiment_parser,
-                _inspect_parser, _plot_parser, _prepare_parser, _clean_parser, _presets_parser, _serve_parser):
+                _inspect_parser, _plot_parser, _prepare_parser, _clean_parser, _presets_parser, _serve_parser, _info_parser):
         add(sub)  # one function per command, below
     return ap
 
@@ -159,6 +159,12 @@ def _write_parser(sub) -> None:
     add_settings(cw, GenerateConfig, defaults=True, skip=("beam", "num"))
     for cls in (SampleConfig, LoadConfig):
         add_settings(cw, cls, defaults=True)
+
+
+def _info_parser(sub) -> None:
+    i = sub.add_parser("info", help="what a run is: layers, parameters, vocabulary, settings, training, files")
+    i.add_argument("run", metavar="RUN")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _serve_parser(sub) -> None:
@@ -387,6 +393,44 @@ def cmd_presets(a) -> int:
     return 0
 
 
+def cmd_info(a) -> int:
+    d = api.load(a.run, device="cpu").info()
+    if a.json:
+        print(json.dumps(d))
+        return 0
+    t = d["training"]
+    print(f"{d['run']}: {d['preset']} preset, {d['level']} level, {d['vocab']:,} tokens in the vocabulary")
+    if d["base"]:
+        print(f"fine-tuned from {d['base']}")
+    print(f"\n{'layer':<14}{'kind':<28}{'output':<16}{'parameters':>12}")
+    for r in d["layers"]:
+        print(f"{r['layer']:<14}{r['kind']:<28}{r['output']:<16}{r['params']:>12,}")
+    print(f"{'total':<58}{d['params']:>12,}")
+    on = d["trained_on"]
+    print(f"\ntrained on {on.get('train_chars', 0):,} characters ({len(on.get('train_works', []))} works), validated on "
+          f"{on.get('val_chars', 0):,} ({', '.join(on.get('val_works', [])[:3])}), {on.get('device')}, {on.get('precision')}"
+          + (f", {on['ranks']} ranks" if on.get("ranks", 1) > 1 else ""))
+    if t["step"] is not None:
+        print(f"training: step {t['step']:,}, epoch {t['epoch']}, {t['elapsed'] / 60:.1f} min, stopped: {t['stopped'] or 'running'}"
+              + (f", {t['skipped']} steps skipped" if t["skipped"] else ""))
+    if d["best_val_bpc"] is not None:
+        print(f"best val bpc: {d['best_val_bpc']:.4f}")
+    c = d["config"]
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in {**c["model"], **{k: c["train"][k] for k in (
+        "seq_len", "batch_size", "lr", "minutes", "steps", "epochs")}}.items() if v not in (None, "", 0, 0.0)))
+    grouped: dict[str, int] = {}  # a checkpoint's files as one entry
+    for f in d["files"]:
+        parts = f["name"].split("/")
+        key = "/".join(parts[:2]) + "/" if len(parts) > 2 else f["name"]
+        grouped[key] = grouped.get(key, 0) + f["bytes"]
+    print("files: " + ", ".join(f"{n} ({_size(b)})" for n, b in grouped.items()))
+    return 0
+
+
+def _size(n: int) -> str:
+    return next(f"{n / 1024 ** k:.1f} {u}" for k, u in ((3, "GB"), (2, "MB"), (1, "KB"), (0, "B")) if n >= 1024 ** k or k == 0)
+
+
 def cmd_serve(a) -> int:
     from . import serve  # FastAPI loads only for this command: every other one starts faster without it
 
@@ -396,7 +440,7 @@ def cmd_serve(a) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "write": cmd_write, "compare": cmd_compare,
             "experiment": cmd_experiment, "inspect": cmd_inspect, "plot": cmd_plot, "prepare": cmd_prepare,
-            "clean": cmd_clean, "presets": cmd_presets, "serve": cmd_serve}
+            "clean": cmd_clean, "presets": cmd_presets, "serve": cmd_serve, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:

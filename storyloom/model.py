@@ -7,6 +7,8 @@ equal one call over 2T.
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -90,6 +92,29 @@ class LanguageModel(nn.Module):
         else:
             h, state = self.cell.step(self.inp(x[:, None])[:, 0], state)  # (B, H)
         return self.out(h), state
+
+
+def layers(model: LanguageModel) -> list[dict]:
+    """Each layer as the seeds' `model.summary()` showed it: name, kind, output shape (B and T left symbolic),
+    parameters. The cell's parameters are grouped by the layer number in their names (l0, layers.1, ...)."""
+    cfg = model.cfg
+    width = {nn.Embedding: cfg.embed, OneHot: cfg.vocab_size, Scalar: 1}[type(model.inp)]
+    rows = [{"layer": "input", "kind": type(model.inp).__name__, "output": f"(B, T, {width})",
+             "params": sum(p.numel() for p in model.inp.parameters())}]
+    groups: dict[int, int] = {}
+    for name, p in model.cell.named_parameters():
+        m = re.search(r"(?:_l|layers\.|\.)(\d+)", name)
+        groups[int(m.group(1)) if m else 0] = groups.get(int(m.group(1)) if m else 0, 0) + p.numel()
+    for i in sorted(groups):
+        rows.append({"layer": f"{cfg.cell} {i + 1}", "kind": type(model.cell).__name__, "output": f"(B, T, {cfg.hidden})",
+                     "params": groups[i]})
+    if model.proj is not None:
+        rows.append({"layer": "projection", "kind": "Linear", "output": f"(B, T, {cfg.embed})",
+                     "params": model.proj.weight.numel()})
+    tied = cfg.tie
+    rows.append({"layer": "head", "kind": "Linear" + (" (tied to the input)" if tied else ""), "output": f"(B, T, {cfg.vocab_size})",
+                 "params": model.head.bias.numel() if tied else sum(p.numel() for p in model.head.parameters())})
+    return rows
 
 
 def detach(state: State) -> State:

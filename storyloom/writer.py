@@ -14,6 +14,7 @@ methods here: `encode`, `read`, `banned`, `draw_seed`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -29,7 +30,7 @@ from .config import DataConfig, GenerateConfig, LoadConfig, SampleConfig
 from .decoding import Decoder, Stops, next_words, sample
 from .decoding import beam as beam_search
 from .errors import UserError
-from .model import LanguageModel, State
+from .model import LanguageModel, State, layers
 from .runs import Run
 from .runtime import device as pick_device
 from .runtime import resolve_precision, set_threads
@@ -81,6 +82,25 @@ class Writer:
 
     def __repr__(self) -> str:
         return f"storyloom.load({str(self.run.path)!r})"
+
+    def info(self) -> dict:
+        """What the run is, at a glance: its layers (output shape, parameters), the total, level and vocabulary,
+        preset and settings, how far training got and why it stopped, the best val bpc, its files and their sizes."""
+        run, cfg = self.run, self.config
+        try:
+            pos = dataclasses.asdict(run.latest().position())
+        except UserError:  # no checkpoint: weights only
+            pos = {}
+        vals = [r["val_bpc"] for r in run.metrics() if "val_bpc" in r]
+        files = sorted((str(p.relative_to(run.path)), p.stat().st_size) for p in run.path.rglob("*") if p.is_file())
+        rows = layers(self.model)
+        return {"run": str(run.path), "preset": cfg.preset, "level": self.tokenizer.kind, "vocab": len(self.tokenizer),
+                "layers": rows, "params": sum(r["params"] for r in rows), "config": dataclasses.asdict(cfg),
+                "trained_on": {k: v for k, v in run.info().items() if k in ("train_chars", "val_chars", "train_works",
+                                                                              "val_works", "device", "precision", "ranks")},
+                "training": {k: pos.get(k) for k in ("step", "epoch", "elapsed", "stopped", "skipped")},
+                "best_val_bpc": min(vals) if vals else None, "base": getattr(cfg, "init", None) or None,
+                "files": [{"name": n, "bytes": b} for n, b in files]}
 
     # -- text in ---------------------------------------------------------
     def clean(self, text: str) -> str:

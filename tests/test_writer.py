@@ -74,3 +74,26 @@ def test_load_model_gives_the_best_or_the_last_weights(runs):
     assert all(torch.equal(last.state_dict()[k], v) for k, v in run.latest().weights().items())
     with pytest.raises(UserError, match="--which must be one of best, last"):
         Writer(runs[0], which="newest")
+
+
+def test_info_tells_what_a_run_is(tmp_path, sonnets):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "s.txt").write_text(sonnets)
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=6, progress=False, **{**TINY, "layers": 2})
+    m = storyloom.load(run)
+    d = m.info()
+    assert [r["layer"] for r in d["layers"]] == ["input", "lstm 1", "lstm 2", "head"]
+    assert d["params"] == sum(p.numel() for p in m.model.parameters())
+    assert d["level"] == "char" and d["vocab"] == len(m.tokenizer) and d["training"]["step"] == 6
+    assert d["training"]["stopped"] == "limit" and d["best_val_bpc"] > 0 and d["base"] is None
+    assert {"best.safetensors", "config.json", "metrics.jsonl"} <= {f["name"] for f in d["files"]}
+    out = subprocess.run([sys.executable, "-m", "storyloom", "info", str(run)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.returncode == 0 and "lstm 2" in out.stdout and f"{d['params']:,}" in out.stdout and "best val bpc" in out.stdout
+    js = subprocess.run([sys.executable, "-m", "storyloom", "info", str(run), "--json"], capture_output=True, text=True,
+                        env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert json.loads(js.stdout)["params"] == d["params"]
