@@ -19,7 +19,7 @@ import sys
 
 from . import api, plots, presets
 from .compare import compare
-from .config import (UNKNOWN, DataConfig, GenerateConfig, LoadConfig, ModelConfig, SampleConfig, ServeConfig, TrainConfig, flag,
+from .config import (UNKNOWN, AdaptConfig, DataConfig, GenerateConfig, LoadConfig, ModelConfig, SampleConfig, ServeConfig, TrainConfig, flag,
                      settings)
 from .cowrite import run_session
 from .errors import UserError
@@ -133,6 +133,9 @@ def _eval_parser(sub) -> None:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     add_settings(e, DataConfig, defaults=True, only=("unknown", "encoding"))
     add_settings(e, LoadConfig, defaults=True)
+    e.add_argument("--dynamic", action="store_true", help="also score with dynamic evaluation: the model learns from the "
+                   "text as it reads it (a copy; the run does not change), reported beside the static figures")
+    add_settings(e, AdaptConfig, defaults=True)
 
 
 def _generate_parser(sub) -> None:
@@ -143,8 +146,10 @@ def _generate_parser(sub) -> None:
     w.add_argument("--json", action="store_true", help="one JSON object per sample: {\"text\": ..., \"seed\": ...}")
     w.add_argument("--check-novelty", action="store_true", help="report how much of the text is copied from the training text")
     w.add_argument("--save", metavar="FILE", help="append the samples, with their seeds and settings, to this JSON-lines file")
+    w.add_argument("--adapt", action="store_true", help="learn from the prompt as it is read (dynamic evaluation, on a "
+                   "copy of the model) before writing: a long prompt in a new style is followed more closely")
     add_settings(w, DataConfig, defaults=True, only=("unknown",))
-    for cls in (GenerateConfig, SampleConfig, LoadConfig):
+    for cls in (GenerateConfig, SampleConfig, LoadConfig, AdaptConfig):
         add_settings(w, cls, defaults=True)
 
 
@@ -264,12 +269,16 @@ def _load(a) -> api.Writer:
 def cmd_eval(a) -> int:
     m = _load(a)
     text = api.clean_sources(a.texts, encoding=a.encoding)
-    r = m.score(text, unknown=a.unknown)
+    r = m.score(text, unknown=a.unknown, dynamic=a.dynamic, adapting=config(a, AdaptConfig))
     if a.json:
         print(json.dumps(r))
     else:
         print(f"bpc {r['bpc']:.4f}  nats/char {r['nats_per_char']:.4f}  perplexity {r['perplexity']:.4f}  chars {r['chars']}  "
               f"token perplexity {r['token_perplexity']:.4f}  tokens {r['tokens']}")
+        if a.dynamic:
+            d = r["dynamic"]
+            print(f"dynamic bpc {d['bpc']:.4f}  nats/char {d['nats_per_char']:.4f}  perplexity {d['perplexity']:.4f}  "
+                  f"({d['method']}: segment {d['segment']}, lr {d['adapt_lr']:g}, decay {d['adapt_decay']:g})")
     return 0
 
 
@@ -290,10 +299,13 @@ def cmd_generate(a) -> int:
     gen = config(a, GenerateConfig)
     m = _load(a)
     sampling, seed = _writing(a, m)
+    adapting = config(a, AdaptConfig)
+    if a.adapt and gen.num > 1:
+        raise UserError("--adapt writes one sample from the adapted model; drop --num (or run it once per seed)")
     if gen.num > 1 or a.json or a.save:
-        if gen.beam:
-            outs = [{"text": m.generate(a.prompt, gen.length, seed=seed, beam=gen.beam, unknown=a.unknown, sampling=sampling),
-                     "seed": seed}]
+        if gen.beam or a.adapt:
+            outs = [{"text": m.generate(a.prompt, gen.length, seed=seed, beam=gen.beam, unknown=a.unknown, sampling=sampling,
+                                        adapt=a.adapt, adapting=adapting), "seed": seed}]
         else:
             outs = m.samples(a.prompt, gen.num, gen.length, seed=seed, unknown=a.unknown, sampling=sampling)
         _show_seed(a, seed)
@@ -311,7 +323,8 @@ def cmd_generate(a) -> int:
             api.save_samples(a.save, a.run, a.prompt, outs, {"length": gen.length, "beam": gen.beam,
                                                              **dataclasses.asdict(sampling)})
         return 0
-    pieces = m.stream(a.prompt, gen.length, seed=seed, beam=gen.beam, unknown=a.unknown, sampling=sampling)
+    pieces = m.stream(a.prompt, gen.length, seed=seed, beam=gen.beam, unknown=a.unknown, sampling=sampling, adapt=a.adapt,
+                      adapting=adapting)
     first = next(pieces, "")  # surface prompt errors before printing anything
     _show_seed(a, seed)
     sys.stdout.write(a.prompt + first)

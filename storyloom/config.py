@@ -291,6 +291,23 @@ class LoadConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """Dynamic evaluation (Krause et al., 2018): the model keeps learning from the text it reads."""
+
+    segment: int = setting(64, "tokens read between two gradient steps", "dynamic evaluation")
+    adapt_lr: float = setting(0.1, "the step's learning rate (plain SGD on each segment's mean loss)", "dynamic evaluation")
+    adapt_decay: float = setting(0.0, "each step also pulls the weights this fraction of the way back to the trained ones "
+                                 "(0: plain SGD)", "dynamic evaluation")
+
+    def __post_init__(self) -> None:
+        _positive(self, "segment")
+        if not (isinstance(self.adapt_lr, (int, float)) and 0 < self.adapt_lr < 10):
+            raise UserError(f"--adapt-lr must be in (0, 10), got {self.adapt_lr!r}")
+        if not (isinstance(self.adapt_decay, (int, float)) and 0 <= self.adapt_decay <= 1):
+            raise UserError(f"--adapt-decay must be in [0, 1], got {self.adapt_decay!r}")
+
+
+@dataclass
 class ServeConfig:
     """How `storyloom serve` listens and what one request may ask for."""
 

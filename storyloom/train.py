@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .batches import Batches
 from .checkpoint import Position, TrainerState, Window, capture_rng, restore_rng
-from .config import TrainConfig
+from .config import AdaptConfig, TrainConfig
 from .corpus import Corpus
 from .errors import UserError
 from .model import LanguageModel, State, detach
@@ -110,6 +110,51 @@ def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", str
     nats = (total.item() + extra_nats) / chars
     return {"bpc": nats / LN2, "nats_per_char": nats, "perplexity": math.exp(nats), "chars": chars,
             "token_perplexity": math.exp(total.item() / scored), "tokens": scored}
+
+
+def adapt(model: LanguageModel, ids: np.ndarray, cfg: AdaptConfig, precision: str = "fp32") -> tuple:
+    """Dynamic evaluation (Krause et al., 2018): read `ids` a segment at a time; score each segment, then take one
+    gradient step on it, so every token is scored by a model that learned only from the text before it.
+
+    Works on a copy: `model` (and the run on disk) never change. Returns (the adapted copy, the scored tokens'
+    summed nats, their count, the state after the text, the logits (1, V) for the token after it).
+    """
+    m = copy.deepcopy(model)
+    m.train()  # cuDNN's LSTM runs its backward only in training mode; every dropout is set to 0 instead
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+        elif isinstance(getattr(mod, "dropout", None), float):
+            mod.dropout = 0.0
+    params = [p for p in m.parameters() if p.requires_grad]
+    trained = [p.detach().clone() for p in params] if cfg.adapt_decay else None
+    dev = next(m.parameters()).device
+    x = torch.as_tensor(np.asarray(ids[:-1], dtype=np.int64), device=dev)[None]  # (1, n)
+    y = torch.as_tensor(np.asarray(ids[1:], dtype=np.int64), device=dev)[None]
+    total, state = 0.0, None
+    with torch.enable_grad():
+        for s in range(0, x.shape[1], cfg.segment):
+            pace()
+            with autocast(precision, dev):
+                out, new = m(x[:, s : s + cfg.segment], state)  # (1, T, V)
+            loss = F.cross_entropy(out[0].float(), y[0, s : s + cfg.segment], reduction="sum")
+            total += float(loss.detach())
+            m.zero_grad(set_to_none=True)
+            (loss / out.shape[1]).backward()
+            with torch.no_grad():
+                for i, p in enumerate(params):
+                    if p.grad is not None:
+                        p -= cfg.adapt_lr * p.grad
+                    if trained is not None:
+                        p += cfg.adapt_decay * (trained[i] - p)
+            state = detach(new)
+    m.zero_grad(set_to_none=True)
+    m.eval()
+    # the text's last token was only ever a target: read it with the adapted weights, for the token after the text
+    last = torch.as_tensor(np.asarray(ids[-1:], dtype=np.int64), device=dev)[None]  # (1, 1)
+    with torch.no_grad(), autocast(precision, dev):
+        out, after = m(last, state)
+    return m, total, int(y.shape[1]), after, out[:, -1].float().cpu()
 
 
 def val_fields(r: dict) -> dict:

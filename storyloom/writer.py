@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .clean import clean, normalize
-from .config import DataConfig, GenerateConfig, LoadConfig, SampleConfig
+from .config import AdaptConfig, DataConfig, GenerateConfig, LoadConfig, SampleConfig
 from .decoding import Decoder, Stops, next_words, sample
 from .decoding import beam as beam_search
 from .errors import UserError
@@ -34,6 +34,7 @@ from .model import LanguageModel, State, layers
 from .runs import Run
 from .runtime import device as pick_device
 from .runtime import resolve_precision, set_threads
+from .train import adapt as adapt_to
 from .train import evaluate
 
 
@@ -127,31 +128,52 @@ class Writer:
         """Ids never to write: the tokenizer's own (<unk>) and the characters of `ban`."""
         return tuple(sorted(set(self.tokenizer.never()) | set(self.tokenizer.banned(ban, unknown) if ban else ())))
 
-    def score(self, text: str, unknown: str = DataConfig.unknown) -> dict:
+    def score(self, text: str, unknown: str = DataConfig.unknown, dynamic: bool = False,
+              adapting: AdaptConfig | None = None) -> dict:
         """bpc, nats_per_char, perplexity (per character), chars, token_perplexity and tokens of `text`, read as one stream.
 
-        bpc compares across char, word and BPE runs: see `evaluate`.
+        bpc compares across char, word and BPE runs: see `evaluate`. With `dynamic`, also "dynamic": the same
+        figures when the model keeps learning from the text as it reads it (train.adapt; settings in `adapting`),
+        beside the static ones, never instead; the run's weights do not change.
         """
         s = self.tokenizer.scored(self.clean(text), unknown, "the text")
         if len(s.ids) < 2:
             raise UserError("the text to score needs at least two tokens")
-        return evaluate(self.model, s.ids, self.precision, chars=s.chars, extra_nats=s.extra_nats)
+        r = evaluate(self.model, s.ids, self.precision, chars=s.chars, extra_nats=s.extra_nats)
+        if dynamic:
+            cfg = adapting or AdaptConfig()
+            _, nats, n, _, _ = adapt_to(self.model, s.ids, cfg, self.precision)
+            per_char = (nats + s.extra_nats) / s.chars
+            r["dynamic"] = {"bpc": per_char / math.log(2), "nats_per_char": per_char, "perplexity": math.exp(per_char),
+                            "tokens": n, **dataclasses.asdict(cfg),
+                            "method": "SGD on each segment" + (", decayed toward the trained weights" if cfg.adapt_decay else "")}
+        return r
 
     # -- text out --------------------------------------------------------
     def stream(self, prompt: str = "", length: int = GenerateConfig.length, *, seed: int | None = None, beam: int = 0,
-               unknown: str = DataConfig.unknown, sampling: SampleConfig | None = None, **settings) -> Iterator[str]:
+               unknown: str = DataConfig.unknown, sampling: SampleConfig | None = None, adapt: bool = False,
+               adapting: AdaptConfig | None = None, **settings) -> Iterator[str]:
         """Yield the new text piece by piece; the prompt is read once, then one step per token.
 
-        length 0 writes until a stop string (or until the caller stops iterating), in constant memory.
+        length 0 writes until a stop string (or until the caller stops iterating), in constant memory. With
+        `adapt`, the prompt is read as dynamic evaluation reads a text (learning from it segment by segment, on a
+        copy of the model) and the adapted copy writes: a long prompt in a new style is followed more closely.
         """
         GenerateConfig(length=length, beam=beam)
         cfg = SampleConfig.of(sampling, **settings)
         banned = self.banned(cfg.ban, unknown)
-        ids, logits, state = self.read(prompt, unknown)
+        if adapt:
+            ids = self.encode(prompt, unknown, "the prompt")
+            if len(ids) < 2:
+                raise UserError("--adapt needs a prompt of at least two tokens to learn from")
+            model, _, _, state, logits = adapt_to(self.model, ids, adapting or AdaptConfig(), self.precision)
+            decoder = Decoder(model, self.device, self.precision)
+        else:
+            (ids, logits, state), decoder = self.read(prompt, unknown), self.decoder
         if beam:
-            yield self._beam(logits, state, beam, length, banned, cfg.stop)
+            yield self._beam(logits, state, beam, length, banned, cfg.stop, decoder)
             return
-        yield from self._write(logits, state, ids, cfg, banned, seed, length)
+        yield from self._write(logits, state, ids, cfg, banned, seed, length, decoder)
 
     def generate(self, prompt: str = "", length: int = GenerateConfig.length, **kw) -> str:
         """The new text after `prompt` (the prompt is not repeated); the same arguments as `stream`."""
@@ -195,10 +217,11 @@ class Writer:
         top = p.topk(min(k, logits.shape[-1]))
         return [(self.tokenizer.decode([i]), v) for v, i in zip(top.values.tolist(), top.indices.tolist())]
 
-    def _write(self, logits, state, recent, cfg: SampleConfig, banned, seed: int | None, length: int) -> Iterator[str]:
+    def _write(self, logits, state, recent, cfg: SampleConfig, banned, seed: int | None, length: int,
+               decoder: Decoder | None = None) -> Iterator[str]:
         """Sampled text for one stream, piece by piece, cut before any stop string."""
         piece, stops = self.tokenizer.stream(), Stops(cfg.stop)
-        for nxt in sample(self.decoder, logits, state, recent, cfg, banned, [draw_seed(seed)], length):
+        for nxt in sample(decoder or self.decoder, logits, state, recent, cfg, banned, [draw_seed(seed)], length):
             out = stops.push(piece(int(nxt[0])))
             if out:
                 yield out
@@ -208,9 +231,9 @@ class Writer:
         if rest:
             yield rest
 
-    def _beam(self, logits, state, width: int, length: int, banned, stops: tuple[str, ...]) -> str:
+    def _beam(self, logits, state, width: int, length: int, banned, stops: tuple[str, ...], decoder: Decoder | None = None) -> str:
         decode = self.tokenizer.decode
-        found = beam_search(self.decoder, logits, state, width, length, banned, lambda seq: any(s in decode(seq) for s in stops))
+        found = beam_search(decoder or self.decoder, logits, state, width, length, banned, lambda seq: any(s in decode(seq) for s in stops))
         text = decode(found)
         hits = [text.find(s) for s in stops if s in text]
         return text[: min(hits)] if hits else text

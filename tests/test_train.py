@@ -270,3 +270,44 @@ def test_a_trainer_without_a_run_directory_keeps_everything_in_memory(tmp_path, 
     assert t.store.best is not None and t.store.latest().step == 30
     best = min(r["val_bpc"] for r in rows if "val_bpc" in r)
     assert pos.best_bpc == best
+
+
+def test_dynamic_evaluation_scores_before_it_learns_and_leaves_the_model_alone(tmp_path, sonnets):
+    from storyloom.config import AdaptConfig
+    from storyloom.train import adapt
+
+    (tmp_path / "s.txt").write_text(sonnets)
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=30, progress=False, **TINY)
+    m = storyloom.load(run)
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    text = sonnets[:3000]
+    static = m.score(text)
+    ids = m.tokenizer.scored(m.clean(text), "error", "t").ids
+    # one segment as long as the text: every token is scored before any step, so the figure is the static one
+    _, nats, n, _, _ = adapt(m.model, ids, AdaptConfig(segment=len(ids)))
+    assert n == static["tokens"] and nats / static["chars"] / math.log(2) == pytest.approx(static["bpc"], rel=1e-5)
+    # a text the model reads twice over: learning from the first half pays on the second
+    twice = text[:1500] * 2
+    r = m.score(twice, dynamic=True, adapting=AdaptConfig(segment=32, adapt_lr=0.3))
+    assert r["bpc"] == pytest.approx(m.score(twice)["bpc"]) and r["dynamic"]["bpc"] < r["bpc"] - 0.1
+    assert r["dynamic"]["segment"] == 32 and r["dynamic"]["adapt_lr"] == 0.3 and "SGD" in r["dynamic"]["method"]
+    decayed = m.score(twice, dynamic=True, adapting=AdaptConfig(segment=32, adapt_lr=0.3, adapt_decay=1.0))
+    assert decayed["dynamic"]["bpc"] > r["dynamic"]["bpc"]  # pulled all the way back each step: it keeps nothing
+    assert all(torch.equal(before[k], v) for k, v in m.model.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in storyloom.load(run).model.state_dict().items())
+
+
+def test_generate_adapt_reads_the_prompt_as_dynamic_evaluation_does(tmp_path, sonnets):
+    from storyloom.config import AdaptConfig
+
+    (tmp_path / "s.txt").write_text(sonnets)
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=30, progress=False, **TINY)
+    m = storyloom.load(run)
+    prompt = sonnets[:400]
+    plain = m.generate(prompt, length=60, seed=4)
+    # a step too small to change a float32 weight: the adapted model is the trained one, and writes the same text
+    assert m.generate(prompt, length=60, seed=4, adapt=True, adapting=AdaptConfig(adapt_lr=1e-12)) == plain
+    adapted = m.generate(prompt, length=60, seed=4, adapt=True, adapting=AdaptConfig(adapt_lr=0.5, segment=16))
+    assert len(adapted) == 60 and adapted != plain
+    with pytest.raises(storyloom.errors.UserError, match="--adapt needs a prompt"):
+        m.generate("", length=5, adapt=True)
