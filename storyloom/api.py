@@ -96,6 +96,11 @@ def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, 
         return corpus
 
     corpus = world.together(read, "reading the text")
+    if corpus.val_only and world.main:
+        shown = " ".join(repr(c) for c in corpus.val_only[:10]) + (" ..." if len(corpus.val_only) > 10 else "")
+        print(f"storyloom: note: {len(corpus.val_only)} character(s) appear only in the validation text ({shown}): added to "
+              "the vocabulary but never trained on, so validation scores them at the small probability an untrained "
+              "character gets", file=sys.stderr)
     cfg.model.vocab_size = len(corpus.tokenizer)
     set_threads(tc.threads or world.threads(physical_cores()))
     set_deterministic(tc.deterministic)

@@ -15,7 +15,7 @@ from .clean import clean
 from .config import DataConfig
 from .errors import UserError
 from .sources import Document, read
-from .tokenize import Tokenizer, fit
+from .tokenize import CharTokenizer, Tokenizer, char_counts, fit
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Corpus:
     train_chars: int  # characters of the training text (chars/s = tokens/s * train_chars / len(train))
     train_names: list[str]
     val_names: list[str]
+    val_only: tuple[str, ...] = ()  # characters found only in the validation text, added to the vocabulary untrained
 
 
 def split_one(doc: Document, cfg: DataConfig) -> tuple[str, str]:
@@ -79,6 +80,16 @@ def build(docs: list[Document], cfg: DataConfig, tokenizer: Tokenizer | None = N
     train_text = "".join(t for _, t in train)
     val_text = "".join(t for _, t in val)
     tok = tokenizer or fit(train_text, cfg.level, cfg.vocab_size, cfg.max_vocab, cfg.min_count)
+    val_only: tuple[str, ...] = ()
+    if tokenizer is None and isinstance(tok, CharTokenizer) and cfg.unknown == "error":
+        # A character that only the validation text has (a name, an accent, a stray symbol of one book) must not
+        # stop training: it joins the vocabulary, never a training target, so the model gives it the little
+        # probability an untrained output row gets, and the validation score pays for it honestly.
+        counts = char_counts(val_text)
+        known = set(tok.chars)
+        val_only = tuple(ch for ch in map(chr, np.flatnonzero(counts)) if ch not in known)
+        if val_only:
+            tok = CharTokenizer(tok.chars + list(val_only), tok.replacement)
     # Resuming keeps the run's tokenizer; at word level words the vocabulary dropped are <unk> in training too.
     train_ids = tok.ids(train_text, "replace" if tok.charges_unknown else "error", "the training text")
     scored = tok.scored(val_text, cfg.unknown, "the validation text")
@@ -91,4 +102,5 @@ def build(docs: list[Document], cfg: DataConfig, tokenizer: Tokenizer | None = N
         train_chars=len(train_text),
         train_names=[n for n, _ in train],
         val_names=[n for n, _ in val],
+        val_only=val_only,
     )

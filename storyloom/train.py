@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from .runtime import autocast, pace
 from .world import SOLO, World
 
 LN2 = math.log(2)
+MEMORISING = 0.3  # val bpc this far above train bpc (measured with dropout on, so the gap is real): memorising
 MAX_RECOVERIES = 3  # then training stops: the learning rate is 1/8 of the asked one and it still diverges
 
 
@@ -238,6 +240,8 @@ class Trainer:
         self.state: State | None = None  # this rank's streams'
         self.stop_requested = False  # asked here (a signal, request_stop)
         self.stop_agreed = False  # asked on some rank, as of the last tick
+        self.last_train_bpc: float | None = None  # the last metrics row's
+        self.warned = False  # memorising was said
         self.last_checkpoint = 0.0  # pos.elapsed at the last checkpoint
 
     def request_stop(self, *_) -> None:
@@ -280,6 +284,7 @@ class Trainer:
                 evaluated = self.evaluation_due()
                 if evaluated:
                     row = {**(row or self.row(lr=lr)), **val_fields(self.evaluate_now())}
+                    self.warn_if_memorising(row["val_bpc"])
                     self.tick()
                 if row and self.world.main:
                     self.store.append_metrics(row)
@@ -378,8 +383,21 @@ class Trainer:
                        chars_per_s=round(w.tokens * self.chars_per_token / w.seconds, 1), lr=lr)
         if self.pos.skipped:
             row["skipped"] = self.pos.skipped
+        self.last_train_bpc = row["train_bpc"]
         self.loss_sum, self.window = torch.zeros((), device=self.dev), Window()
         return row
+
+    def warn_if_memorising(self, val_bpc: float) -> None:
+        """Say once, on stderr, when the training text is scored far better than the validation text."""
+        train_bpc = self.last_train_bpc
+        if train_bpc is None or self.warned or not self.world.main:
+            return
+        if val_bpc - train_bpc > MEMORISING:
+            self.warned = True
+            tqdm.write(f"storyloom: note: at step {self.pos.step} training scores {train_bpc:.3f} bpc but validation "
+                       f"{val_bpc:.3f}: the model is memorising its training text; a shorter run, more --dropout or more "
+                       "text would generalise better (the best weights are kept by validation bpc either way)",
+                       file=sys.stderr)
 
     def _show(self, bar, row: dict) -> None:
         c, p = self.cfg, self.pos

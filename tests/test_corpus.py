@@ -30,12 +30,31 @@ def test_val_files_must_exist_and_leave_training_text():
         build(docs, DataConfig(val_files=("a.txt", "b.txt")))
 
 
-def test_unseen_validation_characters_follow_unknown_flag():
+def test_a_character_only_in_the_validation_text_joins_the_vocabulary_untrained():
     docs = [Document("a.txt", "aaaa bbbb"), Document("b.txt", "abz")]
+    c = build(docs, DataConfig(val_files=("b.txt",)))
+    assert c.val_only == ("z",) and "z" in c.tokenizer.chars
+    assert c.tokenizer.decode(c.val) == "abz" and c.tokenizer.chars.index("z") not in set(c.train.tolist())
+    # --unknown replace keeps the training vocabulary and replaces it, as before
+    r = build(docs, DataConfig(val_files=("b.txt",), unknown="replace"))
+    assert r.tokenizer.decode(r.val) == "ab " and r.val_only == ()
+    # resuming keeps the run's vocabulary: then an unseen character is the one-line error
     with pytest.raises(UserError, match="validation text.*'z'"):
-        build(docs, DataConfig(val_files=("b.txt",)))
-    c = build(docs, DataConfig(val_files=("b.txt",), unknown="replace"))
-    assert c.tokenizer.decode(c.val) == "ab "
+        build(docs, DataConfig(val_files=("b.txt",)), tokenizer=r.tokenizer)
+
+
+def test_training_with_a_validation_only_character_scores_it_and_says_so(tmp_path, sonnets, capsys):
+    import storyloom
+
+    from conftest import TINY
+
+    (tmp_path / "a.txt").write_text(sonnets[:20000])
+    (tmp_path / "b.txt").write_text(sonnets[20000:25000] + "\u00e9t\u00e9\n")  # only the validation work has é
+    run = storyloom.train([str(tmp_path)], out=tmp_path / "r", steps=5, val_files=("b.txt",), progress=False, **TINY)
+    err = capsys.readouterr().err
+    assert err.startswith("storyloom: note: ") and "appear only in the validation text (" in err and "'\u00e9'" in err
+    m = storyloom.load(run)
+    assert "\u00e9" in m.tokenizer.chars and m.score("caf\u00e9 au lait")["bpc"] > 0
 
 
 def test_empty_text_is_refused():

@@ -311,3 +311,15 @@ def test_generate_adapt_reads_the_prompt_as_dynamic_evaluation_does(tmp_path, so
     assert len(adapted) == 60 and adapted != plain
     with pytest.raises(storyloom.errors.UserError, match="--adapt needs a prompt"):
         m.generate("", length=5, adapt=True)
+
+
+def test_memorising_is_said_once_on_stderr(tmp_path, sonnets, capsys):
+    # a big model on 3,000 characters learns them by heart within a few hundred steps
+    (tmp_path / "s.txt").write_text(sonnets[:3600])
+    storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=300, progress=False,
+                    **{**TINY, "hidden": 128, "batch_size": 4, "seq_len": 32, "lr": 1e-2, "evals": 6, "val_fraction": 0.15,
+                       "log_every": 10, "dropout": 0.0})
+    err = capsys.readouterr().err
+    assert err.count("the model is memorising its training text") == 1
+    rows = storyloom.api.metrics(tmp_path / "r")
+    assert min(r["train_bpc"] for r in rows if "train_bpc" in r) < min(r["val_bpc"] for r in rows if "val_bpc" in r) - 0.3
