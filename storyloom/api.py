@@ -25,6 +25,8 @@ from .batches import Batches
 from .clean import normalize
 from .config import DEFAULT_MINUTES, RESUMABLE, LoadConfig, RunConfig, flag, override
 from .corpus import build, clean_sources
+from .files import read_bytes, sha256
+from .tokenize import CharTokenizer
 from .prepared import load_prepared, prepared_dir, texts
 from .prepared import prepare as prepare_corpus
 from .errors import UserError
@@ -57,14 +59,15 @@ def _configure(sources, preset: str, flags: dict) -> RunConfig:
 
 
 def train(sources=(), *, out: str | Path | None = None, preset: str = "default", resume: str | Path | None = None,
-          overwrite: bool = False, progress: bool = True, on_step=None, **flags) -> Path:
+          init: str | Path | None = None, overwrite: bool = False, progress: bool = True, on_step=None, **flags) -> Path:
     """Train a run (or continue one with `resume`) and return its directory.
 
     `flags` are the `storyloom train` flags with underscores (the fields of
     ModelConfig, DataConfig and TrainConfig): hidden=256, seq_len=100,
     minutes=5, val_files=("a.txt",), precision="bf16", ... `overwrite`
     replaces a run already in `out`; `on_step(trainer)` is called before
-    every optimizer step.
+    every optimizer step. `init` starts from another run's weights and
+    architecture (fine-tuning; see `_based`).
 
     Launched by torchrun, each process calls this with the same arguments:
     they train one run data-parallel, and rank 0 writes it (world.py).
@@ -72,12 +75,15 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
     flags = {k: v for k, v in flags.items() if v is not None}
     if resume is not None and overwrite:
         raise UserError("--overwrite starts a new run and --resume continues one; give only one of them")
+    if resume is not None and init is not None:
+        raise UserError("--init starts a new run from a base run and --resume continues one; give only one of them")
     run = Run.open(resume) if resume is not None else None
     cfg, sources = _resumed(run, sources, flags) if run else (_configure(sources, preset, flags), sources)
+    base = _based(cfg, Run.open(init), flags) if init is not None else None
     tc = cfg.train
     world = World.join(device(tc.device), tc.dist_timeout)
     try:
-        path = _train(world, run, cfg, sources, flags, preset, out, overwrite, progress, on_step)
+        path = _train(world, run, cfg, sources, flags, preset, out, overwrite, progress, on_step, base)
     except BaseException:
         world.abandon()
         raise
@@ -86,11 +92,12 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
 
 
 def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, preset: str, out, overwrite: bool,
-           progress: bool, on_step) -> Path:
+           progress: bool, on_step, base: Run | None = None) -> Path:
     tc, resume = cfg.train, run is not None
 
     def read():
-        corpus = _corpus(sources, cfg, run.tokenizer() if run else None, flags, preset)
+        corpus = (_based_corpus(sources, cfg, base) if base
+                  else _corpus(sources, cfg, run.tokenizer() if run else None, flags, preset))
         Batches.check(len(corpus.train), tc.batch_size, tc.seq_len)
         world.shard(tc.batch_size)
         return corpus
@@ -107,7 +114,10 @@ def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, 
     dev = world.device(device(tc.device))
     precision = resolve_precision(tc.precision, dev)
     seed_everything(tc.seed)
-    model = LanguageModel(cfg.model).to(dev)
+    model = LanguageModel(cfg.model)
+    if base is not None:
+        model.load_state_dict(_grown(base, corpus.tokenizer))
+    model = model.to(dev)
     if world.rank:  # the same initial weights on every rank, but each rank its own dropout masks
         torch.manual_seed(tc.seed + 7919 * world.rank)
     if not resume:
@@ -132,6 +142,66 @@ def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, 
             run.set_train_config(dataclasses.asdict(tc))
     trainer.fit(show_progress=progress)
     return run.path
+
+
+def _based(cfg: RunConfig, base: Run, flags: dict) -> Run:
+    """Fine-tuning from `base`: its architecture and text settings hold (a flag that contradicts them is refused);
+    training settings, dropout included, are this run's. The config records the base (path, manifest hash)."""
+    b = base.config()
+    model_flags = {k for k in flags if k in {f.name for f in dataclasses.fields(b.model)}} - {"dropout", "vocab_size"}
+    clash = sorted(k for k in model_flags if flags[k] != getattr(b.model, k))
+    if clash:
+        raise UserError(f"--init {base.path}: {', '.join(f'{flag(k)} {flags[k]}' for k in clash)} contradicts the base "
+                        f"({', '.join(f'{k} {getattr(b.model, k)}' for k in clash)}); a fine-tuned run keeps its base's "
+                        "architecture: drop those flags")
+    for k in ("level", "lowercase"):
+        if k in flags and flags[k] != getattr(b.data, k):
+            raise UserError(f"--init {base.path}: {flag(k)} {flags[k]} contradicts the base ({k} {getattr(b.data, k)}); drop it")
+    cfg.model = override(b.model, **({"dropout": flags["dropout"]} if "dropout" in flags else {}))
+    cfg.data = override(cfg.data, level=b.data.level, lowercase=b.data.lowercase, vocab_size=b.data.vocab_size,
+                        max_vocab=b.data.max_vocab, min_count=b.data.min_count)
+    if "lr" not in flags:
+        cfg.train = override(cfg.train, lr=b.train.lr * FINE_TUNE_LR)
+    cfg.base = {"path": str(base.path.resolve()), "manifest_sha256": sha256(read_bytes(base.path / "manifest.json"))}
+    return base
+
+
+FINE_TUNE_LR = 0.1  # --init's default learning rate, as a share of the base's: best of 1, 0.25, 0.1, 0.05 (benchmarks/README.md, "Fine-tuning")
+
+
+def _based_corpus(sources, cfg: RunConfig, base: Run):
+    """The corpus for a fine-tuned run: the base's tokenizer; at character level grown by the new text's characters."""
+    if prepared_dir(sources) is not None:
+        raise UserError("--init reads text sources (a prepared corpus has its own vocabulary); give the text files")
+    docs = read(sources, cfg.data.encoding)
+    tok = base.tokenizer()
+    if tok.kind != "char":
+        return build(docs, cfg.data, tok)  # words and subwords the base lacks follow --unknown
+    own = build(docs, cfg.data).tokenizer  # this text's characters (validation-only ones too)
+    grown = sorted(set(tok.chars) | set(own.chars))
+    if len(grown) > len(tok.chars) and base.config().model.input != "embedding":
+        raise UserError(f"--init {base.path}: this text has {len(grown) - len(tok.chars)} character(s) the base never saw, "
+                        f"and its {base.config().model.input} input cannot grow; pass --unknown replace or clean them out")
+    return build(docs, cfg.data, CharTokenizer(grown, tok.replacement))
+
+
+def _grown(base: Run, tok) -> dict:
+    """The base's best weights for the vocabulary `tok`: a token the base knew keeps its rows; a new character's
+    input row is the mean of the base's input rows and its output row the mean of its output rows, with the
+    smallest output bias the base has, so it starts as rare as the base's rarest character."""
+    _, w = base.weights("best")
+    old = base.tokenizer()
+    if tok.kind != "char" or list(old.chars) == list(tok.chars):
+        return w
+    index = {c: i for i, c in enumerate(old.chars)}
+    rows = [index.get(c, -1) for c in tok.chars]
+    out = dict(w)
+    for name in ("inp.weight", "head.weight", "head.bias"):
+        if name in w:
+            t = w[name]
+            fill = t.min() if name == "head.bias" else t.mean(0)
+            out[name] = torch.stack([t[i] if i >= 0 else fill for i in rows])
+    return out
 
 
 def _resumed(run: Run, sources, flags: dict) -> tuple[RunConfig, list]:

@@ -119,6 +119,8 @@ def _train_parser(sub) -> None:
     t.add_argument("--out", help="run directory (default runs/<preset>-<date>-<time>)")
     t.add_argument("--preset", default="default", help="a named configuration (see `storyloom presets`)")
     t.add_argument("--resume", metavar="RUN", help="continue this run from its last checkpoint")
+    t.add_argument("--init", metavar="RUN", help="fine-tune: start from this run's best weights and architecture (its "
+                   "vocabulary grown by your text's new characters); the learning rate defaults to a tenth of the base's")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     groups: dict = {}
@@ -242,7 +244,7 @@ def _presets_parser(sub) -> None:
 
 
 def cmd_train(a) -> int:
-    path = api.train(a.sources, out=a.out, preset=a.preset, resume=a.resume, overwrite=a.overwrite,
+    path = api.train(a.sources, out=a.out, preset=a.preset, resume=a.resume, init=a.init, overwrite=a.overwrite,
                      progress=not a.no_progress, **given(a, *RUN_CONFIGS))
     if env_rank():  # torchrun started this command once per rank: rank 0 reports
         return 0
@@ -414,7 +416,7 @@ def cmd_info(a) -> int:
     t = d["training"]
     print(f"{d['run']}: {d['preset']} preset, {d['level']} level, {d['vocab']:,} tokens in the vocabulary")
     if d["base"]:
-        print(f"fine-tuned from {d['base']}")
+        print(f"fine-tuned from {d['base']['path']} (its manifest's SHA-256 {d['base']['manifest_sha256'][:16]}...)")
     print(f"\n{'layer':<14}{'kind':<28}{'output':<16}{'parameters':>12}")
     for r in d["layers"]:
         print(f"{r['layer']:<14}{r['kind']:<28}{r['output']:<16}{r['params']:>12,}")

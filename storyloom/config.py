@@ -337,6 +337,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sources: tuple[str, ...] = ()
+    base: dict = field(default_factory=dict)  # the run fine-tuned from (--init): {"path", "manifest_sha256"}; {} if none
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -350,6 +351,7 @@ class RunConfig:
                 data=DataConfig(**d["data"]),
                 train=TrainConfig(**d["train"]),
                 sources=tuple(d.get("sources", ())),
+                base=dict(d.get("base") or {}),
             )
         except (KeyError, TypeError) as e:
             raise UserError(f"config.json does not describe a storyloom run ({e}); point at a run directory made by `storyloom train`") from None

@@ -100,7 +100,7 @@ class Writer:
                 "trained_on": {k: v for k, v in run.info().items() if k in ("train_chars", "val_chars", "train_works",
                                                                               "val_works", "device", "precision", "ranks")},
                 "training": {k: pos.get(k) for k in ("step", "epoch", "elapsed", "stopped", "skipped")},
-                "best_val_bpc": min(vals) if vals else None, "base": getattr(cfg, "init", None) or None,
+                "best_val_bpc": min(vals) if vals else None, "base": cfg.base or None,
                 "files": [{"name": n, "bytes": b} for n, b in files]}
 
     # -- text in ---------------------------------------------------------

@@ -1,4 +1,8 @@
+import hashlib
+from pathlib import Path
+
 import pytest
+import torch
 
 import storyloom
 from storyloom import api
@@ -60,3 +64,53 @@ def test_novelty_finds_a_copied_line(run, sonnets):
     line = "From fairest creatures we desire increase,"
     r = storyloom.novelty(run, "Zzq " + line + " qzZ")
     assert r["longest_copied"] >= len(line) and line in r["copied_text"]
+
+
+def test_init_fine_tunes_from_a_base_growing_its_vocabulary(tmp_path, sonnets):
+    import json
+
+    from storyloom.runs import Run
+
+    from conftest import TINY
+
+    (tmp_path / "base.txt").write_text(sonnets[:20000])
+    base = storyloom.train([str(tmp_path / "base.txt")], out=tmp_path / "base", steps=40, progress=False,
+                           **{**TINY, "lr": 1e-2})
+    (tmp_path / "book.txt").write_text(sonnets[20000:26000] + "\n\u00c9l\u00e9onore \u2603\n" * 3)
+    run = storyloom.train([str(tmp_path / "book.txt")], out=tmp_path / "ft", init=base, steps=5, progress=False,
+                          threads=1, val_fraction=0.1)
+    b, m = storyloom.load(base), storyloom.load(run)
+    assert set(b.tokenizer.chars) < set(m.tokenizer.chars) and {"\u00c9", "\u2603"} <= set(m.tokenizer.chars)
+    cfg = Run.open(run).config()
+    assert cfg.model.hidden == b.config.model.hidden and cfg.base["path"] == str(Path(base).resolve())
+    assert cfg.base["manifest_sha256"] == hashlib.sha256((Path(base) / "manifest.json").read_bytes()).hexdigest()
+    assert cfg.train.lr == pytest.approx(b.config.train.lr * 0.1)  # the fine-tuning default
+    assert m.info()["base"] == cfg.base
+    # before any step, a known character's rows are the base's; a new one starts as rare as the base's rarest
+    from storyloom.api import _grown
+
+    w, bw = _grown(Run.open(base), m.tokenizer), Run.open(base).weights("best")[1]
+    for c in ("a", "e", " "):
+        i, j = m.tokenizer.chars.index(c), b.tokenizer.chars.index(c)
+        assert torch.equal(w["inp.weight"][i], bw["inp.weight"][j]) and torch.equal(w["head.bias"][i], bw["head.bias"][j])
+    snow = m.tokenizer.chars.index("\u2603")
+    assert w["head.bias"][snow] == bw["head.bias"].min()
+    assert torch.allclose(w["inp.weight"][snow], bw["inp.weight"].mean(0))
+    json.dumps(m.info())  # the whole description is JSON
+
+
+def test_init_refuses_what_contradicts_the_base(tmp_path, sonnets):
+    from conftest import TINY
+
+    (tmp_path / "s.txt").write_text(sonnets[:20000])
+    base = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "base", steps=3, progress=False, **TINY)
+    with pytest.raises(UserError, match=r"--hidden 64 contradicts the base \(hidden 32\)"):
+        storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "ft", init=base, hidden=64, steps=2, progress=False)
+    with pytest.raises(UserError, match="--level word contradicts the base"):
+        storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "ft", init=base, level="word", steps=2, progress=False)
+    with pytest.raises(UserError, match="give only one of them"):
+        storyloom.train(resume=base, init=base)
+    # dropout and training settings may change
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "ft", init=base, dropout=0.3, lr=1e-3, steps=2,
+                          progress=False, threads=1)
+    assert storyloom.load(run).config.model.dropout == 0.3
