@@ -32,7 +32,7 @@ from .prepared import prepare as prepare_corpus
 from .errors import UserError
 from .model import LanguageModel, n_params
 from .novelty import Index, codepoints, report
-from .runs import Run
+from .runs import Run, base_path
 from .runtime import device, physical_cores, resolve_precision, seed_everything, set_deterministic, set_threads
 from .sources import BUNDLED, is_bundled, locate, read
 from .train import Trainer
@@ -79,7 +79,7 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
         raise UserError("--init starts a new run from a base run and --resume continues one; give only one of them")
     run = Run.open(resume) if resume is not None else None
     cfg, sources = _resumed(run, sources, flags) if run else (_configure(sources, preset, flags), sources)
-    base = _based(cfg, Run.open(init), flags) if init is not None else None
+    base = _based(cfg, Run.open(base_path(init)), flags) if init is not None else None
     tc = cfg.train
     world = World.join(device(tc.device), tc.dist_timeout)
     try:

@@ -40,6 +40,15 @@ from .files import (MANIFEST, PICKLE_SUFFIXES, dumps, entry, fsync_dir, looks_pi
 from .tokenize import Tokenizer, from_dict
 
 METRICS = "metrics.jsonl"
+BASES = Path(__file__).parent / "bases"  # runs shipped in the package, to fine-tune from: `--init shakespeare`
+
+
+def base_path(name: str | Path) -> Path:
+    """A run directory, or the shipped base of that name (when no such directory exists here)."""
+    p = Path(name)
+    if not p.exists() and (BASES / str(name) / "config.json").is_file():
+        return BASES / str(name)
+    return p
 
 
 class Checkpoint:

@@ -114,3 +114,22 @@ def test_init_refuses_what_contradicts_the_base(tmp_path, sonnets):
     run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "ft", init=base, dropout=0.3, lr=1e-3, steps=2,
                           progress=False, threads=1)
     assert storyloom.load(run).config.model.dropout == 0.3
+
+
+def test_the_shipped_base_fine_tunes_without_training_anything_first(tmp_path, sonnets):
+    from storyloom.runs import BASES, Run
+
+    base = Run.open(BASES / "shakespeare")
+    assert sum(p.stat().st_size for p in base.path.iterdir()) <= 6 * 2**20
+    _, w = base.weights("best")
+    assert all(t.dtype == torch.bfloat16 for t in w.values())
+    # trained without the benchmark's two validation plays, so their scores stay honest
+    assert sorted(base.info()["val_works"]) == ["julius_caesar_gut.txt", "twelfth_night_gut.txt"]
+    assert not {"julius_caesar_gut.txt", "twelfth_night_gut.txt"} & set(base.info()["train_works"])
+    (tmp_path / "book.txt").write_text(sonnets[:8000])
+    run = storyloom.train([str(tmp_path / "book.txt")], init="shakespeare", out=tmp_path / "ft", steps=2, progress=False,
+                          threads=1, val_fraction=0.2)
+    cfg = Run.open(run).config()
+    assert Path(cfg.base["path"]) == BASES.resolve() / "shakespeare" and cfg.model.hidden == base.config().model.hidden
+    # it reads English already: far better than a fresh model's 6 bpc on text it was never trained on
+    assert storyloom.load(run).score(sonnets[8000:12000])["bpc"] < 3.0
