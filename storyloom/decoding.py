@@ -37,11 +37,13 @@ class Decoder:
 
     @torch.inference_mode()
     def read(self, ids: np.ndarray, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Feed ids (P,) to one stream in a single call; logits (1, V) for the next token."""
-        x = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)[None]  # (1, P)
+        """Feed ids (P,) to one stream, or (G, P) to G streams, in a single call; logits (G, V) for the next token."""
+        x = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
+        x = x[None] if x.dim() == 1 else x  # (G, P)
         with autocast(self.precision, self.device):
-            logits, state = self.model(x, state)  # (1, P, V)
-        return logits[:, -1].float().cpu(), state
+            logits, state = self.model(x, state)  # (G, P, V)
+        # a copy: a view of the last position would keep all P positions' logits alive while the caller keeps it
+        return logits[:, -1].float().cpu().clone(), state
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

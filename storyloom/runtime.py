@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
+import threading
 import time
 
 import numpy as np
@@ -167,6 +169,20 @@ def pace() -> None:
     """Called once per unit of work (a training step, an evaluation chunk, a written token): keeps the thread count fitted."""
     if pacer is not None:
         pacer()
+
+
+@contextlib.contextmanager
+def stop_signals(handler):
+    """SIGINT and SIGTERM call `handler(signum, frame)` inside the block, the previous handlers after it.
+    Outside the main thread Python cannot set handlers, and this does nothing."""
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def seed_everything(seed: int) -> None:

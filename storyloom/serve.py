@@ -25,7 +25,6 @@ import hmac
 import json
 import logging
 import re
-import signal
 import threading
 import time
 import uuid
@@ -46,7 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .config import DataConfig, LoadConfig, SampleConfig, ServeConfig
 from .decoding import Decoder, Stops, next_words
 from .errors import UserError
-from .runtime import autocast
+from .runtime import stop_signals
 from .sampling import draw, shape_logits
 from .writer import Writer, draw_seed
 
@@ -329,13 +328,10 @@ class Engine:
             rest = ids[hit[0] :] if hit else ids
             reads.setdefault((len(rest), hit is not None), []).append((key, rest, hit, streams))
         for (_, prefixed), items in reads.items():
-            x = torch.as_tensor(np.stack([rest for _, rest, _, _ in items]).astype(np.int64), device=self.w.device)  # (G, P)
             state0 = tuple(torch.cat(ts, 1).to(self.w.device) for ts in zip(*(hit[2] for _, _, hit, _ in items))) if prefixed else None
-            with torch.inference_mode(), autocast(self.w.precision, self.w.device):
-                logits, state = self.w.model(x, state0)  # (G, P, V)
-            logits = logits[:, -1].float().cpu()
+            logits, state = self.w.decoder.read(np.stack([rest for _, rest, _, _ in items]), state0)  # (G, V)
             for k, (key, _, _, streams) in enumerate(items):
-                # copies: a view would keep the whole read's (G, P, V) logits alive as long as the cache keeps the entry
+                # copies: a row's view would keep all G rows alive as long as the cache keeps the entry
                 lg, st = logits[k : k + 1].clone(), tuple(t[:, k : k + 1].float().clone() for t in state)
                 self.cache.put(key, lg, st)
                 self._start(streams, lg, st)
@@ -503,10 +499,9 @@ def create_app(runs, cfg: ServeConfig | None = None, load: LoadConfig | None = N
             raise ApiError(400, f"{param}: {len(text)} characters, over this server's limit of {cfg.max_prompt_chars} "
                            "(--max-prompt-chars)", param)
         try:
-            ids = w.encode(text, unknown, what)
+            return w.prompt_ids(text, unknown, what)
         except UserError as e:
             raise ApiError(400, f"{param}: {e}", param) from None
-        return ids if len(ids) else w.tokenizer.primer()
 
     # -- routes ------------------------------------------------------------------
     @app.get("/health")
@@ -738,11 +733,7 @@ def _server_class():
         def capture_signals(self):
             # uvicorn raises SIGINT/SIGTERM again once it has shut down, so the process ends killed by the signal;
             # a stop that was asked for and carried out is a clean exit: 0.
-            old = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
+            with stop_signals(self.handle_exit):
                 yield
-            finally:
-                for sig, h in old.items():
-                    signal.signal(sig, h)
 
     return Server

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
-import signal
 import sys
-import threading
 import time
 from contextlib import contextmanager
 
@@ -37,7 +35,7 @@ from .config import AdaptConfig, TrainConfig
 from .corpus import Corpus
 from .errors import UserError
 from .model import LanguageModel, State, detach
-from .runtime import autocast, pace
+from .runtime import autocast, pace, stop_signals
 from .world import SOLO, World
 
 LN2 = math.log(2)
@@ -265,7 +263,7 @@ class Trainer:
         self.model.train()
         self.started, self.start_elapsed = time.perf_counter(), self.pos.elapsed
         self.last_checkpoint = self.pos.elapsed
-        with self._bar(show_progress and self.world.main) as bar, self._signals_caught():
+        with self._bar(show_progress and self.world.main) as bar, stop_signals(self.request_stop):
             while self.progress() < 1.0 and not self.stopping():
                 if self.pos.batch >= len(self.batches):
                     self.new_epoch()
@@ -518,14 +516,3 @@ class Trainer:
         if self.world.main:
             self.store.append_metrics(self.row(event="restored after non-finite steps", skipped=now.skipped,
                                                lr_scale=self.pos.lr_scale))
-
-    @contextmanager
-    def _signals_caught(self):
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            handlers = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, h in handlers.items():
-                signal.signal(sig, h)

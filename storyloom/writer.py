@@ -114,11 +114,14 @@ class Writer:
             text = text.lower()
         return self.tokenizer.ids(normalize(text), unknown, what)
 
+    def prompt_ids(self, prompt: str, unknown: str = DataConfig.unknown, what: str = "the prompt") -> np.ndarray:
+        """The ids a prompt is read as: an empty prompt starts the model as at a new line (the tokenizer's primer)."""
+        ids = self.encode(prompt, unknown, what)
+        return ids if len(ids) else self.tokenizer.primer()
+
     def read(self, prompt: str, unknown: str = DataConfig.unknown, state: State | None = None):
         """(ids, logits, state) after reading `prompt` in one call; an empty prompt starts as at a new line."""
-        ids = self.encode(prompt, unknown, "the prompt")
-        if not len(ids) and state is None:
-            ids = self.tokenizer.primer()
+        ids = self.prompt_ids(prompt, unknown) if state is None else self.encode(prompt, unknown, "the prompt")
         if not len(ids):
             raise UserError("nothing to read: the text is empty")
         logits, state = self.decoder.read(ids, state)

@@ -1,4 +1,5 @@
 import os
+import socket
 
 import pytest
 import torch
@@ -55,3 +56,10 @@ def book(tmp_path, sonnets):
 
 
 TINY = dict(hidden=32, layers=1, embed=16, seq_len=16, batch_size=4, evals=2, threads=1, precision="fp32")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (servers and torch.distributed rendezvous in tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

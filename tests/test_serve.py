@@ -23,7 +23,7 @@ from storyloom.config import ServeConfig
 from storyloom.errors import UserError
 from storyloom.serve import create_app
 
-from conftest import TINY
+from conftest import TINY, free_port
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +34,11 @@ def run(tmp_path_factory, sonnets):
                            **{**TINY, "hidden": 48, "batch_size": 8, "seq_len": 32, "lr": 1e-2})
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """The app on a loopback port, in this process (a thread), as uvicorn runs it."""
 
     def __init__(self, app):
-        self.port = _port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -324,7 +318,7 @@ def test_names_of_runs_and_their_errors(run):
 
 
 def test_sigterm_lets_running_streams_finish_then_exits_0(run):
-    port = _port()
+    port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "storyloom", "serve", str(run), "--host", "0.0.0.0", "--port", str(port),
                           "--threads", "1"], stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     try:

@@ -3,7 +3,6 @@
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import storyloom
 from storyloom.errors import UserError
 from storyloom.runs import Run
 from storyloom.world import SOLO, World
+
+from conftest import free_port
 
 TINY = ["--hidden", "32", "--layers", "1", "--embed", "16", "--seq-len", "16", "--batch-size", "8", "--evals", "3",
         "--threads", "1", "--precision", "fp32", "--dropout", "0", "--reset-prob", "0.2", "--lr", "1e-2",
@@ -36,15 +37,9 @@ def _one(*args) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=_env())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ranks(n: int, argv: list[str], module: bool = True) -> list[subprocess.Popen]:
     """n processes with torchrun's environment set by hand, so a test can kill or stop one of them alone."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "storyloom", *argv] if module else [sys.executable, "-c", *argv]
     return [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=_env(RANK=str(r), WORLD_SIZE=str(n), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(n),
