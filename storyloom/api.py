@@ -91,6 +91,14 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
     return path
 
 
+def _note_val_only(val_only) -> None:
+    if val_only:
+        shown = " ".join(repr(c) for c in val_only[:10]) + (" ..." if len(val_only) > 10 else "")
+        print(f"storyloom: note: {len(val_only)} character(s) appear only in the validation text ({shown}): added to "
+              "the vocabulary but never trained on, so validation scores them at the small probability an untrained "
+              "character gets", file=sys.stderr)
+
+
 def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, preset: str, out, overwrite: bool,
            progress: bool, on_step, base: Run | None = None) -> Path:
     tc, resume = cfg.train, run is not None
@@ -103,12 +111,14 @@ def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, 
         return corpus
 
     corpus = world.together(read, "reading the text")
-    if corpus.val_only and world.main:
-        shown = " ".join(repr(c) for c in corpus.val_only[:10]) + (" ..." if len(corpus.val_only) > 10 else "")
-        print(f"storyloom: note: {len(corpus.val_only)} character(s) appear only in the validation text ({shown}): added to "
-              "the vocabulary but never trained on, so validation scores them at the small probability an untrained "
-              "character gets", file=sys.stderr)
+    if world.main:
+        _note_val_only(corpus.val_only)
     cfg.model.vocab_size = len(corpus.tokenizer)
+    if not resume:
+        note = presets.small_text(cfg, corpus.train_chars, set(flags), fine_tune=base is not None)
+        tc = cfg.train  # small_text may have replaced it
+        if note and world.main:
+            print(f"storyloom: note: {note}", file=sys.stderr)
     set_threads(tc.threads or world.threads(physical_cores()))
     set_deterministic(tc.deterministic)
     dev = world.device(device(tc.device))
@@ -166,7 +176,7 @@ def _based(cfg: RunConfig, base: Run, flags: dict) -> Run:
     return base
 
 
-FINE_TUNE_LR = 0.1  # --init's default learning rate, as a share of the base's: best of 1, 0.25, 0.1, 0.05 (benchmarks/README.md, "Fine-tuning")
+FINE_TUNE_LR = 0.25  # --init's default learning rate, as a share of the base's (benchmarks/README.md, "Fine-tuning", "Your one book")
 
 
 def _based_corpus(sources, cfg: RunConfig, base: Run):
@@ -251,7 +261,9 @@ def prepare(sources, out: str | Path, workers: int = 0, progress: bool = True, *
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise UserError(f"--workers must be >= 0 (0: one per core), got {workers}")
     data = _configure(sources, "default", {k: v for k, v in flags.items() if v is not None}).data
-    return prepare_corpus(locate(sources), data, out, sources, workers=workers or physical_cores(), progress=progress)
+    meta = prepare_corpus(locate(sources), data, out, sources, workers=workers or physical_cores(), progress=progress)
+    _note_val_only(meta["val_only"])
+    return meta
 
 
 def status(path: str | Path) -> dict:

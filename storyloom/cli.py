@@ -120,7 +120,7 @@ def _train_parser(sub) -> None:
     t.add_argument("--preset", default="default", help="a named configuration (see `storyloom presets`)")
     t.add_argument("--resume", metavar="RUN", help="continue this run from its last checkpoint")
     t.add_argument("--init", metavar="RUN", help="fine-tune: start from this run's best weights and architecture (its "
-                   "vocabulary grown by your text's new characters); the learning rate defaults to a tenth of the base's")
+                   "vocabulary grown by your text's new characters); the learning rate defaults to a quarter of the base's")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     groups: dict = {}

@@ -75,21 +75,27 @@ def clean_sources(sources=(), lowercase: bool = False, encoding: str = "utf-8") 
     return "".join(clean(d.text, lowercase) for d in read(sources, encoding))
 
 
+def with_val_only(tok: CharTokenizer, val_counts: np.ndarray) -> tuple[CharTokenizer, tuple[str, ...]]:
+    """A fitted character vocabulary grown by the characters only the validation text has (val_counts: counts by
+    code point), and those characters.
+
+    A character that only the validation text has (a name, an accent, a stray symbol of one book) must not stop
+    training: it joins the vocabulary, never a training target, so the model gives it the little probability an
+    untrained output row gets, and the validation score pays for it honestly. (Other levels spell what they lack.)
+    """
+    known = set(tok.chars)
+    val_only = tuple(ch for ch in map(chr, np.flatnonzero(val_counts)) if ch not in known)
+    return (CharTokenizer(tok.chars + list(val_only), tok.replacement) if val_only else tok), val_only
+
+
 def build(docs: list[Document], cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Corpus:
     train, val = split(docs, cfg)
     train_text = "".join(t for _, t in train)
     val_text = "".join(t for _, t in val)
     tok = tokenizer or fit(train_text, cfg.level, cfg.vocab_size, cfg.max_vocab, cfg.min_count)
     val_only: tuple[str, ...] = ()
-    if tokenizer is None and isinstance(tok, CharTokenizer) and cfg.unknown == "error":
-        # A character that only the validation text has (a name, an accent, a stray symbol of one book) must not
-        # stop training: it joins the vocabulary, never a training target, so the model gives it the little
-        # probability an untrained output row gets, and the validation score pays for it honestly.
-        counts = char_counts(val_text)
-        known = set(tok.chars)
-        val_only = tuple(ch for ch in map(chr, np.flatnonzero(counts)) if ch not in known)
-        if val_only:
-            tok = CharTokenizer(tok.chars + list(val_only), tok.replacement)
+    if tokenizer is None and cfg.unknown == "error" and isinstance(tok, CharTokenizer):
+        tok, val_only = with_val_only(tok, char_counts(val_text))
     # Resuming keeps the run's tokenizer; at word level words the vocabulary dropped are <unk> in training too.
     train_ids = tok.ids(train_text, "replace" if tok.charges_unknown else "error", "the training text")
     scored = tok.scored(val_text, cfg.unknown, "the validation text")

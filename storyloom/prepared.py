@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .clean import body_start, credit_span, end_lines, normalize, opening_is_whole, start_lines
 from .config import DataConfig
-from .corpus import Corpus, build, check_split, roles, split, split_one
+from .corpus import Corpus, build, check_split, roles, split, split_one, with_val_only
 from .errors import UserError
 from .files import MANIFEST, dumps, entry, fsync_dir, parse_json, read_bytes, read_manifest, verify, write_atomic, write_json
 from .sources import Document, decode, load, read
@@ -52,12 +52,13 @@ def _job(job, cfg: DataConfig) -> tuple[Document, str, str]:
     return (doc, *split_one(doc, cfg))
 
 
-def _count(args) -> tuple[str, int, int, np.ndarray, np.ndarray]:
-    """Name, training and validation lengths, and the training part's characters (code points, counts)."""
+def _count(args) -> tuple[str, int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """Name, training and validation lengths, the training part's characters (code points, counts) and the
+    validation part's code points."""
     doc, train, val = _job(*args)
     counts = char_counts(train)
     cps = np.flatnonzero(counts)
-    return doc.name, len(train), len(val), cps, counts[cps]
+    return doc.name, len(train), len(val), cps, counts[cps], np.flatnonzero(char_counts(val))
 
 
 def _encode(args) -> None:
@@ -199,16 +200,21 @@ def _add(counts: np.ndarray, cps: np.ndarray, n: np.ndarray, sign: int = 1) -> n
     return counts
 
 
-def _count_piece(args) -> tuple[np.ndarray, np.ndarray]:
-    """Pass 2 for a piece: the characters (code points, counts) of its share of some ranges (what the
-    training part leaves out: pass 1 counted whole pieces, and the header, footer and tail are few of them)."""
-    p, cfg, offset, ranges = args
-    counts = np.zeros(256, dtype=np.int64)
-    for _, t in _stretches(_piece_text(p, cfg), offset, ranges, cfg.lowercase):
-        c = char_counts(t)
-        counts = _add(counts, np.flatnonzero(c), c[c > 0])
-    cps = np.flatnonzero(counts)
-    return cps, counts[cps]
+def _count_piece(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pass 2 for a piece: the characters (code points, counts) of its share of what the training part leaves
+    out (pass 1 counted whole pieces, and the header, footer and tail are few of them), and the code points of
+    its share of the validation part."""
+    p, cfg, offset, outside, val = args
+    text = _piece_text(p, cfg)
+    found = []
+    for ranges in (outside, val):
+        counts = np.zeros(256, dtype=np.int64)
+        for _, t in _stretches(text, offset, ranges, cfg.lowercase):
+            c = char_counts(t)
+            counts = _add(counts, np.flatnonzero(c), c[c > 0])
+        found.append(counts)
+    cps = np.flatnonzero(found[0])
+    return cps, found[0][cps], np.flatnonzero(found[1])
 
 
 def _encode_piece(args) -> None:
@@ -287,7 +293,7 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
             outside = _outside(laid[0], sum(lengths))
             for p, o, n in zip(ps, offsets, lengths):
                 if any(a < o + n and b > o for a, b in outside):
-                    tasks.append(("count_piece", (p, cfg, o, outside)))
+                    tasks.append(("count_piece", (p, cfg, o, outside, laid[1])))
                     owner.append((i, -1))
                 else:
                     bar.update(p.end - p.start)
@@ -298,15 +304,19 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
         names = [j.name if isinstance(j, (Path, Document)) else "<stdin>" for j in jobs]
         chars = [(sum(b - a for a, b in layouts[i][2]), sum(b - a for a, b in layouts[i][3])) if i in layouts else None
                  for i in range(len(jobs))]
+        seen = np.zeros(256, dtype=np.int64)  # the validation part's code points
         for (i, sign), r in zip(owner, run(tasks)):
             if i in layouts:
-                counts = _add(counts, *r, sign)
+                counts = _add(counts, *r[:2], sign)
             else:
-                names[i], nt, nv, cps, n = r
+                names[i], nt, nv, *r = r
                 chars[i] = (nt, nv)
-                counts = _add(counts, cps, n)
+                counts = _add(counts, *r[:2])
+            seen = _add(seen, r[-1], np.ones(len(r[-1]), dtype=np.int64))
         check_split(names, chars, cfg)
-        tok = CharTokenizer.from_counts(counts)
+        tok, val_only = CharTokenizer.from_counts(counts), ()
+        if cfg.unknown == "error":
+            tok, val_only = with_val_only(tok, seen)
         # Each file's slice of train.bin and val.bin: (path, offset in tokens, tokens).
         places = [[], []]
         for part, name in enumerate(("train.bin", "val.bin")):
@@ -334,6 +344,7 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
     train_chars, val_chars = (sum(c[part] for c in chars) for part in (0, 1))
     return {"tokenizer": tok, "train_tokens": train_chars, "val_tokens": val_chars, "train_chars": train_chars,
             "val_chars": val_chars - 1, "val_extra_nats": 0.0,  # every validation character after the first is scored
+            "val_only": list(val_only),
             "train_works": [n for n in names if roles(n, cfg)[0]], "val_works": [n for n in names if roles(n, cfg)[1]]}
 
 
@@ -344,7 +355,7 @@ def _prepare_in_memory(jobs: list, cfg: DataConfig, out: Path) -> dict:
         write_atomic(out / name, ids.astype(c.tokenizer.dtype(), copy=False).tobytes())
     return {"tokenizer": c.tokenizer, "train_tokens": int(len(c.train)), "val_tokens": int(len(c.val)),
             "train_chars": c.train_chars, "val_chars": c.val_chars, "val_extra_nats": c.val_extra_nats,
-            "train_works": c.train_names, "val_works": c.val_names}
+            "train_works": c.train_names, "val_works": c.val_names, "val_only": list(c.val_only)}
 
 
 def prepare(jobs: list, cfg: DataConfig, out: str | Path, sources=(), workers: int = 0, progress: bool = True,
@@ -398,7 +409,7 @@ def load_prepared(path: str | Path) -> tuple[Corpus, DataConfig]:
     if len(train) != meta["train_tokens"] or len(val) != meta["val_tokens"]:
         raise UserError(f"{path}: train.bin or val.bin has the wrong length; run `storyloom prepare` again")
     return Corpus(tok, train, val, meta["val_chars"], meta["val_extra_nats"], meta["train_chars"], meta["train_works"],
-                  meta["val_works"]), cfg
+                  meta["val_works"], tuple(meta.get("val_only", ()))), cfg
 
 
 def texts(sources, cfg: DataConfig, tokenizer: Tokenizer, part: str) -> list[tuple[str, str]]:

@@ -85,6 +85,41 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
+# One book is a tenth of the bundled corpus: trained from scratch for a few minutes, the default model reads it
+# 10-40 times and memorises it. Measured on single books (benchmarks/README.md, "Your one book"):
+# - dropout, best val bpc in 2 minutes with 0 / 0.25 / 0.5: a 116 KB play 2.257 / 2.144 / 2.122, Genesis (205 KB)
+#   1.644 / 1.611 / 1.673, the New Testament (990 KB, 2.4 passes) 1.700 / 1.759 / -: below SMALL_TEXT, 0.25, the
+#   best single value. Fine-tuned runs (--init) keep their base's: there 0.25 scored 0.01-0.08 worse than none.
+# - passes: the schedule runs over --minutes, so a longer budget kept the rate high while the model memorised, and
+#   5 minutes scored worse than 2 (the play: 2.189 against 2.146 from scratch, 1.770 against 1.744 fine-tuned). A run
+#   on a small text ends after SMALL_TEXT_PASSES passes (or its minutes, if sooner), its rate decayed over them.
+SMALL_TEXT = 500_000  # characters of training text
+SMALL_TEXT_DROPOUT = 0.25
+SMALL_TEXT_PASSES = 10
+
+
+def small_text(cfg: RunConfig, train_chars: int, given: set[str], fine_tune: bool = False) -> str | None:
+    """Adapt a new run's defaults to a small training text; a note saying what changed, or None.
+
+    Only settings that neither the flags (`given`) nor the preset chose change, so a seed preset still
+    reproduces its seed and a flag always wins. A fine-tuned run keeps its base's dropout.
+    """
+    if train_chars >= SMALL_TEXT:
+        return None
+    changed = []
+    if not fine_tune and "dropout" not in given and "dropout" not in PRESETS[cfg.preset].model:
+        cfg.model = override(cfg.model, dropout=SMALL_TEXT_DROPOUT)
+        changed.append(f"dropout {SMALL_TEXT_DROPOUT:g} (--dropout 0 turns it off)")
+    if not {"epochs", "steps"} & given:
+        cfg.train = override(cfg.train, epochs=SMALL_TEXT_PASSES)
+        changed.append(f"at most {SMALL_TEXT_PASSES} passes over it, the learning rate decayed over them (--epochs N "
+                       "or --steps N to choose)")
+    if not changed:
+        return None
+    return (f"a small text ({train_chars:,} training characters, under {SMALL_TEXT:,}), so that the model generalises "
+            f"rather than memorises: {'; '.join(changed)}")
+
+
 # Which config each flag belongs to. ModelConfig.vocab_size comes from the tokenizer; --vocab-size is BPE's.
 MODEL_FLAGS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size")
 DATA_FLAGS = tuple(f.name for f in dataclasses.fields(DataConfig))

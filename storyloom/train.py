@@ -393,8 +393,9 @@ class Trainer:
         if val_bpc - train_bpc > MEMORISING:
             self.warned = True
             tqdm.write(f"storyloom: note: at step {self.pos.step} training scores {train_bpc:.3f} bpc but validation "
-                       f"{val_bpc:.3f}: the model is memorising its training text; a shorter run, more --dropout or more "
-                       "text would generalise better (the best weights are kept by validation bpc either way)",
+                       f"{val_bpc:.3f}: the model is memorising its training text; starting from a model that already reads "
+                       "(--init shakespeare, or --init RUN), more --dropout, more text or a shorter run would generalise "
+                       "better (the best weights are kept by validation bpc either way)",
                        file=sys.stderr)
 
     def _show(self, bar, row: dict) -> None:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import storyloom
+from storyloom import presets
 from storyloom import api
 from storyloom.prepared import load_prepared
 from storyloom.errors import UserError
@@ -84,7 +85,7 @@ def test_init_fine_tunes_from_a_base_growing_its_vocabulary(tmp_path, sonnets):
     cfg = Run.open(run).config()
     assert cfg.model.hidden == b.config.model.hidden and cfg.base["path"] == str(Path(base).resolve())
     assert cfg.base["manifest_sha256"] == hashlib.sha256((Path(base) / "manifest.json").read_bytes()).hexdigest()
-    assert cfg.train.lr == pytest.approx(b.config.train.lr * 0.1)  # the fine-tuning default
+    assert cfg.train.lr == pytest.approx(b.config.train.lr * api.FINE_TUNE_LR) and api.FINE_TUNE_LR == 0.25  # the fine-tuning default
     assert m.info()["base"] == cfg.base
     # before any step, a known character's rows are the base's; a new one starts as rare as the base's rarest
     from storyloom.api import _grown
@@ -114,6 +115,28 @@ def test_init_refuses_what_contradicts_the_base(tmp_path, sonnets):
     run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "ft", init=base, dropout=0.3, lr=1e-3, steps=2,
                           progress=False, threads=1)
     assert storyloom.load(run).config.model.dropout == 0.3
+
+
+def test_a_small_text_trains_with_dropout_and_says_so_but_a_fine_tuned_or_resumed_run_keeps_its_own(tmp_path, sonnets,
+                                                                                                      capsys):
+    from conftest import TINY
+
+    (tmp_path / "s.txt").write_text(sonnets[:20000])
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=2, progress=False, **TINY)
+    assert "note: a small text (" in capsys.readouterr().err
+    assert storyloom.load(run).config.model.dropout == presets.SMALL_TEXT_DROPOUT
+    assert storyloom.load(run).config.train.epochs == 0  # --steps was given: the run's length is chosen
+    storyloom.train(resume=run, steps=3, progress=False)
+    assert "small text" not in capsys.readouterr().err and storyloom.load(run).config.model.dropout == presets.SMALL_TEXT_DROPOUT
+    ft = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "ft", init=run, steps=2, progress=False, threads=1)
+    assert "small text" not in capsys.readouterr().err  # steps given, and dropout is the base's
+    assert storyloom.load(ft).config.model.dropout == presets.SMALL_TEXT_DROPOUT  # the base's, as it was
+    short = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "short", progress=False, **TINY)  # no limit given
+    assert f"at most {presets.SMALL_TEXT_PASSES} passes" in capsys.readouterr().err
+    assert storyloom.load(short).config.train.epochs == presets.SMALL_TEXT_PASSES
+    assert storyloom.status(short)["stopped"] == "limit" and storyloom.status(short)["epoch"] >= presets.SMALL_TEXT_PASSES - 1
+    plain = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "p", steps=2, progress=False, **{**TINY, "dropout": 0.0})
+    assert "small text" not in capsys.readouterr().err and storyloom.load(plain).config.model.dropout == 0.0
 
 
 def test_the_shipped_base_fine_tunes_without_training_anything_first(tmp_path, sonnets):

@@ -45,7 +45,7 @@ def test_char_prepare_streams_files_and_equals_the_in_memory_corpus(tmp_path, sp
     from storyloom.prepared import load_prepared
 
     texts = {"a.txt": "The Project Gutenberg EBook\n*** START OF THE PROJECT GUTENBERG EBOOK A ***\n" + "alpha beta é\r\n" * 30,
-             "b.txt": "beta alpha é\n" * 40, "c.txt": "", "d.txt": "epsilon — zeta gamma delta\n" * 25}
+             "b.txt": "beta alpha é\n" * 40 + "\u03c9\n", "c.txt": "", "d.txt": "epsilon — zeta gamma delta\n" * 25}
     for name, text in texts.items():
         (tmp_path / name).write_text(text)
     files = [str(tmp_path / n) for n in texts]
@@ -56,6 +56,7 @@ def test_char_prepare_streams_files_and_equals_the_in_memory_corpus(tmp_path, sp
     assert c.tokenizer.to_dict() == direct.tokenizer.to_dict()
     assert (c.val_chars, c.train_chars, c.train_names, c.val_names) == (
         direct.val_chars, direct.train_chars, direct.train_names, direct.val_names)
+    assert c.val_only == direct.val_only == ("\u03c9",) == tuple(meta["val_only"])  # only b.txt's tail has it
     assert meta["dtype"] == "uint8" and c.train.dtype == np.uint8
 
 
@@ -63,11 +64,26 @@ def test_char_prepare_errors_from_a_worker_are_one_line(tmp_path):
     import storyloom
 
     (tmp_path / "a.txt").write_text("aaaa bbbb " * 50)
-    (tmp_path / "b.txt").write_text("abz")
-    with pytest.raises(UserError, match="validation text.*'z'"):
+    (tmp_path / "b.txt").write_bytes(b"ab\xffz")
+    with pytest.raises(UserError, match=r"b.txt.*(utf-8|decode).*--encoding"):
         storyloom.prepare([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], tmp_path / "p", val_files=("b.txt",),
                           workers=2, progress=False)
     assert not (tmp_path / "p" / "prepared.json").exists()
+
+
+def test_a_prepared_corpus_with_a_validation_only_character_trains_and_says_so(tmp_path, capsys):
+    import storyloom
+
+    from conftest import TINY
+
+    (tmp_path / "a.txt").write_text("aaaa bbbb " * 50)
+    (tmp_path / "b.txt").write_text("abz")
+    storyloom.prepare([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], tmp_path / "p", val_files=("b.txt",), workers=2,
+                      progress=False)
+    assert "only in the validation text ('z')" in capsys.readouterr().err
+    run = storyloom.train([str(tmp_path / "p")], out=tmp_path / "r", steps=2, progress=False, **TINY)
+    assert "only in the validation text ('z')" in capsys.readouterr().err
+    assert "z" in storyloom.load(run).tokenizer.chars
 
 
 def test_prepare_reads_stdin_once(tmp_path, monkeypatch):
@@ -141,7 +157,8 @@ def prepare_both(tmp_path, files: dict[str, str], piece_bytes: int, workers: int
 @pytest.mark.parametrize("data", [{}, {"val_fraction": 0.3}, {"lowercase": True}, {"val_files": ("b.txt",)}])
 def test_a_file_in_pieces_gives_the_ids_of_the_whole_file(tmp_path, piece_bytes, data):
     body = "\r\n".join(LINES * 6)
-    files = {"a.txt": "\ufeff" + HEADER + body + FOOTER, "b.txt": "Produced by nobody\n\n" + body, "c.txt": body + "\n"}
+    files = {"a.txt": "\ufeff" + HEADER + body + FOOTER, "b.txt": "Produced by nobody\n\n" + body,
+             "c.txt": body + "\n\u00a7 only the validation tail has this mark\n"}
     meta = prepare_both(tmp_path, files, piece_bytes, **data)
     assert meta["train_tokens"] > 1000
 
@@ -153,8 +170,7 @@ def test_a_file_in_pieces_gives_the_ids_of_the_whole_file(tmp_path, piece_bytes,
 def test_fuzz_pieces_equal_the_whole_file_wherever_markers_fall(tmp_path_factory, parts, piece_bytes, lowercase):
     tmp = tmp_path_factory.mktemp("pieces")
     text = "".join(parts) + "\nthe end of the text, long enough for a validation tail\n"
-    prepare_both(tmp, {"a.txt": text, "b.txt": "Another work entirely.\n" * 5}, piece_bytes, workers=1, lowercase=lowercase,
-                 unknown="replace")
+    prepare_both(tmp, {"a.txt": text, "b.txt": "Another work entirely.\n" * 5}, piece_bytes, workers=1, lowercase=lowercase)
 
 
 def test_pieces_split_after_newlines_and_cover_the_file(tmp_path):

@@ -54,3 +54,26 @@ def test_the_flag_lists_are_the_config_fields():
     assert set(presets.MODEL_FLAGS) == {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
     assert set(presets.DATA_FLAGS) == {f.name for f in dataclasses.fields(DataConfig)}
     assert not set(presets.MODEL_FLAGS) & {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+@pytest.mark.parametrize("preset, given, chars, fine_tune, dropout, epochs", [
+    ("default", set(), 100_000, False, presets.SMALL_TEXT_DROPOUT, presets.SMALL_TEXT_PASSES),  # one book: both adapt
+    ("default", set(), presets.SMALL_TEXT, False, 0.0, 0),  # a corpus: the defaults stay
+    ("default", {"dropout"}, 100_000, False, 0.0, presets.SMALL_TEXT_PASSES),  # a flag wins (here the default's 0)
+    ("default", {"epochs"}, 100_000, False, presets.SMALL_TEXT_DROPOUT, 3),
+    ("default", {"steps"}, 100_000, False, presets.SMALL_TEXT_DROPOUT, 0),  # a step limit is a choice of length too
+    ("default", set(), 100_000, True, 0.0, presets.SMALL_TEXT_PASSES),  # fine-tuning keeps its base's dropout
+    ("mysterious-island", set(), 100_000, False, 0.0, presets.SMALL_TEXT_PASSES),  # a seed preset chose its dropout
+    ("story-writer", set(), 100_000, False, 0.2, presets.SMALL_TEXT_PASSES),
+])
+def test_small_texts_adapt_what_no_flag_nor_preset_chose(preset, given, chars, fine_tune, dropout, epochs):
+    flags = {"dropout": 0.0, "epochs": 3, "steps": 7}
+    cfg = presets.build(preset, {k: flags[k] for k in given})
+    note = presets.small_text(cfg, chars, given, fine_tune)
+    assert cfg.model.dropout == dropout and cfg.train.epochs == epochs
+    if chars >= presets.SMALL_TEXT:
+        assert note is None
+    else:
+        assert f"{chars:,} training characters" in note
+        assert ("--dropout 0 turns it off" in note) == (dropout == presets.SMALL_TEXT_DROPOUT)
+        assert ("passes" in note) == (epochs == presets.SMALL_TEXT_PASSES)
