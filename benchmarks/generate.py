@@ -1,12 +1,15 @@
 """Generation speed of the default preset, side by side with the seeds' method, in one process.
 
-    python benchmarks/generate.py                 # a fresh default-preset run (speed needs no training)
-    python benchmarks/generate.py --run RUN       # or a trained run
+    python benchmarks/generate.py                 # the shipped base (the default preset, trained), every decode precision
+    python benchmarks/generate.py --run RUN --decode fp32,int8 --bpc
 
-Measures batch-1 characters per second with carried state; the seeds'
-method on the same weights (re-feed the last 40 characters from a fresh
-state for every new character); the latency of the first character after a
-1,000-character prompt; and characters per second per sample at --num 32.
+Measures, for each `--decode-precision` (arms alternated, the median of 3):
+batch-1 characters per second with carried state; the latency of the first
+character after a 1,000-character prompt; characters per second per sample
+at --num 32; with --bpc, the bits per character of the benchmark validation
+split read as one stream through that precision's step (fp32: through
+forward, exact). Once: the seeds' method on the same weights (re-feed the
+last 40 characters from a fresh state for every new character).
 Prints JSON lines: one `config` line, then one line per measurement.
 """
 
@@ -16,7 +19,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
 from machine import describe  # noqa: E402
+from storyloom.runs import BASES  # noqa: E402
+from storyloom.sources import bundled_files  # noqa: E402
+
+VAL = ("julius_caesar_gut.txt", "twelfth_night_gut.txt")  # the benchmark split's validation plays
 
 
 def emit(**row) -> None:
@@ -59,39 +65,50 @@ def window_refeed(m, prompt: str, n: int, window: int = 40) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", help="a trained run (default: a fresh default-preset run)")
+    ap.add_argument("--run", help="a trained run (default: the shipped base, storyloom/bases/shakespeare)")
     ap.add_argument("--length", type=int, default=2000)
+    ap.add_argument("--decode", default="fp32,bf16,int8", help="comma-separated decode precisions to compare")
+    ap.add_argument("--bpc", action="store_true", help="also score the benchmark validation split through each")
     a = ap.parse_args()
-    torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
-    run = a.run
-    if run is None:
-        run = storyloom.train(["shakespeare"], out=Path(tempfile.mkdtemp()) / "run", steps=1, evals=1, progress=False)
-    m = storyloom.load(run)
+    run = a.run or str(BASES / "shakespeare")
+    decodes = a.decode.split(",")
+    writers = {d: storyloom.load(run, decode_precision=d) for d in decodes}
+    m = writers[decodes[0]]
     text = storyloom.clean_sources(["shakespeare"])
     prompt40 = text[10000:10040]
     prompt1000 = text[20000:21000]
     emit(kind="config", run=str(run), model=m.config.model.__dict__, torch=torch.__version__, threads=torch.get_num_threads(),
-         machine=describe(), length=a.length)
+         machine=describe(), length=a.length, decodes=decodes)
 
-    s = timed(lambda: m.generate(prompt40, a.length, temperature=1.0, seed=0))
-    stateful = a.length / s
-    emit(kind="batch1", chars_per_s=round(stateful), seconds=round(s, 3), chars=a.length)
+    rows: dict[tuple[str, str], list[float]] = {}
+    for _ in range(3):  # arms alternated: a shared machine drifts
+        for d, w in writers.items():
+            s = timed(lambda: w.generate(prompt40, a.length, temperature=1.0, seed=0), repeats=1)
+            rows.setdefault((d, "batch1"), []).append(a.length / s)
+            s = timed(lambda: next(iter(w.stream(prompt1000, 10, temperature=1.0, seed=0))), repeats=3)
+            rows.setdefault((d, "first_char_ms"), []).append(1000 * s)
+            num, length = 32, 500
+            s = timed(lambda: w.samples(prompt40, num=num, length=length, temperature=1.0, seed=0), repeats=1)
+            rows.setdefault((d, "num32_total"), []).append(num * length / s)
+    base = statistics.median(rows[(decodes[0], "batch1")])
+    for d in decodes:
+        med = {k: statistics.median(rows[(d, k)]) for k in ("batch1", "first_char_ms", "num32_total")}
+        emit(kind="decode", decode=d, chars_per_s=round(med["batch1"]), ratio_to_first=round(med["batch1"] / base, 3),
+             first_char_ms=round(med["first_char_ms"], 1), num32_chars_per_s_total=round(med["num32_total"]),
+             runs=[round(x) for x in rows[(d, "batch1")]])
 
     n_win = 200
     s = timed(lambda: window_refeed(m, prompt40, n_win), repeats=1)
     emit(kind="seeds_window_refeed", chars_per_s=round(n_win / s, 1), seconds=round(s, 3), chars=n_win, window=40,
-         speedup_of_stateful=round(stateful / (n_win / s), 1))
+         speedup_of_stateful=round(base / (n_win / s), 1))
 
-    def first_char():
-        next(iter(m.stream(prompt1000, 10, temperature=1.0, seed=0)))
-
-    s = timed(first_char, repeats=5)
-    emit(kind="first_char_latency", prompt_chars=1000, ms=round(1000 * s, 1))
-
-    num, length = 32, 500
-    s = timed(lambda: m.samples(prompt40, num=num, length=length, temperature=1.0, seed=0), repeats=1)
-    emit(kind="num32", num=num, chars_per_s_per_sample=round(length / s), chars_per_s_total=round(num * length / s),
-         seconds=round(s, 3))
+    if a.bpc:
+        val = storyloom.clean_sources([str(f) for f in bundled_files("shakespeare") if f.name in VAL])
+        for d, w in writers.items():
+            t = time.perf_counter()
+            r = w.score(val)
+            emit(kind="bpc", decode=d, bpc=round(r["bpc"], 4), through=r.get("decode_precision", "forward (exact)"),
+                 chars=r["chars"], seconds=round(time.perf_counter() - t, 1))
 
 
 if __name__ == "__main__":

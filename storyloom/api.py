@@ -302,8 +302,9 @@ def novelty(run: "str | Path | Writer", text: str) -> dict:
 
 
 def load(path: str | Path, which: str = LoadConfig.which, device: str = LoadConfig.device,
-         precision: str = LoadConfig.precision, threads: int = LoadConfig.threads) -> Writer:
+         precision: str = LoadConfig.precision, threads: int = LoadConfig.threads,
+         decode_precision: str = LoadConfig.decode_precision) -> Writer:
     """Open a run directory for writing and scoring; `which` is "best" or "last", `device` auto (a CUDA GPU
-    when one is visible), cpu or cuda; `threads` 0 fits the CPU threads to the free cores. A run trained on
-    either device loads on both."""
-    return Writer(path, which, device, precision, threads)
+    when one is visible), cpu or cuda; `threads` 0 fits the CPU threads to the free cores; `decode_precision`
+    how the step that writes holds the weights (LoadConfig). A run trained on either device loads on both."""
+    return Writer(path, which, device, precision, threads, decode_precision)

@@ -18,13 +18,14 @@ can zero, copy and reorder streams without knowing the cell.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from .config import DECODE_PRECISIONS, ModelConfig
 
 State = tuple[torch.Tensor, ...]  # each (L, B, ...): batch on dim 1
 
@@ -39,6 +40,7 @@ class Cell(Protocol):
     hidden_size: int
     num_layers: int
     graphable: bool  # its step is plain tensor arithmetic on fixed shapes, so a CUDA graph can capture it
+    precisions: tuple[str, ...]  # how its step can hold the weights (config.DECODE_PRECISIONS); fp32 first, exact
 
     def initial_state(self, B: int, device=None) -> State: ...
 
@@ -60,7 +62,50 @@ class Folds(Protocol):
 
     def fold(self, table: torch.Tensor) -> torch.Tensor: ...
 
-    def step(self, e: torch.Tensor | None, state: State, z0: torch.Tensor | None = None) -> tuple[torch.Tensor, State]: ...
+    def step(self, e: torch.Tensor | None, state: State, z0: torch.Tensor | None = None,
+             precision: str = "fp32") -> tuple[torch.Tensor, State]: ...
+
+
+class Matrix:
+    """x @ W for a one-token step, with W (K, N) held in fp32 (exact), bf16 or int8.
+
+    A step at batch 1 reads every weight once per token, so its time is the weights' bytes and the calls around
+    them. int8 is FBGEMM's dynamic quantisation (`quantized::linear_dynamic`: weights int8 per output column,
+    scaled by the column's largest magnitude over 127; each call quantises x on the fly, with 7-bit range so no
+    CPU's 8-bit products saturate): measured 75 us at batch 1 against 202 for fp32 and 249 for bf16 at the default
+    preset's recurrent shape, and fastest up to batch 64 (benchmarks/README.md, "Batch-1 writing"). Its
+    quantised-tensor constructors are deprecated in favour of torchao, whose CPU int8 kernels
+    (`_weight_int8pack_mm`, `_int_mm`) measured 685 and 166 us here, so FBGEMM it is, until they catch up.
+    bf16 halves the bytes and gains from batch 8 on (AMX), not at batch 1.
+    """
+
+    def __init__(self, W: torch.Tensor, precision: str):
+        self.precision = precision
+        if precision == "fp32":
+            self.W = W  # (K, N)
+        elif precision == "bf16":
+            self.W = W.t().contiguous().to(torch.bfloat16)  # (N, K), as F.linear takes it
+        else:
+            Wt = W.t().float().contiguous()  # (N, K)
+            scale = (Wt.abs().amax(1) / 127).clamp_min(1e-12).double()  # (N,)
+            with warnings.catch_warnings():  # the deprecation notice of quantised tensors, said once per matrix
+                warnings.simplefilter("ignore", UserWarning)
+                q = torch.quantize_per_channel(Wt, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+                self.W = torch.ops.quantized.linear_prepack(q, None)
+
+    def addmm(self, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """b + x @ W: x (B, K), b (N,) or (B, N) -> (B, N) fp32."""
+        if self.precision == "fp32":
+            return torch.addmm(b, x, self.W)
+        if self.precision == "bf16":
+            return F.linear(x.to(torch.bfloat16), self.W).float().add_(b)
+        return torch.ops.quantized.linear_dynamic(x.float(), self.W, True).add_(b)  # True: 7-bit activations
+
+    def bytes(self) -> int:
+        if self.precision == "int8":
+            w, _ = torch.ops.quantized.linear_unpack(self.W)
+            return w.numel()
+        return self.W.numel() * self.W.element_size()
 
 
 def cached(module: nn.Module, name: str, build):
@@ -80,6 +125,7 @@ class StepByForward:
     activations to inspect: for cells whose kernel needs no hand-written step and has no gates to show."""
 
     graphable = False
+    precisions = ("fp32",)
 
     def step(self, e: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         h, state = self.forward(e[:, None], state)
@@ -104,6 +150,7 @@ class LSTM(nn.LSTM):
     """The default: torch's fused kernel for sequences, a hand-written step for generation."""
 
     graphable = True  # step() is plain tensor arithmetic on fixed shapes: a CUDA graph can capture it
+    precisions = DECODE_PRECISIONS[1:]  # all but auto
 
     def __init__(self, I: int, H: int, L: int, dropout: float, forget_bias: float = 1.0):
         super().__init__(I, H, L, batch_first=True, dropout=dropout if L > 1 else 0.0)
@@ -128,40 +175,45 @@ class LSTM(nn.LSTM):
         b = self.bias_ih_l0 + self.bias_hh_l0
         return torch.addmm(b, table.to(self.weight_ih_l0), self.weight_ih_l0.t())  # the table may come from the CPU
 
-    def _fused(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer [W_ih | W_hh]^T (I+H, 4H) and b_ih + b_hh, cached until a parameter changes."""
+    def _fused(self, precision: str = "fp32") -> list[tuple[Matrix, Matrix, torch.Tensor]]:
+        """Per layer [W_ih | W_hh]^T (I+H, 4H), its recurrent rows W_hh^T (H, 4H) alone, and b_ih + b_hh;
+        the matrices in `precision`, cached until a parameter changes."""
 
         def build():
             layers = []
             for l in range(self.num_layers):
                 W_ih, W_hh = getattr(self, f"weight_ih_l{l}"), getattr(self, f"weight_hh_l{l}")
                 b = getattr(self, f"bias_ih_l{l}") + getattr(self, f"bias_hh_l{l}")
-                layers.append((torch.cat([W_ih, W_hh], 1).t().contiguous().detach(), b.detach()))
+                W = torch.cat([W_ih, W_hh], 1).t().contiguous().detach()
+                layers.append((Matrix(W, precision), Matrix(W[-self.hidden_size :], precision), b.detach()))
             return layers
 
-        return cached(self, "_fused_cache", build)
+        return cached(self, f"_fused_{precision}", build)
 
-    @torch.no_grad()
-    def step(self, e: torch.Tensor | None, state: State, z0: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+    def step(self, e: torch.Tensor | None, state: State, z0: torch.Tensor | None = None,
+             precision: str = "fp32") -> tuple[torch.Tensor, State]:
         """One step, e (B, I) -> h (B, H); or z0 (B, 4H), layer 0's input gates already looked up.
 
         The LSTM equations over pre-fused weights: on a CPU, nn.LSTM's per-call
-        setup costs far more than one step's arithmetic.
+        setup costs far more than one step's arithmetic. `precision`: how the
+        weights are held (Matrix); fp32 is exact.
         """
         h, c = state  # (L, B, H) each
         H = self.hidden_size
         inp, hs, cs = e, [], []
-        for l, (W, b) in enumerate(self._fused()):
+        for l, (W, W_hh, b) in enumerate(self._fused(precision)):
             if l == 0 and z0 is not None:
-                z = torch.addmm(z0, h[0], W[-H:])  # (B, 4H): z0 holds W_ih x + b
+                z = W_hh.addmm(z0, h[0])  # (B, 4H): z0 holds W_ih x + b
             else:
-                z = torch.addmm(b, torch.cat([inp, h[l]], 1), W)  # (B, 4H)
+                z = W.addmm(b, torch.cat([inp, h[l]], 1))  # (B, 4H)
             s = torch.sigmoid(z)  # i, f and o gates (the g slice is unused: one call beats three)
             g = torch.tanh(z[:, 2 * H : 3 * H])  # candidate C~_t
             c_l = torch.addcmul(s[:, H : 2 * H] * c[l], s[:, :H], g)  # C_t = f*C_{t-1} + i*C~_t
             inp = s[:, 3 * H :] * torch.tanh(c_l)  # h_t = o*tanh(C_t)
             hs.append(inp)
             cs.append(c_l)
+        if len(hs) == 1:  # a view, not a copy: at batch 1 every call counts
+            return inp, (inp[None], c_l[None])
         return inp, (torch.stack(hs), torch.stack(cs))
 
 

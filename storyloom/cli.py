@@ -265,7 +265,7 @@ def cmd_train(a) -> int:
 
 def _load(a) -> api.Writer:
     opts = config(a, LoadConfig)
-    return api.load(a.run, opts.which, opts.device, opts.precision, opts.threads)
+    return api.load(a.run, opts.which, opts.device, opts.precision, opts.threads, opts.decode_precision)
 
 
 def cmd_eval(a) -> int:

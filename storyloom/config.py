@@ -17,6 +17,7 @@ from .errors import UserError
 
 INPUTS = ("embedding", "onehot", "scalar")
 PRECISIONS = ("auto", "fp32", "bf16")
+DECODE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 UNKNOWN = ("error", "replace")
 LEVELS = ("char", "word", "bpe")
 CELLS = ("lstm", "lstm-reference", "gru", "rnn", "transformer")
@@ -282,12 +283,17 @@ class LoadConfig:
     device: str = setting("auto", "auto (a CUDA GPU when one is visible), cpu or cuda", "run", DEVICES)
     precision: str = setting("fp32", "fp32 (exact), bf16 or auto (bf16 where native)", "run", PRECISIONS)
     threads: int = setting(0, "CPU threads (0: one per physical core, fewer while other processes keep cores busy)", "run")
+    decode_precision: str = setting("auto", "how the step that writes token by token holds the weights: fp32 (exact), "
+                                    "bf16, int8 (CPU: a quarter of the bytes, faster), or auto (int8 on a CPU, fp32 on a "
+                                    "GPU; scores stay exact). Other than fp32, prompts are read in bf16 where native; "
+                                    "given by name, scores go through that step too", "run", DECODE_PRECISIONS)
 
     def __post_init__(self) -> None:
         _non_negative(self, "threads")
         _choice(self, "which", ("best", "last"))
         _choice(self, "device", DEVICES)
         _choice(self, "precision", PRECISIONS)
+        _choice(self, "decode_precision", DECODE_PRECISIONS)
 
 
 @dataclass

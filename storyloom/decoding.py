@@ -27,12 +27,15 @@ class Decoder:
     captured as a CUDA graph per batch size: writing at batch 1 is bound by
     launching dozens of tiny kernels per token, and a graph replays them as
     one launch (`graphs=False` keeps the eager step, for comparison).
+    `precision` is the prompt's autocast; `decode` how the step holds the
+    cell's weights (cells.Matrix: fp32 exact, bf16, int8).
     """
 
     MAX_GRAPHS = 8  # batch sizes kept captured at once (beam search shrinks its batch as hypotheses end)
 
-    def __init__(self, model: LanguageModel, device: torch.device, precision: str = "fp32", graphs: bool = True):
-        self.model, self.device, self.precision = model.eval(), device, precision
+    def __init__(self, model: LanguageModel, device: torch.device, precision: str = "fp32", graphs: bool = True,
+                 decode: str = "fp32"):
+        self.model, self.device, self.precision, self.decode = model.eval(), device, precision, decode
         self.graphs = graphs and device.type == "cuda" and model.cell.graphable
 
     @torch.inference_mode()
@@ -53,33 +56,33 @@ class Decoder:
         if self.graphs:
             logits, state = self._graph(ids, state)(ids, state)
         else:
-            logits, state = self.model.step(ids.to(self.device), state)  # (B, V)
+            logits, state = self.model.step(ids.to(self.device), state, self.decode)  # (B, V)
         return logits.float().cpu(), state
 
     def _graph(self, ids: torch.Tensor, state: State) -> "StepGraph":
         # A new dict whenever a parameter changes: a graph reads the weights it was captured with.
         graphs = cached(self.model, "_step_graphs", dict)
-        B = ids.shape[0]
-        if B not in graphs:
+        key = (ids.shape[0], self.decode)
+        if key not in graphs:
             if len(graphs) >= self.MAX_GRAPHS:
                 graphs.pop(next(iter(graphs)))
-            graphs[B] = StepGraph(self.model, ids.to(self.device), state)
-        return graphs[B]
+            graphs[key] = StepGraph(self.model, ids.to(self.device), state, self.decode)
+        return graphs[key]
 
 
 class StepGraph:
     """model.step for B streams, captured once as a CUDA graph and replayed on static buffers."""
 
-    def __init__(self, model: LanguageModel, ids: torch.Tensor, state: State):
+    def __init__(self, model: LanguageModel, ids: torch.Tensor, state: State, decode: str = "fp32"):
         self.ids, self.state = ids.clone(), tuple(s.clone() for s in state)  # the addresses the graph reads
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # the first call builds cached weights and library handles: not capturable
-            model.step(self.ids, self.state)
+            model.step(self.ids, self.state, decode)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits, self.out = model.step(self.ids, self.state)  # (B, V), the state after the step
+            self.logits, self.out = model.step(self.ids, self.state, decode)  # (B, V), the state after the step
 
     def __call__(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         self.ids.copy_(ids)

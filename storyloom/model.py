@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cells import Folds, State, cached, make_cell
+from .cells import Matrix, Folds, State, cached, make_cell
 from .config import ModelConfig
 
 
@@ -84,14 +84,29 @@ class LanguageModel(nn.Module):
         return cached(self, "_table_cache", lambda: self.cell.fold(lookup()).detach())
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """forward() for one time step, x (B,) -> logits (B, V), in eval mode."""
+    def step(self, x: torch.Tensor, state: State, precision: str = "fp32") -> tuple[torch.Tensor, State]:
+        """forward() for one time step, x (B,) -> logits (B, V), in eval mode. `precision`: how the cell's
+        weights are held (one of cell.precisions; fp32 is exact)."""
+        kw = {"precision": precision} if precision != "fp32" else {}  # cells that only step in fp32 take no such argument
         table = self._table()
         if table is not None:
-            h, state = self.cell.step(None, state, z0=table[x])  # x's row holds W_ih x + b
+            h, state = self.cell.step(None, state, z0=table[x], **kw)  # x's row holds W_ih x + b
         else:
-            h, state = self.cell.step(self.inp(x[:, None])[:, 0], state)  # (B, H)
-        return self.out(h), state
+            h, state = self.cell.step(self.inp(x[:, None])[:, 0], state, **kw)  # (B, H)
+        if precision == "fp32":
+            return self.out(h), state
+        head = cached(self, f"_head_{precision}", lambda: Matrix(self.head.weight.detach().t(), precision))
+        return head.addmm(self.head.bias.detach(), h if self.proj is None else self.proj(h)), state
+
+    def steps(self, x: torch.Tensor, state: State | None, precision: str) -> tuple[torch.Tensor, State]:
+        """forward() token by token through step(): x (B, T) -> logits (B, T, V); how a text is scored through
+        the path that writes."""
+        state = state if state is not None else self.initial_state(x.shape[0], x.device)
+        out = []
+        for t in range(x.shape[1]):
+            logits, state = self.step(x[:, t], state, precision)
+            out.append(logits)
+        return torch.stack(out, 1), state
 
 
 def layers(model: LanguageModel) -> list[dict]:

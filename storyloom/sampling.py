@@ -68,7 +68,8 @@ def draw(logits: torch.Tensor, temperature: float, generators: list[torch.Genera
     if temperature == 0:
         return logits.argmax(-1)
     probs = logits.softmax(-1)  # (B, V)
-    u = torch.cat([torch.rand(1, generator=g) for g in generators])  # (B,)
+    u = torch.rand(1, generator=generators[0]) if len(generators) == 1 else torch.cat(
+        [torch.rand(1, generator=g) for g in generators])  # (B,)
     cdf = probs.cumsum(-1)
     ids = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
     # guard the float edge where u*total lands past the last kept token

@@ -450,9 +450,10 @@ def create_app(runs, cfg: ServeConfig | None = None, load: LoadConfig | None = N
     if unknown not in ("error", "replace"):
         raise UserError(f"--unknown must be error or replace, got {unknown!r}")
     metrics = Metrics()
-    writers = {name: Writer(path, load.which, load.device, load.precision, load.threads) for name, path in _names(runs).items()}
+    writers = {name: Writer(path, load.which, load.device, load.precision, load.threads, load.decode_precision)
+               for name, path in _names(runs).items()}
     engines = {name: Engine(name, w, cfg.max_batch, metrics) for name, w in writers.items()}
-    helpers = {name: Decoder(w.model, w.device, w.precision, graphs=False) for name, w in writers.items()}
+    helpers = {name: Decoder(w.model, w.device, w.decoder.precision, graphs=False, decode=w.decode) for name, w in writers.items()}
     facts = {name: _facts(name, w) for name, w in writers.items()}
     key = cfg.api_key.encode()
 

@@ -46,7 +46,7 @@ MAX_RECOVERIES = 3  # then training stops: the learning rate is 1/8 of the asked
 @torch.no_grad()
 def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", streams: int = 1, warmup: int = 512,
              chunk: int = 512, chars: int | None = None, extra_nats: float = 0.0, limit: int = 0,
-             world: World = SOLO) -> dict:
+             world: World = SOLO, stepped: str | None = None) -> dict:
     """Cross-entropy of `ids` with carried state; every token after the first is scored.
 
     bpc is (the scored tokens' nats + extra_nats) / chars / ln 2, where chars
@@ -63,7 +63,9 @@ def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", str
     limit/streams tokens spread evenly over it, the same pieces every time,
     and chars and extra_nats scaled to the share scored (exact at char level).
     Over data-parallel ranks, each reads every world.size-th piece and the
-    sums are added up: the figure one process gives.
+    sums are added up: the figure one process gives. `stepped` (a decode
+    precision) reads token by token through the step that writes, its
+    weights held in that precision: the figure of the text as written.
     """
     was_training = model.training
     model.eval()
@@ -99,8 +101,11 @@ def evaluate(model: LanguageModel, ids: np.ndarray, precision: str = "fp32", str
     for s in range(0, x.shape[1] if len(mine) else 0, chunk):
         xs, ys = x[mine, s : s + chunk].to(dev), y[mine, s : s + chunk].to(dev)
         pace()
-        with autocast(precision, dev):
-            logits, state = model(xs, state)  # (S/world, T, V)
+        if stepped:
+            logits, state = model.steps(xs, state, stepped)  # (S/world, T, V)
+        else:
+            with autocast(precision, dev):
+                logits, state = model(xs, state)  # (S/world, T, V)
         total += F.cross_entropy(logits.float().flatten(0, 1), ys.flatten(), reduction="sum", ignore_index=-100).double().cpu()
     total = world.sum(total, "evaluating")
     model.train(was_training)

@@ -70,8 +70,9 @@ class Writer:
     """
 
     def __init__(self, path: str | Path, which: str = LoadConfig.which, device: str = LoadConfig.device,
-                 precision: str = LoadConfig.precision, threads: int = LoadConfig.threads):
-        opts = LoadConfig(which, device, precision, threads)
+                 precision: str = LoadConfig.precision, threads: int = LoadConfig.threads,
+                 decode_precision: str = LoadConfig.decode_precision):
+        opts = LoadConfig(which, device, precision, threads, decode_precision)
         set_threads(opts.threads)
         self.run = Run.open(path)
         self.config = self.run.config()
@@ -79,7 +80,26 @@ class Writer:
         self.device = pick_device(opts.device)
         self.model: LanguageModel = load_model(self.run, opts.which, self.device)
         self.precision = resolve_precision(opts.precision, self.device)
-        self.decoder = Decoder(self.model, self.device, self.precision)
+        self.decode = self._decode_precision(opts.decode_precision)
+        # Scoring goes through the writing step only when asked by name: by default a score is the exact one.
+        self.scored_by = None if opts.decode_precision in ("auto", "fp32") else self.decode
+        # Writing in int8 or bf16 is not exact anyway, so the prompt is read in bf16 too where the CPU has it natively:
+        # 2.4x sooner to the first character after a 1,000-character prompt (AMX). fp32 keeps the whole path exact.
+        read = self.precision if self.decode == "fp32" else resolve_precision("auto", self.device)
+        self.decoder = Decoder(self.model, self.device, read, decode=self.decode)
+
+    def _decode_precision(self, asked: str) -> str:
+        """auto: int8 where the cell and the device have it (measured fastest at batch 1 on every CPU we met, within
+        0.01 bpc: benchmarks/README.md, "Batch-1 writing"), else fp32 (a GPU's step is a captured graph)."""
+        have = self.model.cell.precisions
+        if asked == "auto":
+            return "int8" if self.device.type == "cpu" and "int8" in have else "fp32"
+        if asked not in have:
+            raise UserError(f"--decode-precision {asked}: the {self.config.model.cell} cell steps only in "
+                            f"{', '.join(have)}; drop the flag")
+        if asked == "int8" and self.device.type != "cpu":
+            raise UserError("--decode-precision int8 runs on the CPU; on a GPU use fp32 or bf16 (or --device cpu)")
+        return asked
 
     def __repr__(self) -> str:
         return f"storyloom.load({str(self.run.path)!r})"
@@ -100,7 +120,7 @@ class Writer:
                 "trained_on": {k: v for k, v in run.info().items() if k in ("train_chars", "val_chars", "train_works",
                                                                               "val_works", "device", "precision", "ranks")},
                 "training": {k: pos.get(k) for k in ("step", "epoch", "elapsed", "stopped", "skipped")},
-                "best_val_bpc": min(vals) if vals else None, "base": cfg.base or None,
+                "best_val_bpc": min(vals) if vals else None, "base": cfg.base or None, "decode_precision": self.decode,
                 "files": [{"name": n, "bytes": b} for n, b in files]}
 
     # -- text in ---------------------------------------------------------
@@ -142,7 +162,9 @@ class Writer:
         s = self.tokenizer.scored(self.clean(text), unknown, "the text")
         if len(s.ids) < 2:
             raise UserError("the text to score needs at least two tokens")
-        r = evaluate(self.model, s.ids, self.precision, chars=s.chars, extra_nats=s.extra_nats)
+        r = evaluate(self.model, s.ids, self.precision, chars=s.chars, extra_nats=s.extra_nats, stepped=self.scored_by)
+        if self.scored_by:
+            r["decode_precision"] = self.scored_by
         if dynamic:
             cfg = adapting or AdaptConfig()
             _, nats, n, _, _ = adapt_to(self.model, s.ids, cfg, self.precision)
@@ -170,7 +192,7 @@ class Writer:
             if len(ids) < 2:
                 raise UserError("--adapt needs a prompt of at least two tokens to learn from")
             model, _, _, state, logits = adapt_to(self.model, ids, adapting or AdaptConfig(), self.precision)
-            decoder = Decoder(model, self.device, self.precision)
+            decoder = Decoder(model, self.device, self.decoder.precision, decode=self.decode)
         else:
             (ids, logits, state), decoder = self.read(prompt, unknown), self.decoder
         if beam:

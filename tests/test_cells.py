@@ -97,3 +97,43 @@ def test_forget_bias_is_a_setting():
             assert torch.all(total[H : 2 * H] == 3.0) and not torch.all(total[:H] == 3.0)
     with pytest.raises(storyloom.UserError, match="--forget-bias"):
         make("lstm", forget_bias=float("nan"))
+
+
+@pytest.mark.parametrize("precision, tol", [("fp32", 0.0), ("bf16", 2e-2), ("int8", 2e-2)])
+def test_a_matrix_held_in_fewer_bytes_multiplies_like_the_fp32_one(precision, tol):
+    from storyloom.cells import Matrix
+
+    torch.manual_seed(0)
+    W, b, x = torch.randn(48, 40), torch.randn(40), torch.randn(3, 48)
+    ref = torch.addmm(b, x, W)
+    got = Matrix(W, precision).addmm(b, x)
+    assert got.dtype == torch.float32 and got.shape == (3, 40)
+    if precision == "fp32":
+        assert torch.equal(got, ref)  # exact: the same call
+    else:  # a naive reference: the weights rounded as described, then an fp32 product
+        if precision == "int8":  # the weights rounded per column; x too, per call, to 7 bits over its own range
+            s = W.abs().amax(0) / 127
+            lo, hi = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+            sx = (hi - lo) / 127
+            zx = round(-lo / sx)
+            xq = (torch.clamp(torch.round(x / sx) + zx, 0, 127) - zx) * sx
+            naive = torch.addmm(b, xq, torch.round(W / s) * s)
+            rtol, atol = 1e-3, 0.05
+        else:  # bf16 inputs, the product rounded to bf16 (8 bits of mantissa)
+            naive, rtol, atol = torch.addmm(b, x.bfloat16().float(), W.bfloat16().float()), 2**-7, 1e-3
+        torch.testing.assert_close(got, naive, rtol=rtol, atol=atol)
+        assert (got - ref).abs().max() <= tol * ref.abs().max()
+    assert Matrix(W, precision).bytes() == W.numel() * {"fp32": 4, "bf16": 2, "int8": 1}[precision]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_an_lstm_steps_in_fewer_bytes_close_to_fp32(precision, layers):
+    m = make("lstm", layers=layers).eval()
+    assert precision in m.cell.precisions and "int8" not in make("gru").cell.precisions
+    x = torch.randint(0, 11, (4, 20))
+    exact, _ = m.steps(x, None, "fp32")
+    full, _ = m(x)
+    torch.testing.assert_close(exact, full, rtol=1e-5, atol=1e-5)  # steps() is forward, token by token
+    fast, _ = m.steps(x, None, precision)
+    assert 0 < (fast - exact).abs().max() < 0.05

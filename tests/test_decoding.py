@@ -13,7 +13,7 @@ def m(tmp_path_factory, sonnets, dev):
     d = tmp_path_factory.mktemp("gen")
     (d / "s.txt").write_text(sonnets)
     run = storyloom.train([str(d / "s.txt")], out=d / "run", steps=60, progress=False, device=dev, **{**TINY, "lr": 1e-2})
-    return storyloom.load(run, device=dev)
+    return storyloom.load(run, device=dev, decode_precision="fp32")  # the exact path, checked against forward here
 
 
 PROMPT = "Shall I compare thee to a summer's day?\n"
@@ -187,3 +187,19 @@ def test_unknown_prompt_words(level_run):
         assert m.generate("Zyzzyva said \U0001f600", 5, seed=1)  # bytes: nothing is unknown
     words = m.session(PROMPT).next_words(3)
     assert len(words) == 3 and all(isinstance(w, str) and 0 < p <= 1 for w, p in words)
+
+
+def test_int8_writing_reads_the_prompt_in_bf16_where_native_and_steps_close_to_fp32(m):
+    from storyloom.runtime import resolve_precision
+
+    fast = storyloom.load(m.run.path, device="cpu", decode_precision="int8")  # int8 is a CPU path
+    assert fast.decoder.decode == "int8" and fast.decoder.precision == resolve_precision("auto", fast.device)
+    assert m.decoder.precision == "fp32"
+    ids = m.tokenizer.ids(PROMPT)
+    want, s1 = m.decoder.read(ids)
+    got, s2 = fast.decoder.read(ids)
+    assert (got - want).abs().max() < 0.1  # bf16 (or fp32) reading
+    nxt = torch.tensor([int(ids[0])])
+    (w, _), (g, _) = m.decoder.step(nxt, s1), fast.decoder.step(nxt, s2)
+    assert w.dtype == g.dtype == torch.float32 and 0 < (g - w).abs().max() < 0.2
+    assert len(fast.generate(PROMPT, 30, seed=1)) == 30

@@ -97,3 +97,24 @@ def test_info_tells_what_a_run_is(tmp_path, sonnets):
     js = subprocess.run([sys.executable, "-m", "storyloom", "info", str(run), "--json"], capture_output=True, text=True,
                         env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert json.loads(js.stdout)["params"] == d["params"]
+
+
+def test_decode_precision_auto_writes_in_int8_on_a_cpu_and_scores_exactly_unless_asked(runs, tmp_path, sonnets):
+    plain, _ = runs
+    auto, exact, int8 = Writer(plain), Writer(plain, decode_precision="fp32"), Writer(plain, decode_precision="int8")
+    assert (auto.decode, exact.decode, int8.decode) == ("int8", "fp32", "int8") and auto.info()["decode_precision"] == "int8"
+    text = sonnets[:3000]
+    s_auto, s_exact, s_int8 = auto.score(text), exact.score(text), int8.score(text)
+    assert s_auto == s_exact and "decode_precision" not in s_auto  # auto scores exactly
+    assert s_int8["decode_precision"] == "int8" and 0 < abs(s_int8["bpc"] - s_exact["bpc"]) < 0.05  # through the int8 step
+    assert int8.generate("Shall I", 40, seed=3) == auto.generate("Shall I", 40, seed=3)  # reproducible by seed
+
+
+def test_a_decode_precision_the_cell_lacks_is_one_line(tmp_path, sonnets):
+    (tmp_path / "s.txt").write_text(sonnets[:20000])
+    gru = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "gru", steps=2, cell="gru", progress=False, **TINY)
+    assert Writer(gru).decode == "fp32"  # auto: what the cell has
+    with pytest.raises(UserError, match="--decode-precision int8: the gru cell steps only in fp32; drop the flag"):
+        Writer(gru, decode_precision="int8")
+    with pytest.raises(UserError, match="--decode-precision must be one of"):
+        Writer(gru, decode_precision="int4")
