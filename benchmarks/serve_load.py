@@ -2,6 +2,7 @@
 
     python benchmarks/serve_load.py                          # 1, 8, 32, 128 clients, 20 s each, then a 5-minute soak at 32
     python benchmarks/serve_load.py --levels 1,32 --seconds 10 --soak 60 --run runs/demo
+    python benchmarks/serve_load.py --levels 1,32 --soak 0 --decode fp32,int8   # decode precisions side by side
 
 The server is a real `storyloom serve` subprocess (`--max-batch 128`) on a
 `default`-preset run (`--run`, or one trained here for `--train-steps`
@@ -119,6 +120,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=300, help="max_tokens per request")
     ap.add_argument("--prompt-chars", type=int, default=1000)
     ap.add_argument("--prompts", choices=("distinct", "same"), default="distinct")
+    ap.add_argument("--decode", default="auto", help="comma-separated --decode-precision values, one server each, in turn")
     a = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     from storyloom.sources import bundled_files
@@ -145,52 +147,58 @@ def main() -> None:
         levels = [int(x) for x in a.levels.split(",")]
         print(json.dumps({"config": {"levels": levels, "seconds": a.seconds, "soak": a.soak, "soak_clients": a.soak_clients,
                                      "tokens": a.tokens, "prompt_chars": P, "prompts": a.prompts, "run": "default preset" if a.run is None else run,
-                                     "max_batch": 128}, "machine": describe()}), flush=True)
-        server = subprocess.Popen([sys.executable, "-m", "storyloom", "serve", run, "--port", str(port), "--max-batch", "128"],
-                                  env=env, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                try:
-                    if httpx.get(url + "/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
-            asyncio.run(level(url, 1, 3, prompts, 50))  # warm-up: first reads, allocations
-            results = []
-            for n in levels:
+                                     "max_batch": 128, "decode": a.decode.split(",")}, "machine": describe()}), flush=True)
+        for decode in a.decode.split(","):
+            serve(run, port, env, decode, levels, a, prompts, level_no)
+
+
+def serve(run: str, port: int, env: dict, decode: str, levels: list[int], a, prompts, level_no: list[int]) -> None:
+    """One server with --decode-precision `decode`: every level, the soak, the targets."""
+    server = subprocess.Popen([sys.executable, "-m", "storyloom", "serve", run, "--port", str(port), "--max-batch", "128",
+                               "--decode-precision", decode], env=env, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        asyncio.run(level(url, 1, 3, prompts, 50))  # warm-up: first reads, allocations
+        results = []
+        for n in levels:
+            level_no[0] += 1
+            r = asyncio.run(level(url, n, a.seconds, prompts, a.tokens))
+            results.append(r)
+            print(json.dumps({"kind": "level", "decode": decode, **r}), flush=True)
+        soak = None
+        if a.soak:
+            rss: list[tuple[float, float]] = []
+
+            async def watch(until: float):
+                t0 = time.perf_counter()
+                while time.perf_counter() < until:
+                    rss.append((round(time.perf_counter() - t0, 1), round(rss_mb(server.pid), 1)))
+                    await asyncio.sleep(5)
+
+            async def soak_run():
+                until = time.perf_counter() + a.soak
                 level_no[0] += 1
-                r = asyncio.run(level(url, n, a.seconds, prompts, a.tokens))
-                results.append(r)
-                print(json.dumps({"kind": "level", **r}), flush=True)
-            soak = None
-            if a.soak:
-                rss: list[tuple[float, float]] = []
+                got = await asyncio.gather(level(url, a.soak_clients, a.soak, prompts, a.tokens), watch(until))
+                return got[0]
 
-                async def watch(until: float):
-                    t0 = time.perf_counter()
-                    while time.perf_counter() < until:
-                        rss.append((round(time.perf_counter() - t0, 1), round(rss_mb(server.pid), 1)))
-                        await asyncio.sleep(5)
-
-                async def soak_run():
-                    until = time.perf_counter() + a.soak
-                    level_no[0] += 1
-                    got = await asyncio.gather(level(url, a.soak_clients, a.soak, prompts, a.tokens), watch(until))
-                    return got[0]
-
-                r = asyncio.run(soak_run())
-                growth = rss[-1][1] - rss[1][1] if len(rss) > 2 else None  # from the first reading under load
-                soak = {"kind": "soak", **r, "rss_mb": rss, "rss_growth_mb": round(growth, 1) if growth is not None else None}
-                print(json.dumps(soak), flush=True)
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+            r = asyncio.run(soak_run())
+            growth = rss[-1][1] - rss[1][1] if len(rss) > 2 else None  # from the first reading under load
+            soak = {"kind": "soak", "decode": decode, **r, "rss_mb": rss, "rss_growth_mb": round(growth, 1) if growth is not None else None}
+            print(json.dumps(soak), flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
     one = next((r for r in results if r["clients"] == 1), None)
     at32 = next((r for r in results if r["clients"] == 32), None)
     if one and at32:
-        print(json.dumps({"kind": "targets", "ratio_32_to_1": round(at32["chars_per_s"] / one["chars_per_s"], 2),
+        print(json.dumps({"kind": "targets", "decode": decode, "ratio_32_to_1": round(at32["chars_per_s"] / one["chars_per_s"], 2),
                           "ratio_met": at32["chars_per_s"] >= 6 * one["chars_per_s"],
                           "ttfc_p99_32_ms": at32["ttfc_p99_ms"], "ttfc_met": (at32["ttfc_p99_ms"] or 1e9) <= 300,
                           "errors": sum(r["errors"] for r in results) + (soak["errors"] if soak else 0),
