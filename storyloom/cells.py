@@ -73,8 +73,8 @@ class Matrix:
     them. int8 is FBGEMM's dynamic quantisation (`quantized::linear_dynamic`: weights int8 per output column,
     scaled by the column's largest magnitude over 127; each call quantises x on the fly, with 7-bit range so no
     CPU's 8-bit products saturate): measured 75 us at batch 1 against 202 for fp32 and 249 for bf16 at the default
-    preset's recurrent shape, and fastest up to batch 64 (benchmarks/README.md, "Batch-1 writing"). Its
-    quantised-tensor constructors are deprecated in favour of torchao, whose CPU int8 kernels
+    preset's recurrent shape, and fastest up to batch 32 (255 against 797 and 353; benchmarks/README.md, "Batch-1
+    writing"). Its quantised-tensor constructors are deprecated in favour of torchao, whose CPU int8 kernels
     (`_weight_int8pack_mm`, `_int_mm`) measured 685 and 166 us here, so FBGEMM it is, until they catch up.
     bf16 halves the bytes and gains from batch 8 on (AMX), not at batch 1.
     """

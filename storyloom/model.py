@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cells import Matrix, Folds, State, cached, make_cell
+from .cells import Folds, State, cached, make_cell
 from .config import ModelConfig
 
 
@@ -93,10 +93,7 @@ class LanguageModel(nn.Module):
             h, state = self.cell.step(None, state, z0=table[x], **kw)  # x's row holds W_ih x + b
         else:
             h, state = self.cell.step(self.inp(x[:, None])[:, 0], state, **kw)  # (B, H)
-        if precision == "fp32":
-            return self.out(h), state
-        head = cached(self, f"_head_{precision}", lambda: Matrix(self.head.weight.detach().t(), precision))
-        return head.addmm(self.head.bias.detach(), h if self.proj is None else self.proj(h)), state
+        return self.out(h), state  # the head stays fp32: at (1 x 768) @ (768 x 84), 9 us against int8's 17 and bf16's 42
 
     def steps(self, x: torch.Tensor, state: State | None, precision: str) -> tuple[torch.Tensor, State]:
         """forward() token by token through step(): x (B, T) -> logits (B, T, V); how a text is scored through
