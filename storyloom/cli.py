@@ -276,7 +276,8 @@ def cmd_eval(a) -> int:
         print(json.dumps(r))
     else:
         print(f"bpc {r['bpc']:.4f}  nats/char {r['nats_per_char']:.4f}  perplexity {r['perplexity']:.4f}  chars {r['chars']}  "
-              f"token perplexity {r['token_perplexity']:.4f}  tokens {r['tokens']}")
+              f"token perplexity {r['token_perplexity']:.4f}  tokens {r['tokens']}"
+              + (f"  (through the {r['decode_precision']} step that writes)" if "decode_precision" in r else ""))
         if a.dynamic:
             d = r["dynamic"]
             print(f"dynamic bpc {d['bpc']:.4f}  nats/char {d['nats_per_char']:.4f}  perplexity {d['perplexity']:.4f}  "

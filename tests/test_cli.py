@@ -37,7 +37,12 @@ def test_train_eval_generate(trained, capsys):
     assert set(r) == {"bpc", "nats_per_char", "perplexity", "chars", "token_perplexity", "tokens"}
     assert r["chars"] == r["tokens"] == 29999 and r["token_perplexity"] == pytest.approx(r["perplexity"])
     code, out, _ = run_cli(capsys, "eval", run, trained / "s.txt")
-    assert code == 0 and out.startswith("bpc ")
+    assert code == 0 and out.startswith("bpc ") and "step that writes" not in out
+    code, out, _ = run_cli(capsys, "eval", run, trained / "s.txt", "--decode-precision", "int8", "--json")
+    q = json.loads(out)
+    assert q["decode_precision"] == "int8" and abs(q["bpc"] - r["bpc"]) < 0.05
+    code, out, _ = run_cli(capsys, "eval", run, trained / "s.txt", "--decode-precision", "int8")
+    assert out.rstrip().endswith("(through the int8 step that writes)")
     code, out, err = run_cli(capsys, "generate", run, "--prompt", "Shall I", "--length", "50", "--seed", "3")
     assert code == 0 and out.startswith("Shall I") and len(out) == len("Shall I") + 50 + 1
     code2, out2, _ = run_cli(capsys, "generate", run, "--prompt", "Shall I", "--length", "50", "--seed", "3")
