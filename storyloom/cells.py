@@ -47,8 +47,9 @@ class Cell(Protocol):
     def forward(self, e: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """e (B, T, I) -> h (B, T, H) and the state after the last step; two calls equal one over both pieces."""
 
-    def step(self, e: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One token: e (B, I) -> h (B, H), equal to forward over a sequence of one."""
+    def step(self, e: torch.Tensor, state: State, precision: str = "fp32") -> tuple[torch.Tensor, State]:
+        """One token: e (B, I) -> h (B, H), equal to forward over a sequence of one; its weights held in
+        `precision`, one of `precisions`."""
 
     def activations(self, e: torch.Tensor) -> dict:
         """What `storyloom inspect` shows for one stream e (1, T, I): {"h": (1, T, H) outputs, "acts": (T, H) the
@@ -127,8 +128,8 @@ class StepByForward:
     graphable = False
     precisions = ("fp32",)
 
-    def step(self, e: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        h, state = self.forward(e[:, None], state)
+    def step(self, e: torch.Tensor, state: State, precision: str = "fp32") -> tuple[torch.Tensor, State]:
+        h, state = self.forward(e[:, None], state)  # precision: fp32 only (`precisions`), checked where it is chosen
         return h[:, 0], state
 
     def activations(self, e: torch.Tensor) -> dict:
@@ -175,9 +176,9 @@ class LSTM(nn.LSTM):
         b = self.bias_ih_l0 + self.bias_hh_l0
         return torch.addmm(b, table.to(self.weight_ih_l0), self.weight_ih_l0.t())  # the table may come from the CPU
 
-    def _fused(self, precision: str = "fp32") -> list[tuple[Matrix, Matrix, torch.Tensor]]:
-        """Per layer [W_ih | W_hh]^T (I+H, 4H), its recurrent rows W_hh^T (H, 4H) alone, and b_ih + b_hh;
-        the matrices in `precision`, cached until a parameter changes."""
+    def _fused(self, precision: str = "fp32") -> list[tuple[Matrix, Matrix | None, torch.Tensor]]:
+        """Per layer [W_ih | W_hh]^T (I+H, 4H), layer 0's recurrent rows W_hh^T (H, 4H) alone (for a looked-up
+        input; None above it), and b_ih + b_hh; the matrices in `precision`, cached until a parameter changes."""
 
         def build():
             layers = []
@@ -185,7 +186,8 @@ class LSTM(nn.LSTM):
                 W_ih, W_hh = getattr(self, f"weight_ih_l{l}"), getattr(self, f"weight_hh_l{l}")
                 b = getattr(self, f"bias_ih_l{l}") + getattr(self, f"bias_hh_l{l}")
                 W = torch.cat([W_ih, W_hh], 1).t().contiguous().detach()
-                layers.append((Matrix(W, precision), Matrix(W[-self.hidden_size :], precision), b.detach()))
+                rec = Matrix(W[-self.hidden_size :], precision) if l == 0 else None
+                layers.append((Matrix(W, precision), rec, b.detach()))
             return layers
 
         return cached(self, f"_fused_{precision}", build)
