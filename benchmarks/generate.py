@@ -29,9 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
 from machine import describe  # noqa: E402
 from storyloom.runs import BASES  # noqa: E402
-from storyloom.sources import bundled_files  # noqa: E402
-
-VAL = ("julius_caesar_gut.txt", "twelfth_night_gut.txt")  # the benchmark split's validation plays
+from storyloom.sources import BUNDLED, bundled_files  # noqa: E402
 
 
 def emit(**row) -> None:
@@ -103,7 +101,7 @@ def main() -> None:
          speedup_of_stateful=round(base / (n_win / s), 1))
 
     if a.bpc:
-        val = storyloom.clean_sources([str(f) for f in bundled_files("shakespeare") if f.name in VAL])
+        val = storyloom.clean_sources([str(f) for f in bundled_files("shakespeare") if f.name in BUNDLED["shakespeare"]])
         for d, w in writers.items():
             t = time.perf_counter()
             r = w.score(val)

@@ -94,11 +94,10 @@ def main() -> None:
                     rows = storyloom.metrics(out)
                     vals = [r["val_bpc"] for r in rows if "val_bpc" in r]
                     best[start] = min(vals)
-                    cfg = json.loads((out / "config.json").read_text())
+                    cfg, st = json.loads((out / "config.json").read_text()), storyloom.status(out)
                     print(json.dumps({"book": b.name, "minutes": minutes, "start": start, "best_val_bpc": round(best[start], 4),
                                       "last_train_bpc": round([r["train_bpc"] for r in rows if "train_bpc" in r][-1], 4),
-                                      "stopped": storyloom.status(out)["stopped"],
-                                      "elapsed_min": round(storyloom.status(out)["elapsed"] / 60, 2),
+                                      "stopped": st["stopped"], "elapsed_min": round(st["elapsed"] / 60, 2),
                                       "dropout": cfg["model"]["dropout"], "lr": cfg["train"]["lr"],
                                       "curve": [[r["elapsed_s"], round(r["val_bpc"], 4)] for r in rows if "val_bpc" in r]}),
                           flush=True)
