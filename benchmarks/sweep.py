@@ -3,8 +3,9 @@
     python benchmarks/sweep.py --minutes 3 default default:dropout=0 default:hidden=768,layers=1,dropout=0
 
 Each SPEC is a preset name, optionally followed by `:flag=value,...` with the
-`storyloom train` flags written with underscores. This is how the default
-preset was chosen (benchmarks/README.md). Prints one JSON line per SPEC with
+`storyloom train` flags written with underscores (`default:batch_size=64,seed=1`).
+This is how the default preset was chosen (benchmarks/README.md). Prints a
+`config` line naming the machine, then one JSON line per SPEC with
 the validation bpc at each evaluation, the mean training bpc of the last
 five logged intervals, steps and characters per second.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
+from machine import describe  # noqa: E402
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -44,6 +46,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="storyloom-sweep-"))
+    print(json.dumps({"kind": "config", "minutes": a.minutes, "evals": a.evals, "specs": a.specs,
+                      "machine": describe()}), flush=True)
     for i, spec in enumerate(a.specs):
         preset, flags = parse_spec(spec)
         run = storyloom.train(["shakespeare"], out=out / f"{i:02d}-{preset}", preset=preset, minutes=a.minutes,
