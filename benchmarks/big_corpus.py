@@ -2,6 +2,7 @@
 
     python benchmarks/big_corpus.py                  # 1 GB
     python benchmarks/big_corpus.py --gb 0.2 --steps 50
+    python benchmarks/big_corpus.py --gb 0.25 --levels word,bpe
 
 1. Writes about `--gb` GB of text into a scratch directory, never into the
    repository: the bundled corpus repeated, each copy perturbed (every work
@@ -15,6 +16,10 @@
    which prepare reads in pieces.
 3. Runs `storyloom train PREP --steps N` and reports its peak RSS, its
    wall-clock time, and its training speed.
+4. With `--levels word,bpe`: prepares the one file at those levels, streamed
+   (`storyloom prepare --level L`) and, side by side, as it was done before
+   prepare streamed them: the whole text in memory (`corpus.build`, the
+   reference the streamed ids are tested against), up to `--in-memory-gb`.
 
 The text is fresh in the page cache when prepare reads it (it was just
 written), so these figures are for a warm cache; a cold disk adds its read time.
@@ -39,6 +44,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from storyloom.sources import bundled_files  # noqa: E402
 from machine import describe  # noqa: E402
+
+# Word and BPE levels as `storyloom prepare` did them before it streamed: the whole text read, fitted and encoded
+# in memory, the ids written out.
+IN_MEMORY = """import sys
+from storyloom.config import DataConfig
+from storyloom.corpus import build
+from storyloom.sources import read
+c = build(read([sys.argv[1]]), DataConfig(level=sys.argv[2]))
+c.train.tofile(sys.argv[3] + ".train.bin"); c.val.tofile(sys.argv[3] + ".val.bin")
+print(len(c.train), len(c.val))"""
 
 SWAPS = [(" the ", " a "), (" and ", " or "), (" my ", " thy "), (" you ", " thou "), (" is ", " was "), (" he ", " she ")]
 
@@ -98,7 +113,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200, help="training steps from the prepared corpus")
     ap.add_argument("--work", help="scratch directory (default: a new one under the system's temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--levels", default="char", help="char (every case above), and/or word, bpe (the one file)")
+    ap.add_argument("--in-memory-gb", type=float, default=0.3,
+                    help="word/bpe: run the in-memory baseline up to this size (it needs about 15x the text in RAM)")
     a = ap.parse_args()
+    levels = a.levels.split(",")
+    if not set(levels) <= {"char", "word", "bpe"}:
+        sys.exit(f"--levels: choose from char, word, bpe; got {a.levels}")
     work = Path(a.work or tempfile.mkdtemp(prefix="storyloom-big-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ["BIG_CORPUS_RESULT"] = str(work / "result.json")
@@ -116,6 +137,22 @@ def main() -> None:
             for p in sorted(src.iterdir()):
                 f.write(p.read_bytes())
         cli = [sys.executable, "-m", "storyloom"]
+        for level in (x for x in levels if x != "char"):
+            arms = [("streamed", cli + ["prepare", str(one / "library.txt"), "--out", str(work / "prep"), "--level", level])]
+            if a.gb <= a.in_memory_gb:
+                arms.append(("in memory", [sys.executable, "-c", IN_MEMORY, str(one / "library.txt"), level,
+                                           str(work / "whole")]))
+            speeds = {}
+            for path, cmd in arms:
+                shutil.rmtree(work / "prep", ignore_errors=True)
+                wall, peak, line = peak_rss_mb(cmd)
+                speeds[path] = nbytes / 1e6 / wall
+                emit(kind="prepare", level=level, source="one file", path=path, wall_s=round(wall, 2),
+                     mb_per_s=round(speeds[path], 1), peak_rss_mb=round(peak), output=line)
+            if len(speeds) == 2:
+                emit(kind="prepare_ratio", level=level, streamed_over_in_memory=round(speeds["streamed"] / speeds["in memory"], 2))
+        if "char" not in levels:
+            return
         for source, what in ((src, f"{files} files"), (one / "library.txt", "one file")):
             speeds = {}
             for workers in (1, 0):

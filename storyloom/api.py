@@ -254,9 +254,9 @@ def _corpus(sources, cfg: RunConfig, tokenizer, flags: dict, preset: str):
 def prepare(sources, out: str | Path, workers: int = 0, progress: bool = True, **flags) -> dict:
     """Clean, split and encode sources once into `out` for `train([out])`: the data flags of `train` apply.
 
-    At character level the files are read twice (count, then encode), one at
-    a time per process, on `workers` processes (0: one per physical core), so
-    memory stays near the largest file's size whatever the corpus's.
+    Memory stays near one file's size (a large file's piece's: 16 MB) whatever the corpus's: at character level
+    the files are read twice (count, then encode), one at a time per process, on `workers` processes (0: one per
+    physical core); at word and BPE level twice in order (fit the tokenizer, then encode).
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise UserError(f"--workers must be >= 0 (0: one per core), got {workers}")

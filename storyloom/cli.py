@@ -229,7 +229,8 @@ def _prepare_parser(sub) -> None:
     pr = sub.add_parser("prepare", help="clean and encode sources once, for training on any size of text in constant memory")
     pr.add_argument("sources", nargs="*", metavar="SOURCE", help="as for train (default: the bundled corpus)")
     pr.add_argument("--out", required=True, help="directory for train.bin, val.bin, vocab.json and prepared.json")
-    pr.add_argument("--workers", type=int, default=0, help="processes for character level (default 0: one per core)")
+    pr.add_argument("--workers", type=int, default=0,
+                    help="processes for character level, and for laying out a large file at every level (0: one per core)")
     add_settings(pr, DataConfig)
 
 

@@ -5,13 +5,16 @@
     prepared.json        lengths, the split, the data settings, the sources (written last: it says the rest is whole)
     manifest.json        SHA-256 and size of the three files above (files.py), checked on every load
 
-At character level nothing is held whole: files are read twice (count the
-characters, then encode), one at a time per worker process, each writing
-its ids straight into its slice of train.bin and val.bin. A file larger than
-PIECE_BYTES is read in pieces split after a newline, spread over the workers
-like files: a first pass finds where its Gutenberg boilerplate ends and its
-validation tail begins (clean.py's rules, applied across pieces), and the
-pieces give exactly the ids the whole file would.
+Nothing is held whole. A file larger than PIECE_BYTES is read in pieces
+split after a newline: a first pass finds where its Gutenberg boilerplate
+ends and its validation tail begins (clean.py's rules, applied across
+pieces), and the pieces give exactly the ids the whole file would. At
+character level files and pieces are then read twice (count the characters,
+then encode), one at a time per worker process, each writing its ids
+straight into its slice of train.bin and val.bin. At word and BPE level they
+are read twice in order, a file or piece at a time (fit the tokenizer, then
+encode), and encoded in texts cut where every level's tokens break
+(tokenize.Rejoin), so the ids are those of the whole text.
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ from tqdm import tqdm
 
 from .clean import body_start, credit_span, end_lines, normalize, opening_is_whole, start_lines
 from .config import DataConfig
-from .corpus import Corpus, build, check_split, roles, split, split_one, with_val_only
+from .corpus import Corpus, check_split, roles, split, split_one, with_val_only
 from .errors import UserError
 from .files import MANIFEST, dumps, entry, fsync_dir, parse_json, read_bytes, read_manifest, verify, write_atomic, write_json
 from .sources import Document, decode, load, read
-from .tokenize import CharTokenizer, Tokenizer, char_counts, from_dict
+from .tokenize import CharTokenizer, Rejoin, Tokenizer, char_counts, fit_pieces, from_dict
 
 PREPARED = "prepared.json"
 
@@ -268,6 +271,22 @@ def _task(args):
             "encode_piece": _encode_piece}[fn](rest)
 
 
+def _lay_out(jobs: list, split_files: dict, cfg: DataConfig, run, bar) -> tuple[dict, dict]:
+    """Pass 1 over the files read in pieces: {file index: (offsets, lengths, train ranges, val ranges)} and
+    {file index: its pieces' scans}; a file that must be read whole after all (`layout`) is in neither."""
+    scans = list(run([("scan", (p, cfg)) for ps in split_files.values() for p in ps]))
+    layouts, found = {}, {}
+    for i, ps in split_files.items():
+        mine, scans = scans[: len(ps)], scans[len(ps) :]
+        laid = layout(jobs[i].name, ps, mine, cfg)
+        if laid is None:
+            bar.update(_size(jobs[i]))  # read whole after all: one pass fewer than counted
+            continue
+        lengths = [s[0] for s in mine]
+        layouts[i], found[i] = (np.cumsum([0] + lengths[:-1]).tolist(), lengths, *laid), mine
+    return layouts, found
+
+
 def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progress: bool, piece_bytes: int = PIECE_BYTES) -> dict:
     """Character level in constant memory: count characters, then encode, file by file (a large file piece by
     piece, after a first pass that lays it out) on `workers` processes."""
@@ -275,25 +294,17 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
     total = sum(_size(j) for j in jobs) * 2 + sum(_size(j) for i, j in enumerate(jobs) if i in split_files)
     run = lambda tasks: _parallel(_task, tasks, workers, bar)  # noqa: E731
     with tqdm(total=total, unit="B", unit_scale=True, desc="prepare", disable=None if progress else True) as bar:
-        scans = list(run([("scan", (p, cfg)) for ps in split_files.values() for p in ps]))
+        layouts, scans = _lay_out(jobs, split_files, cfg, run, bar)  # file index -> ... of a file read in pieces
         counts = np.zeros(256, dtype=np.int64)
-        layouts = {}  # file index -> (offsets, lengths, train ranges, val ranges) of a file read in pieces
         tasks, owner = [], []  # pass 2: what to count, the file it belongs to, and whether it adds or takes away
-        for i, ps in split_files.items():
-            mine, scans = scans[: len(ps)], scans[len(ps) :]
-            laid = layout(jobs[i].name, ps, mine, cfg)
-            if laid is None:
-                bar.update(_size(jobs[i]))  # read whole after all: one pass fewer than counted
-                continue
-            lengths = [s[0] for s in mine]
-            offsets = np.cumsum([0] + lengths[:-1]).tolist()
-            layouts[i] = (offsets, lengths, *laid)
-            for s in mine:
+        for i, (offsets, lengths, train, val) in layouts.items():
+            ps = split_files[i]
+            for s in scans[i]:
                 counts = _add(counts, *s[4])
-            outside = _outside(laid[0], sum(lengths))
+            outside = _outside(train, sum(lengths))
             for p, o, n in zip(ps, offsets, lengths):
                 if any(a < o + n and b > o for a, b in outside):
-                    tasks.append(("count_piece", (p, cfg, o, outside, laid[1])))
+                    tasks.append(("count_piece", (p, cfg, o, outside, val)))
                     owner.append((i, -1))
                 else:
                     bar.update(p.end - p.start)
@@ -348,14 +359,76 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
             "train_works": [n for n in names if roles(n, cfg)[0]], "val_works": [n for n in names if roles(n, cfg)[1]]}
 
 
-def _prepare_in_memory(jobs: list, cfg: DataConfig, out: Path) -> dict:
-    """Word and subword levels: their tokenizers are fitted on the whole training text at once."""
-    c = build([j if isinstance(j, Document) else load(j, cfg.encoding) for j in jobs], cfg)
-    for name, ids in (("train.bin", c.train), ("val.bin", c.val)):
-        write_atomic(out / name, ids.astype(c.tokenizer.dtype(), copy=False).tobytes())
-    return {"tokenizer": c.tokenizer, "train_tokens": int(len(c.train)), "val_tokens": int(len(c.val)),
-            "train_chars": c.train_chars, "val_chars": c.val_chars, "val_extra_nats": c.val_extra_nats,
-            "train_works": c.train_names, "val_works": c.val_names, "val_only": list(c.val_only)}
+def _units(jobs: list, split_files: dict, layouts: dict, cfg: DataConfig, bar, lengths: list | None = None):
+    """In order, each file's or piece's (training text, validation text); a file's lengths added to `lengths`."""
+    for i, j in enumerate(jobs):
+        if i in layouts:
+            offsets, ns, train, val = layouts[i]
+            for p, o, n in zip(split_files[i], offsets, ns):
+                text = _piece_text(p, cfg)
+                if len(text) != n:
+                    raise UserError(f"{p.path}: changed while it was being prepared; run `storyloom prepare` again")
+                bar.update(p.end - p.start)
+                yield tuple("".join(t for _, t in _stretches(text, o, r, cfg.lowercase)) for r in (train, val))
+            if lengths is not None:
+                lengths.append((j.name, (sum(b - a for a, b in train), sum(b - a for a, b in val))))
+        else:
+            doc, train, val = _job(j, cfg)
+            bar.update(_size(j))
+            if lengths is not None:
+                lengths.append((doc.name, (len(train), len(val))))
+            yield train, val
+
+
+def _prepare_tokens(jobs: list, cfg: DataConfig, out: Path, workers: int, progress: bool,
+                    piece_bytes: int = PIECE_BYTES) -> dict:
+    """Word and subword levels, a file or piece in memory at a time: fit the tokenizer on the training text as it
+    streams past, then encode both parts in texts cut where tokens break (tokenize.Rejoin), appending their ids.
+    The ids, the vocabulary and the scores are those of the whole text (corpus.build)."""
+    split_files = {i: pieces(j, piece_bytes) for i, j in enumerate(jobs) if splittable(j, cfg, piece_bytes)}
+    total = sum(_size(j) for j in jobs) * 2 + sum(_size(j) for i, j in enumerate(jobs) if i in split_files)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="prepare", disable=None if progress else True) as bar:
+        layouts, _ = _lay_out(jobs, split_files, cfg, lambda tasks: _parallel(_task, tasks, workers, bar), bar)
+        lengths: list = []
+        units = _units(jobs, split_files, layouts, cfg, bar, lengths)
+        tok = fit_pieces((train for train, _ in units), cfg.level, cfg.vocab_size, cfg.max_vocab, cfg.min_count)
+        check_split([n for n, _ in lengths], [c for _, c in lengths], cfg)
+        train_unknown = "replace" if tok.charges_unknown else "error"
+        tmp = [out / ".train.bin.tmp", out / ".val.bin.tmp"]
+        rejoin, n_ids = (Rejoin(), Rejoin()), [0, 0]
+        val_chars, extra = 0, 0.0
+        with open(tmp[0], "wb") as ft, open(tmp[1], "wb") as fv:
+            def write(f, part, ids):
+                f.write(np.ascontiguousarray(ids, dtype=tok.dtype()).tobytes())
+                n_ids[part] += len(ids)
+
+            def train_texts(texts):
+                for t in texts:
+                    write(ft, 0, tok.ids(t, train_unknown, "the training text"))
+
+            def val_texts(texts):
+                nonlocal val_chars, extra
+                for t in texts:
+                    s = tok.scored(t, cfg.unknown, "the validation text", opens=n_ids[1] == 0)
+                    write(fv, 1, s.ids)
+                    val_chars, extra = val_chars + s.chars, extra + s.extra_nats
+
+            for train, val in _units(jobs, split_files, layouts, cfg, bar):
+                train_texts(rejoin[0].feed(train))
+                val_texts(rejoin[1].feed(val))
+            train_texts(rejoin[0].close())
+            val_texts(rejoin[1].close())
+            for f in (ft, fv):
+                f.flush()
+                os.fsync(f.fileno())
+        for t, name in zip(tmp, ("train.bin", "val.bin")):
+            os.replace(t, out / name)
+        fsync_dir(out)
+    names = [n for n, _ in lengths]
+    return {"tokenizer": tok, "train_tokens": n_ids[0], "val_tokens": n_ids[1],
+            "train_chars": sum(c[0] for _, c in lengths), "val_chars": val_chars, "val_extra_nats": extra,
+            "train_works": [n for n in names if roles(n, cfg)[0]], "val_works": [n for n in names if roles(n, cfg)[1]],
+            "val_only": []}
 
 
 def prepare(jobs: list, cfg: DataConfig, out: str | Path, sources=(), workers: int = 0, progress: bool = True,
@@ -363,7 +436,8 @@ def prepare(jobs: list, cfg: DataConfig, out: str | Path, sources=(), workers: i
     """Clean, split and encode once: train.bin and val.bin (raw ids in the smallest unsigned type), vocab.json, prepared.json.
 
     jobs are source files (as sources.locate gives them) or documents
-    already read. workers: processes for character level (api.prepare passes one per physical core).
+    already read. workers: processes for the passes that run in parallel (character level's, and the first pass
+    over a large file at every level; api.prepare passes one per physical core).
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / PREPARED).is_file():
@@ -371,10 +445,8 @@ def prepare(jobs: list, cfg: DataConfig, out: str | Path, sources=(), workers: i
     jobs = [Document("<stdin>", load(None, cfg.encoding).text) if j is None else j for j in jobs]  # stdin is read once
     out.mkdir(parents=True, exist_ok=True)
     (out / PREPARED).unlink(missing_ok=True)  # preparing again: the old marker must not vouch for half-written files
-    if cfg.level == "char":
-        r = _prepare_chars(jobs, cfg, out, max(workers, 1), progress, piece_bytes)
-    else:
-        r = _prepare_in_memory(jobs, cfg, out)
+    prepare_level = _prepare_chars if cfg.level == "char" else _prepare_tokens
+    r = prepare_level(jobs, cfg, out, max(workers, 1), progress, piece_bytes)
     tok = r.pop("tokenizer")
     write_atomic(out / "vocab.json", dumps(tok.to_dict()))
     meta = {"dtype": tok.dtype().name, **r, "data": dataclasses.asdict(cfg), "sources": [str(s) for s in sources]}

@@ -12,6 +12,10 @@ the vocabulary covers (BPE covers every text). Each tokenizer offers:
     scored(text, unknown) -> Scored                   ids plus what bpc needs (see below)
     primer(), banned(chars, unknown), never(), stream(), words_are_tokens
 
+A long text is encoded in pieces cut where every level's tokens break
+whatever surrounds the cut (`safe_cuts`), so the pieces' ids are the whole
+text's: what lets `storyloom prepare` encode a file larger than memory.
+
 bpc compares across levels because it is measured in characters: the total
 nats of every token after the first (the first is context), plus the nats
 charged for spelling out each <unk> (word level), over the characters those
@@ -67,6 +71,64 @@ def _dtype(n: int) -> np.dtype:
 def _unknown_error(what: str, kind: str, missing) -> UserError:
     return UserError(f"{what} has {len(missing)} {kind} never seen in training: {_show(missing)}; "
                      "remove them or pass --unknown replace")
+
+
+# A cut between a visible ASCII character and a space or newline is a token
+# boundary at every level, whatever text lies on either side, so each side
+# encodes alone to exactly its share of the whole text's ids. Word level
+# (WORD): a word, whitespace run or mark never spans it, and no token left of
+# it looks past it (a word continues only with a letter, digit or apostrophe).
+# BPE (GPT-2's pre-tokenizer pattern, which ByteLevel applies before merging
+# within each pre-token): letters, digits and punctuation runs stop at
+# whitespace, a pre-token may start with one space but never end with one, and
+# the only pattern that looks ahead (`\s+(?!\S)`) starts at whitespace, to the
+# right of the cut. Only ASCII on both sides, so the two regex engines'
+# differing ideas of exotic whitespace never matter.
+SAFE_CUT = re.compile(r"(?<=[!-~])(?=[ \n])")
+
+
+def safe_cuts(text: str, size: int = 1 << 20) -> list[int]:
+    """Positions where `text` may be cut (SAFE_CUT): its first and last, and between them one at least `size`
+    characters after the one before; [] when it has none (a text of one token, or of no ASCII at all)."""
+    first = SAFE_CUT.search(text)
+    if first is None:
+        return []
+    window, last = 4096, None
+    while last is None:  # the last cut, looked for from the end in growing windows
+        start = max(len(text) - window, 0)
+        for m in SAFE_CUT.finditer(text, start):
+            last = m.start()
+        window *= 8
+    cuts, at = [first.start()], first.start()
+    while True:
+        m = SAFE_CUT.search(text, at + size)
+        if m is None or m.start() >= last:
+            break
+        at = m.start()
+        cuts.append(at)
+    return cuts + [last] if last > cuts[-1] else cuts
+
+
+class Rejoin:
+    """Consecutive pieces of one text in, texts cut only at safe cuts out (about `size` characters each): encoding
+    each alone gives the whole text's ids. What a piece holds before its first cut joins what the piece before left
+    after its last; a piece without a cut is held until one comes."""
+
+    def __init__(self, size: int = 1 << 20):
+        self.carry, self.size = "", size
+
+    def feed(self, text: str) -> list[str]:
+        cuts = safe_cuts(text, self.size)
+        if not cuts:
+            self.carry += text
+            return []
+        out = [self.carry + text[: cuts[0]], *(text[a:b] for a, b in zip(cuts, cuts[1:]))]
+        self.carry = text[cuts[-1] :]
+        return [t for t in out if t]
+
+    def close(self) -> list[str]:
+        out, self.carry = [self.carry] if self.carry else [], ""
+        return out
 
 
 class _Ids:
@@ -168,8 +230,9 @@ class CharTokenizer(_Ids):
             self._lut_small = lut.astype(np.int16 if len(self) < 2**15 else np.int32)
         return self._lut_small
 
-    def scored(self, text: str, unknown: str = "error", what: str = "text") -> Scored:
-        return Scored(self.ids(text, unknown, what), max(len(text) - 1, 0), 0.0)
+    def scored(self, text: str, unknown: str = "error", what: str = "text", opens: bool = True) -> Scored:
+        """opens: the text's first token opens the stream, so it is context, not scored (False: a later piece)."""
+        return Scored(self.ids(text, unknown, what), max(len(text) - opens, 0), 0.0)
 
     def decode(self, ids) -> str:
         ids = np.asarray(ids, dtype=np.int64)
@@ -244,7 +307,16 @@ class WordTokenizer(_Ids):
 
     @classmethod
     def fit(cls, text: str, max_vocab: int = 0, min_count: int = 1) -> "WordTokenizer":
-        counts = Counter(WORD.findall(text))
+        return cls.from_counts(*cls.counts(text), max_vocab, min_count)
+
+    @staticmethod
+    def counts(text: str) -> tuple[Counter, Counter]:
+        """What fitting needs of a text: how often each token and each character occurs (sums over pieces cut at
+        `safe_cuts`, in order, give the whole text's)."""
+        return Counter(WORD.findall(text)), Counter(text)
+
+    @classmethod
+    def from_counts(cls, counts: Counter, chars: Counter, max_vocab: int = 0, min_count: int = 1) -> "WordTokenizer":
         kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
         if max_vocab:
             kept = kept[: max_vocab - 1]
@@ -252,7 +324,7 @@ class WordTokenizer(_Ids):
         for t, n in counts.items():
             for a, b in zip(("", *t), (*t, "")):
                 pairs[a, b] += n
-        return cls([UNK, *kept], dict(Counter(text)), sum(counts.values()), sorted([a, b, n] for (a, b), n in pairs.items()))
+        return cls([UNK, *kept], dict(chars), sum(counts.values()), sorted([a, b, n] for (a, b), n in pairs.items()))
 
     def spelling_nats(self, token: str) -> float:
         """What spelling out an unknown token costs, in nats: -log P(chars, end) under the bigram model."""
@@ -278,11 +350,12 @@ class WordTokenizer(_Ids):
     def ids(self, text: str, unknown: str = "error", what: str = "text") -> np.ndarray:
         return self._ids(WORD.findall(text), unknown, what)
 
-    def scored(self, text: str, unknown: str = "error", what: str = "text") -> Scored:
+    def scored(self, text: str, unknown: str = "error", what: str = "text", opens: bool = True) -> Scored:
         pieces = WORD.findall(text)
         ids = self._ids(pieces, "replace", what)  # unknown words are charged, never refused
-        extra = sum(self.spelling_nats(p) for p, i in zip(pieces[1:], ids[1:].tolist()) if i == 0)
-        return Scored(ids, len(text) - (len(pieces[0]) if pieces else 0), extra)
+        k = int(opens and bool(pieces))  # the opening token is context, not scored
+        extra = sum(self.spelling_nats(p) for p, i in zip(pieces[k:], ids[k:].tolist()) if i == 0)
+        return Scored(ids, len(text) - (len(pieces[0]) if k else 0), extra)
 
     def decode(self, ids) -> str:
         t = self.tokens
@@ -330,6 +403,11 @@ class BPETokenizer(_Ids):
 
     @classmethod
     def fit(cls, text: str, vocab_size: int) -> "BPETokenizer":
+        return cls.fit_pieces([text], vocab_size)
+
+    @classmethod
+    def fit_pieces(cls, texts, vocab_size: int) -> "BPETokenizer":
+        """Fitted on the concatenation of `texts`, read one at a time."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
@@ -337,9 +415,26 @@ class BPETokenizer(_Ids):
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=False)
-        lines = text.splitlines(keepends=True)
-        tok.train_from_iterator(("".join(lines[i : i + 1000]) for i in range(0, len(lines), 1000)), trainer)
+        tok.train_from_iterator(cls.batches(texts), trainer)
         return cls(tok)
+
+    @staticmethod
+    def batches(texts):
+        """The consecutive pieces of one text regrouped as the trainer reads it, 1,000 lines at a time (the trainer
+        pre-tokenises each group alone, so a text given in pieces must be grouped as the whole would be)."""
+        group, partial = [], ""
+        for text in texts:
+            lines = (partial + text).splitlines(keepends=True)
+            partial = lines.pop() if lines and len((lines[-1] + "x").splitlines()) == 1 else ""
+            for line in lines:
+                group.append(line)
+                if len(group) == 1000:
+                    yield "".join(group)
+                    group = []
+        if partial:
+            group.append(partial)
+        if group:
+            yield "".join(group)
 
     def __len__(self) -> int:
         return self._len
@@ -347,11 +442,12 @@ class BPETokenizer(_Ids):
     def ids(self, text: str, unknown: str = "error", what: str = "text") -> np.ndarray:
         return np.array(self.tok.encode(text).ids, dtype=self.dtype())
 
-    def scored(self, text: str, unknown: str = "error", what: str = "text") -> Scored:
+    def scored(self, text: str, unknown: str = "error", what: str = "text", opens: bool = True) -> Scored:
         enc = self.tok.encode(text)
         # The first token's end, in characters: where a character spans two
         # tokens it counts as unscored, so bpc errs high, never low.
-        return Scored(np.array(enc.ids, dtype=self.dtype()), len(text) - (enc.offsets[0][1] if enc.ids else 0), 0.0)
+        first = enc.offsets[0][1] if opens and enc.ids else 0
+        return Scored(np.array(enc.ids, dtype=self.dtype()), len(text) - first, 0.0)
 
     def decode(self, ids) -> str:
         return self.tok.decode(np.asarray(ids, dtype=np.int64).tolist(), skip_special_tokens=False)
@@ -389,11 +485,32 @@ KINDS = {c.kind: c for c in (CharTokenizer, WordTokenizer, BPETokenizer)}
 
 
 def fit(text: str, level: str = "char", vocab_size: int = 0, max_vocab: int = 0, min_count: int = 1) -> Tokenizer:
-    if level == "word":
-        return WordTokenizer.fit(text, max_vocab, min_count)
+    return fit_pieces([text], level, vocab_size, max_vocab, min_count)
+
+
+def fit_pieces(texts, level: str = "char", vocab_size: int = 0, max_vocab: int = 0, min_count: int = 1) -> Tokenizer:
+    """The vocabulary `fit` would give the concatenation of `texts` (any iterable of consecutive pieces, read once,
+    one at a time): what `storyloom prepare` fits a file larger than memory with."""
     if level == "bpe":
-        return BPETokenizer.fit(text, vocab_size)
-    return CharTokenizer.fit(text)
+        return BPETokenizer.fit_pieces(texts, vocab_size)
+    if level == "word":
+        tokens, chars, rejoin = Counter(), Counter(), Rejoin()
+        for text in texts:
+            for t in rejoin.feed(text):
+                tc, cc = WordTokenizer.counts(t)
+                tokens.update(tc)
+                chars.update(cc)
+        for t in rejoin.close():
+            tc, cc = WordTokenizer.counts(t)
+            tokens.update(tc)
+            chars.update(cc)
+        return WordTokenizer.from_counts(tokens, chars, max_vocab, min_count)
+    counts = np.zeros(0, dtype=np.int64)
+    for text in texts:
+        c = char_counts(text)
+        counts = np.pad(counts, (0, max(len(c) - len(counts), 0)))
+        counts[: len(c)] += c
+    return CharTokenizer.from_counts(counts)
 
 
 def from_dict(d: dict) -> Tokenizer:

@@ -192,3 +192,54 @@ def test_an_undecodable_byte_in_a_piece_names_its_offset_in_the_file(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"good line\n" * 50 + b"caf\xe9\n" + b"more\n" * 50)
     with pytest.raises(UserError, match=r"bad.txt: not valid utf-8 text \(byte 0xe9 at offset 503\)"):
         prepare(locate([str(tmp_path / "bad.txt")]), DataConfig(), tmp_path / "out", progress=False, piece_bytes=64)
+
+
+# -- word and BPE levels stream too: a file or piece at a time, the ids of the whole text --------------------
+def prepare_vs_build(tmp_path, files: dict[str, str], piece_bytes: int, **data):
+    import math
+
+    import numpy as np
+
+    from storyloom.config import DataConfig
+    from storyloom.prepared import load_prepared, prepare
+    from storyloom.sources import locate
+
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (src / name).write_bytes(text.encode("utf-8"))
+    cfg = DataConfig(**{"vocab_size": 300, "max_vocab": 60, **data})
+    meta = prepare(locate([str(src)]), cfg, tmp_path / "prep", progress=False, workers=2, piece_bytes=piece_bytes)
+    c, _ = load_prepared(tmp_path / "prep")
+    direct = build(read([str(src)]), cfg)  # everything in memory at once: the reference
+    assert np.array_equal(c.train, direct.train) and np.array_equal(c.val, direct.val)
+    assert c.tokenizer.to_dict() == direct.tokenizer.to_dict()
+    assert (c.val_chars, c.train_chars, c.train_names, c.val_names) == (
+        direct.val_chars, direct.train_chars, direct.train_names, direct.val_names)
+    assert math.isclose(c.val_extra_nats, direct.val_extra_nats, rel_tol=1e-9, abs_tol=1e-9)
+    return meta, direct
+
+
+@pytest.mark.parametrize("level", ["word", "bpe"])
+@pytest.mark.parametrize("piece_bytes", [40, 256, 1 << 24])
+@pytest.mark.parametrize("data", [{}, {"lowercase": True}, {"val_files": ("b.txt",)}])
+def test_word_and_bpe_prepare_in_pieces_equal_the_in_memory_corpus(tmp_path, level, piece_bytes, data):
+    body = "\r\n".join(LINES * 6)
+    files = {"a.txt": "\ufeff" + HEADER + body + FOOTER, "b.txt": "Produced by nobody\n\n" + body,
+             "c.txt": body + "\n\u00a7 only the validation tail has this mark\n", "d.txt": "nospaceatall" * 30}
+    meta, direct = prepare_vs_build(tmp_path, files, piece_bytes, level=level, **data)
+    assert meta["train_tokens"] > 300 and meta["val_only"] == []
+    if level == "word" and "val_files" not in data:
+        assert direct.val_extra_nats > 0  # words rarer than the vocabulary's are <unk>, their spelling charged
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.sampled_from([HEADER, FOOTER, "\n", "\r\n", "\n\n\n", "Produced by X\n\n", "\ufeff", "a\u0301",
+                                       "END OF PROJECT GUTENBERG\n", "  ", "word", *LINES]), min_size=1, max_size=40),
+       piece_bytes=st.integers(8, 300), lowercase=st.booleans(), level=st.sampled_from(["word", "bpe"]))
+def test_fuzz_word_and_bpe_pieces_equal_the_whole_text_wherever_cuts_fall(tmp_path_factory, parts, piece_bytes,
+                                                                            lowercase, level):
+    tmp = tmp_path_factory.mktemp("tokens")
+    text = "".join(parts) + "\nthe end of the text, long enough for a validation tail\n"
+    prepare_vs_build(tmp, {"a.txt": text, "b.txt": "Another work entirely.\n" * 5}, piece_bytes, level=level,
+                     lowercase=lowercase)

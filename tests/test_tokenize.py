@@ -142,3 +142,84 @@ def test_bpe_scores_characters_after_the_first_token(bpe):
     s = bpe.scored("Shall I compare thee")
     first = bpe.decode(s.ids[:1])
     assert s.chars == len("Shall I compare thee") - len(first) and s.extra_nats == 0
+
+
+# -- long texts in pieces: cut where every level's tokens break, they give the whole text's tokens ------------
+from collections import Counter  # noqa: E402
+
+from storyloom.tokenize import WORD, Rejoin, fit, fit_pieces, safe_cuts  # noqa: E402
+
+BITS = ["a", "Z", "9", "'", "\u2019", "_", ".", ",", "--", " ", "  ", "\n", "\n\n", "\t", "don't", "o\u2019er", "\u00e9",
+        "e\u0301", "\u00a0", "\u2028", "\u3000", "\U0001F600", "word", "Word", "\u00c9tienne", "42", "'s", " 've"]
+SNIPPETS = st.lists(st.sampled_from(BITS), max_size=40).map("".join)
+
+
+def tokens(level, bpe, text):
+    """The strings each level cuts a text into (not ids: different unknown words share one id)."""
+    return WORD.findall(text) if level == "word" else bpe.tok.encode(text).tokens
+
+
+@settings(max_examples=300, deadline=None)
+@given(left=SNIPPETS, last=st.sampled_from([chr(c) for c in range(0x21, 0x7F)]), space=st.sampled_from([" ", "\n"]),
+       right=SNIPPETS)
+@pytest.mark.parametrize("level", ["word", "bpe"])
+def test_fuzz_a_safe_cut_splits_every_level_s_tokens(bpe, level, left, last, space, right):
+    a, b = left + last, space + right
+    assert safe_cuts(a + b, 1) and len(a) in safe_cuts(a + b, 1)
+    assert tokens(level, bpe, a + b) == tokens(level, bpe, a) + tokens(level, bpe, b)
+
+
+def test_safe_cuts_are_first_last_and_every_size_between():
+    text = "x " * 50  # a cut after every x
+    cuts = safe_cuts(text, 10)
+    assert cuts[0] == 1 and cuts[-1] == 99 and all(10 <= b - a <= 12 for a, b in zip(cuts, cuts[1:-1]))
+    assert safe_cuts("  \n\u00e9\u00e9 \u00e9", 1) == [] and safe_cuts("", 1) == []
+    assert safe_cuts("a" * 100_000 + " ", 1) == [100_000]  # found from the end past its first window
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=SNIPPETS, cuts=st.lists(st.integers(0, 200), max_size=6), size=st.integers(1, 30))
+@pytest.mark.parametrize("level", ["word", "bpe"])
+def test_fuzz_rejoined_pieces_encode_as_the_whole(bpe, level, text, cuts, size):
+    edges = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    rejoin, out = Rejoin(size), []
+    for a, b in zip(edges, edges[1:]):
+        out += rejoin.feed(text[a:b])
+    out += rejoin.close()
+    assert "".join(out) == text and all(out)
+    assert [t for piece in out for t in tokens(level, bpe, piece)] == tokens(level, bpe, text)
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=SNIPPETS.filter(lambda t: t.strip()), cuts=st.lists(st.integers(0, 200), max_size=5))
+@pytest.mark.parametrize("level", ["word", "bpe"])
+def test_fuzz_a_tokenizer_fitted_on_pieces_is_the_one_fitted_on_the_whole(level, text, cuts):
+    text = text * 20
+    edges = sorted({min(c * 7, len(text)) for c in cuts} | {0, len(text)})
+    whole = fit(text, level, vocab_size=300, max_vocab=0)
+    assert fit_pieces((text[a:b] for a, b in zip(edges, edges[1:])), level, 300, 0).to_dict() == whole.to_dict()
+
+
+def test_word_counts_of_rejoined_pieces_are_the_whole_text_s():
+    text = "don't stop. O\u2019er the hills,   far away\n\n" * 30
+    rejoin, tok, ch = Rejoin(7), Counter(), Counter()
+    for piece in [*rejoin.feed(text[:101]), *rejoin.feed(text[101:]), *rejoin.close()]:
+        t, c = WordTokenizer.counts(piece)
+        tok.update(t)
+        ch.update(c)
+    assert (tok, list(ch.items())) == (Counter(WORD.findall(text)), list(Counter(text).items()))  # in first-seen order
+
+
+@pytest.mark.parametrize("level", ["char", "word", "bpe"])
+def test_scores_of_later_pieces_sum_to_the_whole_text_s(sonnets, level):
+    text = sonnets[:3000]
+    tok = fit(sonnets[3000:], level, vocab_size=300, max_vocab=200)
+    whole = tok.scored(text, "replace")
+    rejoin = Rejoin(50)
+    parts = [*rejoin.feed(text), *rejoin.close()]
+    scores = [tok.scored(p, "replace", opens=i == 0) for i, p in enumerate(parts)]
+    assert len(parts) > 10
+    assert np.array_equal(np.concatenate([s.ids for s in scores]), whole.ids)
+    assert sum(s.chars for s in scores) == whole.chars
+    assert math.isclose(sum(s.extra_nats for s in scores), whole.extra_nats, rel_tol=1e-9)
+    assert level != "word" or whole.extra_nats > 0  # unknown words were charged
