@@ -73,23 +73,30 @@ def _unknown_error(what: str, kind: str, missing) -> UserError:
                      "remove them or pass --unknown replace")
 
 
-# A cut between a visible ASCII character and a space or newline is a token
-# boundary at every level, whatever text lies on either side, so each side
-# encodes alone to exactly its share of the whole text's ids. Word level
-# (WORD): a word, whitespace run or mark never spans it, and no token left of
-# it looks past it (a word continues only with a letter, digit or apostrophe).
-# BPE (GPT-2's pre-tokenizer pattern, which ByteLevel applies before merging
-# within each pre-token): letters, digits and punctuation runs stop at
-# whitespace, a pre-token may start with one space but never end with one, and
-# the only pattern that looks ahead (`\s+(?!\S)`) starts at whitespace, to the
-# right of the cut. Only ASCII on both sides, so the two regex engines'
-# differing ideas of exotic whitespace never matter.
-SAFE_CUT = re.compile(r"(?<=[!-~])(?=[ \n])")
+# Two kinds of cut are token boundaries at every level, whatever text lies on
+# either side, so each side encodes alone to exactly its share of the whole
+# text's ids:
+# 1. between a visible ASCII character and a space or newline. Word level
+#    (WORD): a word, whitespace run or mark never spans it, and no token left
+#    of it looks past it (a word continues only with a letter, digit or
+#    apostrophe). BPE (GPT-2's pre-tokenizer pattern, which ByteLevel applies
+#    before merging within each pre-token): letters, digits and punctuation
+#    runs stop at whitespace, a pre-token may start with one space but never
+#    end with one, and the only pattern that looks ahead (`\s+(?!\S)`) starts
+#    at whitespace, right of the cut. ASCII only, so the two regex engines'
+#    differing ideas of exotic whitespace never matter.
+# 2. just after a lone newline, with no whitespace either side of it (text
+#    without spaces, as Chinese or Japanese is written, cuts only here). The
+#    newline is one token at both levels, looked at from either side: a
+#    whitespace run of one, and `\s+(?!\S)` matches it alone whether a
+#    character or the end follows. Python's whitespace includes every
+#    character the Rust engine's does, so "not whitespace" here is so there.
+SAFE_CUT = re.compile(r"(?<=[!-~])(?=[ \n])|(?<=\S\n)(?=\S)")
 
 
 def safe_cuts(text: str, size: int = 1 << 20) -> list[int]:
     """Positions where `text` may be cut (SAFE_CUT): its first and last, and between them one at least `size`
-    characters after the one before; [] when it has none (a text of one token, or of no ASCII at all)."""
+    characters after the one before; [] when it has none."""
     first = SAFE_CUT.search(text)
     if first is None:
         return []

@@ -147,7 +147,7 @@ def test_bpe_scores_characters_after_the_first_token(bpe):
 # -- long texts in pieces: cut where every level's tokens break, they give the whole text's tokens ------------
 from collections import Counter  # noqa: E402
 
-from storyloom.tokenize import WORD, Rejoin, fit, fit_pieces, safe_cuts  # noqa: E402
+from storyloom.tokenize import SAFE_CUT, WORD, Rejoin, fit, fit_pieces, safe_cuts  # noqa: E402
 
 BITS = ["a", "Z", "9", "'", "\u2019", "_", ".", ",", "--", " ", "  ", "\n", "\n\n", "\t", "don't", "o\u2019er", "\u00e9",
         "e\u0301", "\u00a0", "\u2028", "\u3000", "\U0001F600", "word", "Word", "\u00c9tienne", "42", "'s", " 've"]
@@ -155,8 +155,16 @@ SNIPPETS = st.lists(st.sampled_from(BITS), max_size=40).map("".join)
 
 
 def tokens(level, bpe, text):
-    """The strings each level cuts a text into (not ids: different unknown words share one id)."""
-    return WORD.findall(text) if level == "word" else bpe.tok.encode(text).tokens
+    """The strings each level cuts a text into (not ids: different unknown words share one id); at BPE level the
+    pre-tokens as well, which a larger vocabulary could merge differently though these merges agree."""
+    if level == "word":
+        return (WORD.findall(text),)
+    return [p for p, _ in bpe.tok.pre_tokenizer.pre_tokenize_str(text)], bpe.tok.encode(text).tokens
+
+
+def cat(*parts):
+    """tokens() of consecutive pieces, joined as those of one text would be."""
+    return tuple(sum(column, []) for column in zip(*parts))
 
 
 @settings(max_examples=300, deadline=None)
@@ -166,7 +174,30 @@ def tokens(level, bpe, text):
 def test_fuzz_a_safe_cut_splits_every_level_s_tokens(bpe, level, left, last, space, right):
     a, b = left + last, space + right
     assert safe_cuts(a + b, 1) and len(a) in safe_cuts(a + b, 1)
-    assert tokens(level, bpe, a + b) == tokens(level, bpe, a) + tokens(level, bpe, b)
+    assert tokens(level, bpe, a + b) == cat(tokens(level, bpe, a), tokens(level, bpe, b))
+
+
+@settings(max_examples=300, deadline=None)
+@given(left=SNIPPETS, before=st.sampled_from(BITS + ["\u5b57", "\u3002", "\u00e9", "!"]),
+       after=st.sampled_from(BITS + ["\u5b57", "\u3002", "\u00e9", "#"]), right=SNIPPETS)
+@pytest.mark.parametrize("level", ["word", "bpe"])
+def test_fuzz_a_lone_newline_between_visible_characters_splits_every_level_s_tokens(bpe, level, left, before, after,
+                                                                                    right):
+    a, b = left + before + "\n", after + right
+    if before[-1].isspace() or after[0].isspace():
+        return  # not such a cut
+    assert len(a) in safe_cuts(a + b, 1)
+    assert tokens(level, bpe, a + b) == cat(tokens(level, bpe, a), tokens(level, bpe, b))
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.lists(st.sampled_from(BITS + ["\u5b57", "\u3002", "\n", " \n", "\n "]), max_size=40).map("".join))
+@pytest.mark.parametrize("level", ["word", "bpe"])
+def test_fuzz_every_safe_cut_of_a_text_splits_its_tokens(bpe, level, text):
+    whole = tokens(level, bpe, text)
+    for m in SAFE_CUT.finditer(text):
+        p = m.start()
+        assert cat(tokens(level, bpe, text[:p]), tokens(level, bpe, text[p:])) == whole, p
 
 
 def test_safe_cuts_are_first_last_and_every_size_between():
@@ -175,6 +206,7 @@ def test_safe_cuts_are_first_last_and_every_size_between():
     assert cuts[0] == 1 and cuts[-1] == 99 and all(10 <= b - a <= 12 for a, b in zip(cuts, cuts[1:-1]))
     assert safe_cuts("  \n\u00e9\u00e9 \u00e9", 1) == [] and safe_cuts("", 1) == []
     assert safe_cuts("a" * 100_000 + " ", 1) == [100_000]  # found from the end past its first window
+    assert safe_cuts("\u5b57\u5b57\n\u5b57\n\n\u5b57", 1) == [3]  # after a lone newline between characters
 
 
 @settings(max_examples=150, deadline=None)
@@ -187,7 +219,7 @@ def test_fuzz_rejoined_pieces_encode_as_the_whole(bpe, level, text, cuts, size):
         out += rejoin.feed(text[a:b])
     out += rejoin.close()
     assert "".join(out) == text and all(out)
-    assert [t for piece in out for t in tokens(level, bpe, piece)] == tokens(level, bpe, text)
+    assert cat(tokens(level, bpe, ""), *(tokens(level, bpe, piece) for piece in out)) == tokens(level, bpe, text)
 
 
 @settings(max_examples=40, deadline=None)
