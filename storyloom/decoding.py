@@ -52,7 +52,8 @@ class Decoder:
     def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One token per stream: ids (B,) -> logits (B, V)."""
         pace()
-        state = tuple(s.float() for s in state)
+        if state[0].dtype != torch.float32:  # a prompt read in bf16
+            state = tuple(s.float() for s in state)
         if self.graphs:
             logits, state = self._graph(ids, state)(ids, state)
         else:

@@ -83,10 +83,12 @@ class LanguageModel(nn.Module):
             return None
         return cached(self, "_table_cache", lambda: self.cell.fold(lookup()).detach())
 
-    @torch.no_grad()
     def step(self, x: torch.Tensor, state: State, precision: str = "fp32") -> tuple[torch.Tensor, State]:
-        """forward() for one time step, x (B,) -> logits (B, V), in eval mode. `precision`: how the cell's
-        weights are held (one of cell.precisions; fp32 is exact)."""
+        """forward() for one time step, x (B,) -> logits (B, V), in eval mode, without gradients. `precision`: how
+        the cell's weights are held (one of cell.precisions; fp32 is exact)."""
+        if torch.is_grad_enabled():  # entered only when needed: at batch 1 a context per step costs a few percent
+            with torch.no_grad():
+                return self.step(x, state, precision)
         table = self._table()
         if table is not None:
             h, state = self.cell.step(None, state, z0=table[x], precision=precision)  # x's row holds W_ih x + b

@@ -47,6 +47,19 @@ def test_draw_is_reproducible_per_row_and_greedy_at_zero():
     assert draw(logits, 0.0, []).tolist() == logits.argmax(-1).tolist()
 
 
+@pytest.mark.parametrize("u", [0.0, 0.5, 1.0, 1.5])  # 0 and past 1: the float edges the guard is for
+def test_one_row_draws_as_its_row_of_a_batch_at_the_float_edges(monkeypatch, u):
+    import storyloom.sampling as sampling
+
+    logits = torch.randn(3, 20)
+    logits[0, 0] = logits[1, -1] = logits[2, -3:] = float("-inf")  # no probability where u = 0 or u > 1 lands
+    monkeypatch.setattr(sampling.torch, "rand", lambda n, generator=None: torch.full((n,), u))
+    batch = draw(logits, 1.0, [torch.Generator() for _ in range(3)])
+    rows = [draw(logits[i : i + 1], 1.0, [torch.Generator()]).item() for i in range(3)]
+    assert rows == batch.tolist()
+    assert all(torch.isfinite(logits[i, j]) for i, j in enumerate(rows))
+
+
 def test_draw_never_picks_a_filtered_token():
     logits = shape_logits(torch.randn(1, 30), SampleConfig(temperature=1.5, top_k=3), banned=(0, 1))
     allowed = set(kept(logits))

@@ -1,0 +1,206 @@
+"""Would a hand-written LSTM backward beat oneDNN's? The candidate against torch's fused LSTM, side by side.
+
+    python benchmarks/lstm_backward.py                 # the default preset's shapes, bf16, eager and compiled
+    python benchmarks/lstm_backward.py --no-compile --rounds 3
+
+The profile (benchmarks/README.md, "Where the time goes") put the gap to the
+roofline in oneDNN's LSTM backward, which runs at about half the rate of its
+own GEMMs. The candidate computes the input projection for the whole sequence
+as one GEMM (autograd differentiates it: its weight gradient is one GEMM over
+every step), steps the recurrence (one (B, H) @ (H, 4H) product and the gates
+per step, saving the gates), and in its backward walks the steps back
+computing only the recurrent part, then the recurrent weight gradient as one
+GEMM over the whole sequence. Its per-step loops run eager, and compiled with
+`torch.compile` (inductor fuses each step's gate arithmetic into one C++ loop;
+compiling needs a C++ compiler and takes tens of seconds per shape).
+
+1. Checks the candidate against `nn.LSTM` in fp32: outputs and every gradient
+   (exits with status 1 if any relative error exceeds 1e-5), and reports its
+   bf16 errors next to oneDNN's own bf16 errors (both against fp32).
+2. Times forward + backward of one batch, arms alternated each round, the
+   median per arm, under bf16 autocast as training runs.
+
+Kept in the benchmarks, not the package, while it measures slower
+(benchmarks/README.md, "Training at the roofline"): run it on a new machine
+to see whether that holds there. Prints JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from machine import describe  # noqa: E402
+from storyloom import presets  # noqa: E402
+
+
+def emit(**row) -> None:
+    print(json.dumps(row), flush=True)
+
+
+def forward_steps(xp, h0, c0, W_hhT):
+    """xp (T, B, 4H): x W_ih^T + b; h0, c0 (B, H); W_hhT (H, 4H) -> gates G (T, B, 4H) as activated (i, f, g, o),
+    cell states C (T+1, B, H), tanh(C_t) (T, B, H), outputs Y (T+1, B, H) in the matmul dtype (Y[0] = h0)."""
+    T, B, H4 = xp.shape
+    H = H4 // 4
+    h, c = h0.to(W_hhT.dtype), c0
+    Gs, Cs, TCs, Ys = [], [c0], [], [h]
+    for t in range(T):
+        z = torch.addmm(xp[t], h, W_hhT).float()  # (B, 4H)
+        s = torch.sigmoid(z)
+        g = torch.tanh(z[:, 2 * H : 3 * H])
+        c = s[:, H : 2 * H] * c + s[:, :H] * g  # C_t = f C_{t-1} + i g
+        tc = torch.tanh(c)
+        h = (s[:, 3 * H :] * tc).to(W_hhT.dtype)  # h_t = o tanh(C_t)
+        Gs.append(torch.cat([s[:, : 2 * H], g, s[:, 3 * H :]], 1))
+        Cs.append(c)
+        TCs.append(tc)
+        Ys.append(h)
+    return torch.stack(Gs), torch.stack(Cs), torch.stack(TCs), torch.stack(Ys)
+
+
+def backward_steps(G, C, TC, W_hh, dy, dc):
+    """The recurrent part of the backward, last step first: dZ (T, B, 4H), the gradient at every gate's input,
+    and the gradients of h0 and c0. dy (T, B, H): the loss's gradient at each output; dc (B, H): at C_T."""
+    T, B, H4 = G.shape
+    H = H4 // 4
+    dh = torch.zeros(B, H)
+    dZs = []
+    for t in range(T - 1, -1, -1):
+        i, f, g, o = G[t].split(H, 1)
+        dh = dh + dy[t]
+        tc = TC[t]
+        dc = dc + dh * o * (1 - tc * tc)
+        dz = torch.cat([dc * g * i * (1 - i), dc * C[t] * f * (1 - f), dc * i * (1 - g * g), dh * tc * o * (1 - o)], 1)
+        dz = dz.to(W_hh.dtype)
+        dZs.append(dz)
+        dc = dc * f
+        dh = torch.mm(dz, W_hh).float()
+    return torch.stack(dZs[::-1]), dh, dc
+
+
+class Recurrence(torch.autograd.Function):
+    """The LSTM's recurrence given its input projection: (xp, h0, c0, W_hh) -> (y (T, B, H), C_T)."""
+
+    loops = (forward_steps, backward_steps)
+
+    @staticmethod
+    def forward(ctx, xp, h0, c0, W_hh, dtype):
+        fwd, _ = Recurrence.loops
+        G, C, TC, Y = fwd(xp.to(dtype), h0, c0, W_hh.t().to(dtype))
+        ctx.save_for_backward(G, C, TC, Y, W_hh)
+        ctx.dtype = dtype
+        return Y[1:], C[-1].clone()
+
+    @staticmethod
+    def backward(ctx, dy, dcT):
+        G, C, TC, Y, W_hh = ctx.saved_tensors
+        _, bwd = Recurrence.loops
+        T, B, H4 = G.shape
+        dc = dcT.float() if dcT is not None else torch.zeros(B, H4 // 4)
+        dZ, dh0, dc0 = bwd(G, C, TC, W_hh.to(ctx.dtype), dy.float(), dc)
+        dW_hh = torch.mm(dZ.view(T * B, H4).t(), Y[:-1].reshape(T * B, H4 // 4)).float()  # one GEMM, every step
+        return dZ, dh0, dc0, dW_hh, None
+
+
+def candidate(lstm: nn.LSTM, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The same function as lstm(x)[0] for one layer from a zero state: x (B, T, I) -> (B, T, H)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        b = lstm.bias_ih_l0 + lstm.bias_hh_l0
+        xp = F.linear(x.transpose(0, 1), lstm.weight_ih_l0, b)  # (T, B, 4H): one GEMM over the whole sequence
+    z = torch.zeros(x.shape[0], lstm.hidden_size)
+    with torch.autocast("cpu", enabled=False):  # the recurrence casts for itself: `dtype` for its products
+        y, _ = Recurrence.apply(xp, z, z, lstm.weight_hh_l0, dtype)
+    return y.transpose(0, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=20, help="batches timed per arm and round")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    a = ap.parse_args()
+    cfg = presets.build(a.preset)
+    if cfg.model.cell != "lstm" or cfg.model.layers != 1:
+        sys.exit(f"--preset {a.preset}: the candidate is one LSTM layer; choose a one-layer LSTM preset")
+    B, T, I, H = cfg.train.batch_size, cfg.train.seq_len, cfg.model.input_size, cfg.model.hidden
+    emit(kind="config", preset=a.preset, B=B, T=T, I=I, H=H, threads=torch.get_num_threads(), machine=describe())
+    torch.manual_seed(0)
+    lstm = nn.LSTM(I, H, 1, batch_first=True)
+    x = torch.randn(B, T, I, requires_grad=True)
+    w = torch.randn(B, T, H)
+    params = [*lstm.parameters(), x]
+
+    def onednn(dtype):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y, _ = lstm(x)
+        (y.float() * w).sum().backward()
+        return y
+
+    def ours(dtype):
+        y = candidate(lstm, x, dtype)
+        (y.float() * w).sum().backward()
+        return y
+
+    def grads(fn, dtype):
+        for p in params:
+            p.grad = None
+        y = fn(dtype)
+        return [y.detach().float(), *(p.grad.clone() for p in params)]
+
+    names = ["output", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "input"]
+    ref = grads(onednn, torch.float32)
+    errors = {}
+    for arm, fn, dtype in (("candidate fp32", ours, torch.float32), ("candidate bf16", ours, torch.bfloat16),
+                           ("oneDNN bf16", onednn, torch.bfloat16)):
+        got = grads(fn, dtype)
+        errors[arm] = {n: float((g - r).norm() / r.norm()) for n, g, r in zip(names, got, ref)}
+        emit(kind="check", arm=arm, relative_error_against_fp32_nn_lstm={n: f"{e:.2e}" for n, e in errors[arm].items()})
+    if max(errors["candidate fp32"].values()) > 1e-5:
+        sys.exit("the candidate differs from nn.LSTM in fp32")
+
+    arms = {"oneDNN (nn.LSTM)": onednn, "candidate, eager": ours}
+    if a.compile:
+        t = time.perf_counter()
+        Recurrence.loops = tuple(torch.compile(f, dynamic=False) for f in (forward_steps, backward_steps))
+        grads(ours, torch.bfloat16)
+        emit(kind="compile", seconds=round(time.perf_counter() - t, 1))
+        compiled = Recurrence.loops
+
+        def ours_compiled(dtype):
+            Recurrence.loops = compiled
+            try:
+                return ours(dtype)
+            finally:
+                Recurrence.loops = (forward_steps, backward_steps)
+
+        Recurrence.loops = (forward_steps, backward_steps)
+        arms["candidate, compiled"] = ours_compiled
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    for _ in range(a.rounds):
+        for name, fn in arms.items():
+            for _ in range(3):
+                fn(torch.bfloat16)
+            t = time.perf_counter()
+            for _ in range(a.reps):
+                fn(torch.bfloat16)
+            times[name].append((time.perf_counter() - t) / a.reps * 1e3)
+    base = statistics.median(times["oneDNN (nn.LSTM)"])
+    for name, ms in times.items():
+        m = statistics.median(ms)
+        emit(kind="time", arm=name, precision="bf16", ms_forward_backward=round(m, 2), rounds=[round(v, 2) for v in ms],
+             speed_vs_onednn=round(base / m, 3))
+
+
+if __name__ == "__main__":
+    main()
