@@ -94,7 +94,7 @@ def _unknown_error(what: str, kind: str, missing) -> UserError:
 SAFE_CUT = re.compile(r"(?<=[!-~])(?=[ \n])|(?<=\S\n)(?=\S)")
 
 
-def safe_cuts(text: str, size: int = 1 << 20) -> list[int]:
+def safe_cuts(text: str, size: int = 1 << 16) -> list[int]:
     """Positions where `text` may be cut (SAFE_CUT): its first and last, and between them one at least `size`
     characters after the one before; [] when it has none."""
     first = SAFE_CUT.search(text)
@@ -121,7 +121,8 @@ class Rejoin:
     each alone gives the whole text's ids. What a piece holds before its first cut joins what the piece before left
     after its last; a piece without a cut is held until one comes."""
 
-    def __init__(self, size: int = 1 << 20):
+    # 64K: Hugging Face's BPE encodes a 1 MB text at half the speed of 64 KB ones (word level does not care)
+    def __init__(self, size: int = 1 << 16):
         self.carry, self.size = "", size
 
     def feed(self, text: str) -> list[str]:
