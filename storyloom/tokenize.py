@@ -139,6 +139,12 @@ class Rejoin:
         rest, self.carry = "".join(self.carry), []
         return [rest] if rest else []
 
+    def each(self, pieces):
+        """Every piece fed, then the rest: the texts of one stream, in order."""
+        for piece in pieces:
+            yield from self.feed(piece)
+        yield from self.close()
+
 
 class _Ids:
     """What every level shares once it has `ids` and a length: the id type and the public encode."""
@@ -318,6 +324,16 @@ class WordTokenizer(_Ids):
     def fit(cls, text: str, max_vocab: int = 0, min_count: int = 1) -> "WordTokenizer":
         return cls.from_counts(*cls.counts(text), max_vocab, min_count)
 
+    @classmethod
+    def fit_pieces(cls, texts, max_vocab: int = 0, min_count: int = 1) -> "WordTokenizer":
+        """Fitted on the concatenation of `texts`, read one at a time and counted in texts cut where tokens break."""
+        tokens, chars = Counter(), Counter()
+        for t in Rejoin().each(texts):
+            tc, cc = cls.counts(t)
+            tokens.update(tc)
+            chars.update(cc)
+        return cls.from_counts(tokens, chars, max_vocab, min_count)
+
     @staticmethod
     def counts(text: str) -> tuple[Counter, Counter]:
         """What fitting needs of a text: how often each token and each character occurs (sums over pieces cut at
@@ -494,32 +510,22 @@ KINDS = {c.kind: c for c in (CharTokenizer, WordTokenizer, BPETokenizer)}
 
 
 def fit(text: str, level: str = "char", vocab_size: int = 0, max_vocab: int = 0, min_count: int = 1) -> Tokenizer:
-    return fit_pieces([text], level, vocab_size, max_vocab, min_count)
+    if level == "word":
+        return WordTokenizer.fit(text, max_vocab, min_count)
+    if level == "bpe":
+        return BPETokenizer.fit(text, vocab_size)
+    return CharTokenizer.fit(text)
 
 
-def fit_pieces(texts, level: str = "char", vocab_size: int = 0, max_vocab: int = 0, min_count: int = 1) -> Tokenizer:
-    """The vocabulary `fit` would give the concatenation of `texts` (any iterable of consecutive pieces, read once,
-    one at a time): what `storyloom prepare` fits a file larger than memory with."""
+def fit_pieces(texts, level: str, vocab_size: int = 0, max_vocab: int = 0, min_count: int = 1) -> Tokenizer:
+    """The word or BPE vocabulary `fit` would give the concatenation of `texts` (consecutive pieces, read once, one
+    at a time): what `storyloom prepare` fits a file larger than memory with. (Character level counts its pieces
+    in parallel: prepared._prepare_chars.)"""
+    if level == "word":
+        return WordTokenizer.fit_pieces(texts, max_vocab, min_count)
     if level == "bpe":
         return BPETokenizer.fit_pieces(texts, vocab_size)
-    if level == "word":
-        tokens, chars, rejoin = Counter(), Counter(), Rejoin()
-        for text in texts:
-            for t in rejoin.feed(text):
-                tc, cc = WordTokenizer.counts(t)
-                tokens.update(tc)
-                chars.update(cc)
-        for t in rejoin.close():
-            tc, cc = WordTokenizer.counts(t)
-            tokens.update(tc)
-            chars.update(cc)
-        return WordTokenizer.from_counts(tokens, chars, max_vocab, min_count)
-    counts = np.zeros(0, dtype=np.int64)
-    for text in texts:
-        c = char_counts(text)
-        counts = np.pad(counts, (0, max(len(c) - len(counts), 0)))
-        counts[: len(c)] += c
-    return CharTokenizer.from_counts(counts)
+    raise ValueError(f"fit_pieces fits word or bpe, not {level!r}")
 
 
 def from_dict(d: dict) -> Tokenizer:
