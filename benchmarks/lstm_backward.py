@@ -88,38 +88,38 @@ def backward_steps(G, C, TC, W_hh, dy, dc):
     return torch.stack(dZs[::-1]), dh, dc
 
 
-class Recurrence(torch.autograd.Function):
-    """The LSTM's recurrence given its input projection: (xp, h0, c0, W_hh) -> (y (T, B, H), C_T)."""
+EAGER = (forward_steps, backward_steps)
 
-    loops = (forward_steps, backward_steps)
+
+class Recurrence(torch.autograd.Function):
+    """The LSTM's recurrence given its input projection: (xp, h0, c0, W_hh) -> (y (T, B, H), C_T); `loops` the
+    (forward, backward) step loops to run: EAGER, or the two compiled."""
 
     @staticmethod
-    def forward(ctx, xp, h0, c0, W_hh, dtype):
-        fwd, _ = Recurrence.loops
-        G, C, TC, Y = fwd(xp.to(dtype), h0, c0, W_hh.t().to(dtype))
+    def forward(ctx, xp, h0, c0, W_hh, dtype, loops):
+        G, C, TC, Y = loops[0](xp.to(dtype), h0, c0, W_hh.t().to(dtype))
         ctx.save_for_backward(G, C, TC, Y, W_hh)
-        ctx.dtype = dtype
+        ctx.dtype, ctx.backward_steps = dtype, loops[1]
         return Y[1:], C[-1].clone()
 
     @staticmethod
     def backward(ctx, dy, dcT):
         G, C, TC, Y, W_hh = ctx.saved_tensors
-        _, bwd = Recurrence.loops
         T, B, H4 = G.shape
         dc = dcT.float() if dcT is not None else torch.zeros(B, H4 // 4)
-        dZ, dh0, dc0 = bwd(G, C, TC, W_hh.to(ctx.dtype), dy.float(), dc)
+        dZ, dh0, dc0 = ctx.backward_steps(G, C, TC, W_hh.to(ctx.dtype), dy.float(), dc)
         dW_hh = torch.mm(dZ.view(T * B, H4).t(), Y[:-1].reshape(T * B, H4 // 4)).float()  # one GEMM, every step
-        return dZ, dh0, dc0, dW_hh, None
+        return dZ, dh0, dc0, dW_hh, None, None
 
 
-def candidate(lstm: nn.LSTM, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def candidate(lstm: nn.LSTM, x: torch.Tensor, dtype: torch.dtype, loops=EAGER) -> torch.Tensor:
     """The same function as lstm(x)[0] for one layer from a zero state: x (B, T, I) -> (B, T, H)."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         b = lstm.bias_ih_l0 + lstm.bias_hh_l0
         xp = F.linear(x.transpose(0, 1), lstm.weight_ih_l0, b)  # (T, B, 4H): one GEMM over the whole sequence
     z = torch.zeros(x.shape[0], lstm.hidden_size)
     with torch.autocast("cpu", enabled=False):  # the recurrence casts for itself: `dtype` for its products
-        y, _ = Recurrence.apply(xp, z, z, lstm.weight_hh_l0, dtype)
+        y, _ = Recurrence.apply(xp, z, z, lstm.weight_hh_l0, dtype, loops)
     return y.transpose(0, 1)
 
 
@@ -147,8 +147,8 @@ def main() -> None:
         (y.float() * w).sum().backward()
         return y
 
-    def ours(dtype):
-        y = candidate(lstm, x, dtype)
+    def ours(dtype, loops=EAGER):
+        y = candidate(lstm, x, dtype, loops)
         (y.float() * w).sum().backward()
         return y
 
@@ -172,20 +172,10 @@ def main() -> None:
     arms = {"oneDNN (nn.LSTM)": onednn, "candidate, eager": ours}
     if a.compile:
         t = time.perf_counter()
-        Recurrence.loops = tuple(torch.compile(f, dynamic=False) for f in (forward_steps, backward_steps))
-        grads(ours, torch.bfloat16)
+        compiled = tuple(torch.compile(f, dynamic=False) for f in EAGER)
+        arms["candidate, compiled"] = lambda dtype: ours(dtype, compiled)
+        grads(arms["candidate, compiled"], torch.bfloat16)
         emit(kind="compile", seconds=round(time.perf_counter() - t, 1))
-        compiled = Recurrence.loops
-
-        def ours_compiled(dtype):
-            Recurrence.loops = compiled
-            try:
-                return ours(dtype)
-            finally:
-                Recurrence.loops = (forward_steps, backward_steps)
-
-        Recurrence.loops = (forward_steps, backward_steps)
-        arms["candidate, compiled"] = ours_compiled
     times: dict[str, list[float]] = {k: [] for k in arms}
     for _ in range(a.rounds):
         for name, fn in arms.items():
