@@ -8,8 +8,10 @@ batch-1 characters per second with carried state; the latency of the first
 character after a 1,000-character prompt; characters per second per sample
 at --num 32; with --bpc, the bits per character of the benchmark validation
 split read as one stream through that precision's step (fp32: through
-forward, exact). Once: the seeds' method on the same weights (re-feed the
-last 40 characters from a fresh state for every new character).
+forward, exact), and read as prompts are read (model.read in the decoder's
+read precision: int8 for int8 writing) in pieces of 1,000 characters. Once:
+the seeds' method on the same weights (re-feed the last 40 characters from
+a fresh state for every new character).
 Prints JSON lines: one `config` line, then one line per measurement.
 """
 
@@ -61,6 +63,19 @@ def window_refeed(m, prompt: str, n: int, window: int = 40) -> str:
     return m.tokenizer.decode(out)
 
 
+@torch.inference_mode()
+def read_bpc(w, text: str, piece: int = 1000) -> float:
+    """bpc of a character-level run's text read as prompts are read (the decoder's read precision), in pieces of
+    `piece` characters with carried state: the figure of the path that reads a prompt before writing."""
+    ids = torch.as_tensor(w.tokenizer.ids(text).astype(np.int64))[None]  # (1, N)
+    state, nats = None, 0.0
+    for s in range(0, ids.shape[1] - 1, piece):
+        x, y = ids[:, s : s + piece], ids[:, s + 1 : s + piece + 1]
+        logits, state = w.model.read(x[:, : y.shape[1]], state, w.decoder.precision)
+        nats += torch.nn.functional.cross_entropy(logits[0].float(), y[0], reduction="sum").item()
+    return nats / (ids.shape[1] - 1) / np.log(2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="a trained run (default: the shipped base, storyloom/bases/shakespeare)")
@@ -107,6 +122,9 @@ def main() -> None:
             r = w.score(val)
             emit(kind="bpc", decode=d, bpc=round(r["bpc"], 4), through=r.get("decode_precision", "forward (exact)"),
                  chars=r["chars"], seconds=round(time.perf_counter() - t, 1))
+            t = time.perf_counter()
+            emit(kind="read_bpc", decode=d, read=w.decoder.precision, bpc=round(read_bpc(w, val), 4),
+                 seconds=round(time.perf_counter() - t, 1))
 
 
 if __name__ == "__main__":

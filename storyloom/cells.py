@@ -51,6 +51,12 @@ class Cell(Protocol):
         """One token: e (B, I) -> h (B, H), equal to forward over a sequence of one; its weights held in
         `precision`, one of `precisions`."""
 
+    def read(self, e: torch.Tensor, state: State | None = None, precision: str = "fp32",
+             bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[torch.Tensor, State]:
+        """forward() for reading a prompt, its weights held in `precision` as `step` holds them; fp32 and bf16 are
+        forward() itself (bf16 under the caller's autocast), int8 needs a sequence kernel of its own. `bounds`:
+        the least and greatest value e can hold."""
+
     def activations(self, e: torch.Tensor) -> dict:
         """What `storyloom inspect` shows for one stream e (1, T, I): {"h": (1, T, H) outputs, "acts": (T, H) the
         unit activations to colour by, "kind": what they are, "gates": {name: (L, T, H)} or None}."""
@@ -87,12 +93,7 @@ class Matrix:
         elif precision == "bf16":
             self.W = W.t().contiguous().to(torch.bfloat16)  # (N, K), as F.linear takes it
         else:
-            Wt = W.t().float().contiguous()  # (N, K)
-            scale = (Wt.abs().amax(1) / 127).clamp_min(1e-12).double()  # (N,)
-            with warnings.catch_warnings():  # the deprecation notice of quantised tensors, said once per matrix
-                warnings.simplefilter("ignore", UserWarning)
-                q = torch.quantize_per_channel(Wt, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
-                self.W = torch.ops.quantized.linear_prepack(q, None)
+            self.W = int8_packed(W.t())
 
     def addmm(self, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """b + x @ W: x (B, K), b (N,) or (B, N) -> (B, N) fp32."""
@@ -107,6 +108,16 @@ class Matrix:
             w, _ = torch.ops.quantized.linear_unpack(self.W)
             return w.numel()
         return self.W.numel() * self.W.element_size()
+
+
+def int8_packed(Wt: torch.Tensor, bias: torch.Tensor | None = None):
+    """Wt (N, K) as FBGEMM's packed int8 weights: each output row scaled by its largest magnitude over 127."""
+    Wt = Wt.detach().float().contiguous()
+    scale = (Wt.abs().amax(1) / 127).clamp_min(1e-12).double()  # (N,)
+    with warnings.catch_warnings():  # the deprecation notice of quantised tensors, said once per matrix
+        warnings.simplefilter("ignore", UserWarning)
+        q = torch.quantize_per_channel(Wt, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.detach().float())
 
 
 def cached(module: nn.Module, name: str, build):
@@ -131,6 +142,10 @@ class StepByForward:
     def step(self, e: torch.Tensor, state: State, precision: str = "fp32") -> tuple[torch.Tensor, State]:
         h, state = self.forward(e[:, None], state)  # precision: fp32 only (`precisions`), checked where it is chosen
         return h[:, 0], state
+
+    def read(self, e: torch.Tensor, state: State | None = None, precision: str = "fp32",
+             bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[torch.Tensor, State]:
+        return self.forward(e, state)  # fp32, or bf16 under the caller's autocast: the precisions such a cell has
 
     def activations(self, e: torch.Tensor) -> dict:
         h, _ = self(e)
@@ -164,6 +179,49 @@ class LSTM(nn.LSTM):
     def forward(self, e: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         h, (hn, cn) = super().forward(e, state)  # (B, T, H)
         return h, (hn, cn)
+
+    def read(self, e: torch.Tensor, state: State | None = None, precision: str = "fp32",
+             bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[torch.Tensor, State]:
+        """forward(), the weights held in `precision`. int8 runs FBGEMM's quantised LSTM (`torch.quantized_lstm`,
+        weights per output row as `Matrix` holds them), one call per layer: the sequence in one native loop. A
+        1,000-character prompt took 40 ms so against 87 in bf16 (AMX) and 136 stepping Matrix from Python, 0.0003
+        bpc from fp32 (benchmarks/README.md, "Batch-1 writing").
+
+        FBGEMM quantises a layer's input over the whole call, so a text read in two calls would differ from it
+        read in one (a co-writing session and the server's prompt cache read in pieces). Two constant columns with
+        zero weights pin that range: `bounds`, every value e can take (model.read), and -1, 1 above layer 0
+        (|h| = |o tanh(C)| <= 1). So one stream reads the same however its text is cut; streams read side by side
+        share each step's recurrent quantisation, as `Matrix` steps them.
+        """
+        if precision != "int8":
+            return self.forward(e, state)
+        B, T, _ = e.shape
+        h0, c0 = state if state is not None else self.initial_state(B, e.device)
+        inp, hs, cs = e.float(), [], []
+        for l, params in enumerate(self._int8_layers()):
+            pins = inp.new_tensor(bounds if l == 0 else (-1.0, 1.0)).expand(B, T, 2)
+            inp, h, c = torch.quantized_lstm(torch.cat([inp, pins], 2), (h0[l : l + 1].float(), c0[l : l + 1].float()),
+                                             [params], True, 1, 0.0, False, False, True, dtype=torch.qint8, use_dynamic=True)
+            hs.append(h)
+            cs.append(c)
+        return inp, (torch.cat(hs), torch.cat(cs))  # (B, T, H), (L, B, H) each
+
+    def _int8_layers(self) -> list:
+        """FBGEMM's cell parameters per layer for `read` in int8, W_ih with two zero columns for the pinning
+        constants; cached until a parameter changes."""
+
+        def build():
+            layers = []
+            for l in range(self.num_layers):
+                W_ih, W_hh = getattr(self, f"weight_ih_l{l}"), getattr(self, f"weight_hh_l{l}")
+                b_ih, b_hh = getattr(self, f"bias_ih_l{l}").detach(), getattr(self, f"bias_hh_l{l}").detach()
+                W_ih = F.pad(W_ih.detach(), (0, 2))  # (4H, I + 2)
+                # True: 7-bit activations, as Matrix quantises them (no CPU's 8-bit products saturate)
+                layers.append(torch.ops.quantized.make_quantized_cell_params_dynamic(
+                    int8_packed(W_ih, b_ih), int8_packed(W_hh, b_hh), b_ih, b_hh, True))
+            return layers
+
+        return cached(self, "_int8_read", build)
 
     def activations(self, e: torch.Tensor) -> dict:
         """Read through the reference LSTM loaded with these weights: the fused kernel does not expose its gates."""

@@ -15,7 +15,7 @@ import torch
 
 from .cells import cached
 from .model import LanguageModel, State
-from .runtime import autocast, pace
+from .runtime import pace
 from .config import SampleConfig
 from .sampling import ban, draw, shape_logits
 
@@ -27,8 +27,9 @@ class Decoder:
     captured as a CUDA graph per batch size: writing at batch 1 is bound by
     launching dozens of tiny kernels per token, and a graph replays them as
     one launch (`graphs=False` keeps the eager step, for comparison).
-    `precision` is the prompt's autocast; `decode` how the step holds the
-    cell's weights (cells.Matrix: fp32 exact, bf16, int8).
+    `precision` is how the prompt is read (model.read: fp32, bf16 autocast, or
+    the cell's int8 weights); `decode` how the step holds them (cells.Matrix:
+    fp32 exact, bf16, int8).
     """
 
     MAX_GRAPHS = 8  # batch sizes kept captured at once (beam search shrinks its batch as hypotheses end)
@@ -43,8 +44,7 @@ class Decoder:
         """Feed ids (P,) to one stream, or (G, P) to G streams, in a single call; logits (G, V) for the next token."""
         x = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
         x = x[None] if x.dim() == 1 else x  # (G, P)
-        with autocast(self.precision, self.device):
-            logits, state = self.model(x, state)  # (G, P, V)
+        logits, state = self.model.read(x, state, self.precision)  # (G, P, V)
         # a copy: a view of the last position would keep all P positions' logits alive while the caller keeps it
         return logits[:, -1].float().cpu().clone(), state
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .cells import Folds, State, cached, make_cell
 from .config import ModelConfig
+from .runtime import autocast
 
 
 class OneHot(nn.Module):
@@ -71,17 +72,37 @@ class LanguageModel(nn.Module):
         h, state = self.cell(e, state)  # (B, T, H)
         return self.out(self.drop(h)), state  # (B, T, V)
 
+    def read(self, x: torch.Tensor, state: State | None, precision: str) -> tuple[torch.Tensor, State]:
+        """forward() for reading a prompt, in eval mode: fp32, bf16 (autocast), or the cell's int8 weights
+        (`cell.read`; the head stays fp32)."""
+        with autocast(precision, x.device):
+            h, state = self.cell.read(self.inp(x), state, precision, self._bounds())  # (B, T, H)
+            return self.out(h), state  # (B, T, V)
+
+    def _bounds(self) -> tuple[float, float]:
+        """The least and greatest value the input encoding gives: an embedding's extremes, [0, 1] for the others."""
+        if not isinstance(self.inp, nn.Embedding):
+            return 0.0, 1.0
+        return cached(self, "_bounds_cache", lambda: (float(self.inp.weight.min()), float(self.inp.weight.max())))
+
     def out(self, h: torch.Tensor) -> torch.Tensor:
         """Logits (..., V) from the top layer's output (..., H)."""
         return self.head(h if self.proj is None else self.proj(h))
 
-    def _table(self) -> torch.Tensor | None:
-        """(V, 4H): the cell's first input projection of every token, when the input is a lookup
-        and the cell can fold it; cached until a parameter changes."""
-        lookup = {nn.Embedding: lambda: self.inp.weight, OneHot: lambda: torch.eye(self.cfg.vocab_size)}.get(type(self.inp))
-        if lookup is None or not self.folds:
-            return None
-        return cached(self, "_table_cache", lambda: self.cell.fold(lookup()).detach())
+    def _stepping(self) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """What a one-token step reads, cached until a parameter changes: the cell's first input projection of
+        every token (V, 4H) when the input is a lookup the cell can fold (else None), and the head's weight
+        (and the projection's) transposed to (in, out) and laid out so, with the head's bias. In the writing loop
+        addmm over a contiguous W^T took about a third of F.linear's time over the transposed view (1 x 768 by
+        768 x 84: 10 us against 30, benchmarks/README.md "Batch-1 writing")."""
+
+        def build():
+            lookup = {nn.Embedding: lambda: self.inp.weight, OneHot: lambda: torch.eye(self.cfg.vocab_size)}.get(type(self.inp))
+            table = self.cell.fold(lookup()).detach() if lookup is not None and self.folds else None
+            P = None if self.proj is None else self.proj.weight.detach().t().contiguous()  # (H, E)
+            return table, self.head.weight.detach().t().contiguous(), self.head.bias.detach(), P  # W^T (H or E, V)
+
+        return cached(self, "_step_cache", build)
 
     def step(self, x: torch.Tensor, state: State, precision: str = "fp32") -> tuple[torch.Tensor, State]:
         """forward() for one time step, x (B,) -> logits (B, V), in eval mode, without gradients. `precision`: how
@@ -89,12 +110,14 @@ class LanguageModel(nn.Module):
         if torch.is_grad_enabled():  # entered only when needed: at batch 1 a context per step costs a few percent
             with torch.no_grad():
                 return self.step(x, state, precision)
-        table = self._table()
+        table, W, b, P = self._stepping()
         if table is not None:
-            h, state = self.cell.step(None, state, z0=table[x], precision=precision)  # x's row holds W_ih x + b
+            # x's row holds W_ih x + b; index_select, not table[x]: advanced indexing costs 12 us a step, a tenth of it
+            h, state = self.cell.step(None, state, z0=table.index_select(0, x), precision=precision)
         else:
             h, state = self.cell.step(self.inp(x[:, None])[:, 0], state, precision=precision)  # (B, H)
-        return self.out(h), state  # the head stays fp32: at (1 x 768) @ (768 x 84), 9 us against int8's 17 and bf16's 42
+        # the head stays fp32: at (1 x 768) @ (768 x 84), 9 us against int8's 17 and bf16's 42
+        return torch.addmm(b, h if P is None else h @ P, W), state  # (B, V)
 
     def steps(self, x: torch.Tensor, state: State | None, precision: str) -> tuple[torch.Tensor, State]:
         """forward() token by token through step(): x (B, T) -> logits (B, T, V); how a text is scored through

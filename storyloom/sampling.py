@@ -55,7 +55,7 @@ def shape_logits(logits: torch.Tensor, cfg: SampleConfig, recent: torch.Tensor |
     logits = ban(logits.float(), banned)
     if recent is not None:
         logits = repetition_penalty(logits, recent, cfg.repetition_penalty)
-    if cfg.temperature > 0:
+    if cfg.temperature > 0 and cfg.temperature != 1.0:  # x / 1 is x: a division costs 5 us of a 200 us step
         logits = logits / cfg.temperature
     return top_p(top_k(logits, cfg.top_k), cfg.top_p)
 
@@ -67,15 +67,19 @@ def draw(logits: torch.Tensor, temperature: float, generators: list[torch.Genera
     """
     if temperature == 0:
         return logits.argmax(-1)
+    if len(generators) == 1:  # one row, in as few calls as it takes: a batch-1 step has 200 us for everything
+        p = logits[0].softmax(-1)  # (V,)
+        cdf = p.cumsum(-1)
+        ids = torch.searchsorted(cdf, torch.rand(1, generator=generators[0]).mul_(cdf[-1]))  # (1,)
+        # the float edge: u*total past the last kept token, or on a token of no probability (as the batch guards it)
+        i = min(int(ids), logits.shape[-1] - 1)
+        if p[i].item() == 0:
+            i = int(logits[0].argmax())
+        return ids if i == int(ids) else ids.fill_(i)
     probs = logits.softmax(-1)  # (B, V)
-    u = torch.rand(1, generator=generators[0]) if len(generators) == 1 else torch.cat(
-        [torch.rand(1, generator=g) for g in generators])  # (B,)
+    u = torch.cat([torch.rand(1, generator=g) for g in generators])  # (B,)
     cdf = probs.cumsum(-1)
     ids = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
-    # guard the float edge where u*total lands past the last kept token, or on a token of no probability
-    if len(generators) == 1:  # one row: the same guard in Python, a fifth of the time of the tensor ops below
-        i = min(int(ids[0]), logits.shape[-1] - 1)
-        return ids.fill_(int(logits[0].argmax()) if probs[0, i].item() == 0 else i)
     ids = ids.clamp_max(logits.shape[-1] - 1)
     bad = probs.gather(1, ids[:, None]).squeeze(1) == 0
     if bad.any():

@@ -126,6 +126,45 @@ def test_a_matrix_held_in_fewer_bytes_multiplies_like_the_fp32_one(precision, to
     assert Matrix(W, precision).bytes() == W.numel() * {"fp32": 4, "bf16": 2, "int8": 1}[precision]
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_an_int8_read_is_the_quantised_lstm_written_out_and_the_same_however_the_text_is_cut(layers):
+    """cells.LSTM.read in int8 against the LSTM equations over Matrix products: each layer's input, with its two
+    pinning columns, one product over the whole sequence; the recurrent product one per step."""
+    from storyloom.cells import LSTM, Matrix
+
+    torch.manual_seed(layers)
+    cell = LSTM(12, 16, layers, 0.0).eval()
+    e, H, bounds = torch.randn(1, 9, 12), 16, (-4.0, 4.0)
+    state = (torch.randn(layers, 1, H), torch.randn(layers, 1, H))
+    with torch.inference_mode():
+        got, (hn, cn) = cell.read(e, state, "int8", bounds)
+        inp, hs_n, cs_n = e, [], []
+        for l in range(layers):
+            g = lambda n: getattr(cell, f"{n}_l{l}").detach()
+            pins = torch.tensor(bounds if l == 0 else (-1.0, 1.0)).expand(1, 9, 2)
+            W_ih = Matrix(torch.cat([g("weight_ih"), torch.zeros(4 * H, 2)], 1).t(), "int8")
+            zin = W_ih.addmm(g("bias_ih"), torch.cat([inp, pins], 2)[0])  # (T, 4H)
+            W_hh = Matrix(g("weight_hh").t(), "int8")
+            h, c, hs = state[0][l], state[1][l], []
+            for t in range(9):
+                i, f, gg, o = (zin[t : t + 1] + W_hh.addmm(g("bias_hh"), h)).chunk(4, 1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                hs.append(h)
+            inp = torch.stack(hs, 1)
+            hs_n.append(h)
+            cs_n.append(c)
+        exact, _ = cell(e, state)
+        assert torch.equal(cell.read(e, state, "fp32")[0], exact)  # other precisions are forward() itself
+        first, mid = cell.read(e[:, :4], state, "int8", bounds)
+        rest, end = cell.read(e[:, 4:], mid, "int8", bounds)
+    torch.testing.assert_close(got, inp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close((hn, cn), (torch.stack(hs_n), torch.stack(cs_n)), rtol=1e-5, atol=1e-5)
+    assert 0 < (got - exact).abs().max() < 0.05  # and close to fp32
+    # the pinned range: a text read in two calls is the text read in one (without the pins it is not)
+    assert torch.equal(torch.cat([first, rest], 1), got) and all(torch.equal(a, b) for a, b in zip(end, (hn, cn)))
+
+
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("layers", [1, 2])
 def test_an_lstm_steps_in_fewer_bytes_close_to_fp32(precision, layers):
