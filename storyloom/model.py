@@ -89,13 +89,20 @@ class LanguageModel(nn.Module):
         """Logits (..., V) from the top layer's output (..., H)."""
         return self.head(h if self.proj is None else self.proj(h))
 
-    def _table(self) -> torch.Tensor | None:
-        """(V, 4H): the cell's first input projection of every token, when the input is a lookup
-        and the cell can fold it; cached until a parameter changes."""
-        lookup = {nn.Embedding: lambda: self.inp.weight, OneHot: lambda: torch.eye(self.cfg.vocab_size)}.get(type(self.inp))
-        if lookup is None or not self.folds:
-            return None
-        return cached(self, "_table_cache", lambda: self.cell.fold(lookup()).detach())
+    def _stepping(self) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """What a one-token step reads, cached until a parameter changes: the cell's first input projection of
+        every token (V, 4H) when the input is a lookup the cell can fold (else None), and the head's weight
+        (and the projection's) transposed to (in, out) and laid out so, with the head's bias: writing at batch 1
+        ran about 5% faster so than through the head module (five alternated runs, benchmarks/README.md
+        "Batch-1 writing"), one cached lookup a step and no module calls."""
+
+        def build():
+            lookup = {nn.Embedding: lambda: self.inp.weight, OneHot: lambda: torch.eye(self.cfg.vocab_size)}.get(type(self.inp))
+            table = self.cell.fold(lookup()).detach() if lookup is not None and self.folds else None
+            P = None if self.proj is None else self.proj.weight.detach().t().contiguous()  # (H, E)
+            return table, self.head.weight.detach().t().contiguous(), self.head.bias.detach(), P  # W^T (H or E, V)
+
+        return cached(self, "_step_cache", build)
 
     def step(self, x: torch.Tensor, state: State, precision: str = "fp32") -> tuple[torch.Tensor, State]:
         """forward() for one time step, x (B,) -> logits (B, V), in eval mode, without gradients. `precision`: how
@@ -103,16 +110,14 @@ class LanguageModel(nn.Module):
         if torch.is_grad_enabled():  # entered only when needed: at batch 1 a context per step costs a few percent
             with torch.no_grad():
                 return self.step(x, state, precision)
-        table = self._table()
+        table, W, b, P = self._stepping()
         if table is not None:
             # x's row holds W_ih x + b; index_select, not table[x]: 12 us in the writing loop against 15
             h, state = self.cell.step(None, state, z0=table.index_select(0, x), precision=precision)
         else:
             h, state = self.cell.step(self.inp(x[:, None])[:, 0], state, precision=precision)  # (B, H)
-        # out() without the modules' calls around F.linear (a few us of a step); the head stays fp32: at
-        # (1 x 768) @ (768 x 84), 9 us against int8's 17 and bf16's 42
-        h = h if self.proj is None else F.linear(h, self.proj.weight)
-        return F.linear(h, self.head.weight, self.head.bias), state  # (B, V)
+        # the head stays fp32: at (1 x 768) @ (768 x 84), 9 us against int8's 17 and bf16's 42
+        return torch.addmm(b, h if P is None else h @ P, W), state  # (B, V)
 
     def steps(self, x: torch.Tensor, state: State | None, precision: str) -> tuple[torch.Tensor, State]:
         """forward() token by token through step(): x (B, T) -> logits (B, T, V); how a text is scored through
