@@ -3,7 +3,8 @@
     python benchmarks/generate.py                 # the shipped base (the default preset, trained), every decode precision
     python benchmarks/generate.py --run RUN --decode fp32,int8 --bpc
 
-Measures, for each `--decode-precision` (arms alternated, the median of 3):
+Measures, for each `--decode-precision` (arms alternated, the median of 3;
+with int8, also int8 written by the Python loop instead of native.py's):
 batch-1 characters per second with carried state; the latency of the first
 character after a 1,000-character prompt; characters per second per sample
 at --num 32; with --bpc, the bits per character of the benchmark validation
@@ -86,6 +87,9 @@ def main() -> None:
     run = a.run or str(BASES / "shakespeare")
     decodes = a.decode.split(",")
     writers = {d: storyloom.load(run, decode_precision=d) for d in decodes}
+    if "int8" in writers:  # the same int8 step written by the Python loop, beside native.py's C++ loop
+        writers["int8-python"] = storyloom.load(run, decode_precision="int8")
+        writers["int8-python"].decoder.native = False
     m = writers[decodes[0]]
     text = storyloom.clean_sources(["shakespeare"])
     prompt40 = text[10000:10040]
@@ -104,7 +108,7 @@ def main() -> None:
             s = timed(lambda: w.samples(prompt40, num=num, length=length, temperature=1.0, seed=0), repeats=1)
             rows.setdefault((d, "num32_total"), []).append(num * length / s)
     base = statistics.median(rows[(decodes[0], "batch1")])
-    for d in decodes:
+    for d in writers:
         med = {k: statistics.median(rows[(d, k)]) for k in ("batch1", "first_char_ms", "num32_total")}
         emit(kind="decode", decode=d, chars_per_s=round(med["batch1"]), ratio_to_first=round(med["batch1"] / base, 3),
              first_char_ms=round(med["first_char_ms"], 1), num32_chars_per_s_total=round(med["num32_total"]),
@@ -117,7 +121,7 @@ def main() -> None:
 
     if a.bpc:
         val = storyloom.clean_sources([str(f) for f in bundled_files("shakespeare") if f.name in BUNDLED["shakespeare"]])
-        for d, w in writers.items():
+        for d, w in ((d, writers[d]) for d in decodes):  # int8-python scores as int8 does
             t = time.perf_counter()
             r = w.score(val)
             emit(kind="bpc", decode=d, bpc=round(r["bpc"], 4), through=r.get("decode_precision", "forward (exact)"),

@@ -69,6 +69,10 @@ class Folds(Protocol):
 
     def fold(self, table: torch.Tensor) -> torch.Tensor: ...
 
+    def packed_recurrence(self) -> object | None:
+        """A one-layer cell's recurrent weights as its int8 step multiplies by them (FBGEMM's packed int8), for
+        the native writing loop (native.py); None where that loop does not do its step."""
+
     def step(self, e: torch.Tensor | None, state: State, z0: torch.Tensor | None = None,
              precision: str = "fp32") -> tuple[torch.Tensor, State]: ...
 
@@ -233,6 +237,11 @@ class LSTM(nn.LSTM):
         """Layer 0's input projection and biases applied to every row of an input table (V, I) -> (V, 4H)."""
         b = self.bias_ih_l0 + self.bias_hh_l0
         return torch.addmm(b, table.to(self.weight_ih_l0), self.weight_ih_l0.t())  # the table may come from the CPU
+
+    def packed_recurrence(self) -> object | None:
+        """W_hh^T in int8 as `step` holds it (FBGEMM's packed weights), for write.cpp's step, which is this
+        class's one-layer int8 step written in C++; None above one layer."""
+        return self._fused("int8")[0][1].W if self.num_layers == 1 else None
 
     def _fused(self, precision: str = "fp32") -> list[tuple[Matrix, Matrix | None, torch.Tensor]]:
         """Per layer [W_ih | W_hh]^T (I+H, 4H), layer 0's recurrent rows W_hh^T (H, 4H) alone (for a looked-up

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from . import native
 from .cells import cached
 from .model import LanguageModel, State
 from .runtime import pace
@@ -26,7 +27,9 @@ class Decoder:
     On CUDA, a cell that declares itself `graphable` has its one-token step
     captured as a CUDA graph per batch size: writing at batch 1 is bound by
     launching dozens of tiny kernels per token, and a graph replays them as
-    one launch (`graphs=False` keeps the eager step, for comparison).
+    one launch (`graphs=False` keeps the eager step, for comparison). On a
+    CPU, `sample` writes one stream through the C++ loop of native.py where
+    it covers the settings (`native=False` keeps the Python loop).
     `precision` is how the prompt is read (model.read: fp32, bf16 autocast, or
     the cell's int8 weights); `decode` how the step holds them (cells.Matrix:
     fp32 exact, bf16, int8).
@@ -35,9 +38,10 @@ class Decoder:
     MAX_GRAPHS = 8  # batch sizes kept captured at once (beam search shrinks its batch as hypotheses end)
 
     def __init__(self, model: LanguageModel, device: torch.device, precision: str = "fp32", graphs: bool = True,
-                 decode: str = "fp32"):
+                 decode: str = "fp32", native: bool = True):
         self.model, self.device, self.precision, self.decode = model.eval(), device, precision, decode
         self.graphs = graphs and device.type == "cuda" and model.cell.graphable
+        self.native = native  # `sample` may write one stream through native.py's loop (the same text, faster)
 
     @torch.inference_mode()
     def read(self, ids: np.ndarray, state: State | None = None) -> tuple[torch.Tensor, State]:
@@ -113,6 +117,15 @@ def sample(dec: Decoder, logits: torch.Tensor, state: State, recent: np.ndarray,
     W = cfg.penalty_window if cfg.repetition_penalty != 1.0 else 0
     rec = torch.as_tensor(np.asarray(recent[-W:] if W else recent[:0], dtype=np.int64)).expand(B, -1)  # (B, <=W)
     n = 0
+    fast = native.loop(dec.model, dec.decode, dec.device, cfg, banned, B) if dec.native else None
+    while fast is not None and (length == 0 or n < length):  # the loop below, in C++, a chunk of tokens a call
+        k = native.CHUNK if n else 1  # the first token at once: the first character waits for no chunk
+        k = min(k, length - n) if length else k
+        pace()
+        ids, logits, state = fast(logits, state, k, gens[0])
+        for i in ids:
+            yield torch.tensor([i])
+        n += k
     while length == 0 or n < length:
         ids = draw(shape_logits(logits, cfg, rec, banned), cfg.temperature, gens)  # (B,)
         yield ids

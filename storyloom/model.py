@@ -104,6 +104,13 @@ class LanguageModel(nn.Module):
 
         return cached(self, "_step_cache", build)
 
+    def native_weights(self) -> tuple | None:
+        """(table, packed recurrent weights, head W^T, head bias) for the native writing loop (native.py), which
+        steps a one-layer cell that folds a lookup input, with no projection before the head; else None."""
+        table, W, b, P = self._stepping()
+        rec = self.cell.packed_recurrence() if table is not None and P is None else None
+        return None if rec is None else (table, rec, W, b)
+
     def step(self, x: torch.Tensor, state: State, precision: str = "fp32") -> tuple[torch.Tensor, State]:
         """forward() for one time step, x (B,) -> logits (B, V), in eval mode, without gradients. `precision`: how
         the cell's weights are held (one of cell.precisions; fp32 is exact)."""

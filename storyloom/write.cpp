@@ -1,0 +1,67 @@
+// The writing loop for one stream, in C++: native.py compiles it once and decoding.sample calls it.
+//
+// Call for call the ATen operations of the Python loop at batch 1 with int8 weights (sampling.shape_logits and
+// sampling.draw for one row, cells.LSTM.step over cells.Matrix, LanguageModel.step's head), on the same
+// generator: so it writes the same text for a seed, and tests/test_native.py checks that it does. It exists
+// because in Python the calls between these operations took about 70% of each character's time.
+
+#include <ATen/ATen.h>
+#include <ATen/native/quantized/PackedParams.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <tuple>
+
+using Packed = c10::intrusive_ptr<LinearPackedParamsBase>;
+
+// n tokens from (h, c, logits) after a prompt: draw one, step on it, and again. Returns the ids (n,) and the
+// state and logits after the last step, so a caller can go on where it stopped.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tokens(
+    at::Tensor table,     // (V, 4H): W_ih x + b_ih + b_hh of every token x (LSTM.fold)
+    const Packed& W_hh,   // W_hh^T as FBGEMM's packed int8 weights (cells.Matrix)
+    at::Tensor head_wT,   // (H, V)
+    at::Tensor head_b,    // (V,)
+    at::Tensor h,         // (1, H)
+    at::Tensor c,         // (1, H)
+    at::Tensor logits,    // (1, V)
+    int64_t n, double temperature,
+    at::Tensor banned,    // (k,) ids never drawn
+    std::optional<at::Generator> gen) {
+  at::NoGradGuard no_grad;
+  const int64_t H = h.size(1), V = logits.size(1);
+  auto ids = at::empty({n}, at::kLong);
+  auto out = ids.accessor<int64_t, 1>();
+  for (int64_t t = 0; t < n; ++t) {
+    // sampling.shape_logits: ban, then temperature (no repetition penalty, top-k or top-p: native.py checks)
+    auto l = logits;
+    if (banned.numel() > 0) l = logits.clone().index_fill_(1, banned, -std::numeric_limits<float>::infinity());
+    int64_t i;
+    if (temperature == 0) {
+      i = l.argmax(-1).item<int64_t>();
+    } else {
+      if (temperature != 1.0) l = l / temperature;
+      // sampling.draw, one row: u * total into the cumulative sum, guarded at its float edges
+      auto p = l[0].softmax(-1);
+      auto cdf = p.cumsum(-1);
+      auto found = at::searchsorted(cdf, at::rand({1}, gen, at::kFloat).mul_(cdf[-1]));
+      i = std::min(found.item<int64_t>(), V - 1);
+      if (p[i].item<float>() == 0) i = l[0].argmax().item<int64_t>();
+    }
+    out[t] = i;
+    // cells.LSTM.step with z0 = table[i] (LanguageModel.step), then the head
+    auto z = W_hh->apply_dynamic(h, /*reduce_range=*/true).add_(table.index_select(0, ids.narrow(0, t, 1)));
+    auto s = at::sigmoid(z);
+    auto g = at::tanh(z.slice(1, 2 * H, 3 * H));
+    c = at::addcmul(s.slice(1, H, 2 * H) * c, s.slice(1, 0, H), g);
+    h = s.slice(1, 3 * H, 4 * H) * at::tanh(c);
+    logits = at::addmm(head_b, h, head_wT);
+  }
+  return {ids, h, c, logits};
+}
+
+TORCH_LIBRARY(storyloom, m) {
+  m.def("write_tokens(Tensor table, __torch__.torch.classes.quantized.LinearPackedParamsBase W_hh, Tensor head_wT, "
+        "Tensor head_b, Tensor h, Tensor c, Tensor logits, int n, float temperature, Tensor banned, Generator? gen) "
+        "-> (Tensor, Tensor, Tensor, Tensor)",
+        &write_tokens);
+}

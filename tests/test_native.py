@@ -1,0 +1,96 @@
+"""native.py: the C++ writing loop writes what the Python loop writes, and steps aside where it does not cover the settings.
+
+`make test` installs a C++ compiler where it can (the Makefile's `compiler`), so the loop is built and checked here;
+a machine without one fails test_the_loop_builds, naming the fix, instead of skipping what it cannot check.
+"""
+
+import pytest
+
+import storyloom
+from storyloom import native
+from storyloom.config import SampleConfig
+
+from conftest import TINY
+
+PROMPT = "Shall I compare thee to a summer's day?\n"
+
+
+@pytest.fixture(scope="module")
+def w(tmp_path_factory, sonnets):
+    d = tmp_path_factory.mktemp("native")
+    (d / "s.txt").write_text(sonnets)
+    run = storyloom.train([str(d / "s.txt")], out=d / "run", steps=40, progress=False, device="cpu", **{**TINY, "lr": 1e-2})
+    return storyloom.load(run, device="cpu", decode_precision="int8")
+
+
+def test_the_loop_builds():
+    assert native.build(), "the native writing loop did not build: install a C++ compiler (apt-get install g++)"
+
+
+def written(w, use_native: bool, **kw) -> str:
+    w.decoder.native = use_native
+    try:
+        return w.generate(PROMPT, **kw)
+    finally:
+        w.decoder.native = True
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8, 1.0, 1.7])
+@pytest.mark.parametrize("length", [1, native.CHUNK, native.CHUNK + 2, 3 * native.CHUNK + 5])  # across the chunks' edges
+def test_the_native_loop_writes_what_the_python_loop_writes(w, temperature, length):
+    assert native.loop(w.model, "int8", w.device, SampleConfig(temperature=temperature), (), 1) is not None
+    kw = dict(length=length, temperature=temperature, seed=11)
+    assert written(w, True, **kw) == written(w, False, **kw)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_banned_characters_and_stop_strings_as_in_python(w, seed):
+    kw = dict(length=150, temperature=1.2, seed=seed, ban="e ", stop="\n\n")
+    text = written(w, True, **kw)
+    assert text == written(w, False, **kw) and "e" not in text and " " not in text and "\n\n" not in text
+
+
+def test_a_session_and_an_unbounded_stream_go_through_it_unchanged(w):
+    s = w.session(PROMPT)
+    w.decoder.native = False
+    slow = s.propose(100, seed=5)
+    w.decoder.native = True
+    assert s.propose(100, seed=5) == slow
+    pieces = w.stream(PROMPT, 0, seed=2, temperature=0.9)  # length 0: until the caller stops
+    text = "".join(next(pieces) for _ in range(3 * native.CHUNK))
+    assert text == written(w, False, length=3 * native.CHUNK, seed=2, temperature=0.9)
+
+
+@pytest.mark.parametrize("settings, streams, decode", [
+    (dict(top_k=5), 1, "int8"), (dict(top_p=0.9), 1, "int8"), (dict(repetition_penalty=1.3), 1, "int8"),
+    ({}, 2, "int8"), ({}, 1, "fp32"), ({}, 1, "bf16"),
+])
+def test_what_it_does_not_cover_stays_in_python(w, settings, streams, decode):
+    assert native.loop(w.model, decode, w.device, SampleConfig(**settings), (), streams) is None
+    assert native.loop(w.model, "int8", w.device, SampleConfig(), (), 1) is not None
+
+
+def test_a_model_it_cannot_step_stays_in_python(tmp_path, sonnets):
+    (tmp_path / "s.txt").write_text(sonnets)
+    for kw in (dict(layers=2), dict(cell="gru"), dict(input="scalar")):
+        run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / str(len(list(tmp_path.iterdir()))), steps=2,
+                              progress=False, device="cpu", **{**TINY, **kw})
+        m = storyloom.load(run, device="cpu")
+        assert m.model.native_weights() is None, kw
+        assert len(m.generate(PROMPT, 20, seed=1)) == 20
+
+
+def test_fault_without_a_compiler_writing_stays_in_python_and_says_so_once(w, monkeypatch, capsys, tmp_path):
+    from torch.utils import cpp_extension
+
+    def no_compiler(*a, **k):
+        raise RuntimeError("Error building extension 'storyloom_write': g++: not found")
+
+    monkeypatch.setattr(native, "_built", None)  # not tried yet in this process; put back after the test
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(cpp_extension, "get_default_build_root", lambda: str(tmp_path))
+    assert native.build() is False and native.build() is False
+    err = capsys.readouterr().err
+    assert err.count("writing in Python") == 1 and "g++: not found" in err and "install a C++ compiler" in err
+    assert native.loop(w.model, "int8", w.device, SampleConfig(), (), 1) is None
+    assert written(w, True, length=30, seed=1) == written(w, False, length=30, seed=1)
