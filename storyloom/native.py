@@ -1,9 +1,9 @@
 """The writing loop for one stream in C++ (write.cpp), compiled once, used where it writes what Python would.
 
 Writing at batch 1 is a dozen small tensor operations a character, and in
-Python the calls between them took about 70% of the time: the same loop in
-C++ wrote 12,094 characters a second where the Python loop wrote 3,480, the
-same text for the same seed (benchmarks/README.md, "Batch-1 writing"). No
+Python the calls between them took most of the time: the same loop in C++
+wrote 8,145-8,605 characters a second where the Python loop wrote 3,180-3,211
+(2 Intel cores), the same text for the same seed (benchmarks/README.md, "Batch-1 writing"). No
 library offers a sampling loop over FBGEMM's packed weights, so write.cpp
 is hand-written, operation for operation the Python loop's.
 

@@ -90,8 +90,8 @@ class Writer:
         self.decoder = Decoder(self.model, self.device, read, decode=self.decode)
 
     def _decode_precision(self, asked: str) -> str:
-        """auto: int8 where the cell and the device have it (measured 1.6x fp32 at batch 1 on Intel with AMX, within
-        0.0001 bpc: benchmarks/README.md, "Batch-1 writing"), else fp32 (a GPU's step is a captured graph)."""
+        """auto: int8 where the cell and the device have it (measured 3.9x fp32 at batch 1 on Intel with AMX, within
+        0.0002 bpc: benchmarks/README.md, "Batch-1 writing"), else fp32 (a GPU's step is a captured graph)."""
         have = self.model.cell.precisions
         if asked == "auto":
             return "int8" if self.device.type == "cpu" and "int8" in have else "fp32"
