@@ -122,7 +122,7 @@ def sample(dec: Decoder, logits: torch.Tensor, state: State, recent: np.ndarray,
         k = native.CHUNK if n else 1  # the first token at once: the first character waits for no chunk
         k = min(k, length - n) if length else k
         pace()
-        ids, logits, state = fast(logits, state, k, gens[0])
+        ids, logits, state, rec = fast(logits, state, rec, k, gens[0])
         for i in ids:
             yield torch.tensor([i])
         n += k

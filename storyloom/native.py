@@ -7,10 +7,10 @@ wrote 8,145-8,605 characters a second where the Python loop wrote 3,180-3,211
 library offers a sampling loop over FBGEMM's packed weights, so write.cpp
 is hand-written, operation for operation the Python loop's.
 
-It covers what most writing asks for: one stream, int8 weights on a CPU, a
-one-layer cell that folds its input (model.native_weights), temperature and
-banned tokens. Anything else (a repetition penalty, top-k, top-p, beams,
-batches) writes through the Python loop, which stays the reference.
+It covers one stream with int8 weights on a CPU, a one-layer cell that
+folds its input (model.native_weights), and every sampling setting. Several
+streams, beams, deeper models and GPUs write through the Python loop, which
+stays the reference.
 Building needs a C++ compiler and takes about 10 s the first time
 (`torch.utils.cpp_extension`, cached under $TORCH_EXTENSIONS_DIR or
 ~/.cache/torch_extensions);
@@ -35,29 +35,33 @@ CHUNK = 64  # tokens a call: streaming stays smooth (about 5 ms of writing), a s
 
 
 class Loop:
-    """write.cpp's loop over one model's weights: `__call__` writes n tokens from a state."""
+    """write.cpp's loop over one model's weights and one stream's settings: `__call__` writes n tokens."""
 
-    def __init__(self, weights: tuple, banned, temperature: float):
-        self.weights, self.temperature = weights, float(temperature)
+    def __init__(self, weights: tuple, cfg: SampleConfig, banned):
+        self.weights, self.cfg = weights, cfg
         self.banned = torch.tensor(sorted(banned), dtype=torch.long)
+        self.window = cfg.penalty_window if cfg.repetition_penalty != 1.0 else 0  # as decoding.sample keeps it
 
-    def __call__(self, logits: torch.Tensor, state: State, n: int, gen: torch.Generator) -> tuple[list[int], torch.Tensor, State]:
-        """n ids drawn one after another from logits (1, V) and state (each (1, 1, H)); the logits and state after them."""
+    def __call__(self, logits: torch.Tensor, state: State, recent: torch.Tensor, n: int,
+                 gen: torch.Generator) -> tuple[list[int], torch.Tensor, State, torch.Tensor]:
+        """n ids drawn one after another from logits (1, V) and state (each (1, 1, H)), `recent` (1, <= window)
+        the ids the repetition penalty looks back over; the logits, state and recent ids after them."""
         h, c = state
-        ids, h, c, logits = torch.ops.storyloom.write_tokens(*self.weights, h[0].float(), c[0].float(), logits.float(), n,
-                                                               self.temperature, self.banned, gen)
-        return ids.tolist(), logits, (h[None], c[None])
+        cfg = self.cfg
+        ids, h, c, logits, recent = torch.ops.storyloom.write_tokens(
+            *self.weights, h[0].float(), c[0].float(), logits.float(), n, self.banned, recent.contiguous(),
+            float(cfg.repetition_penalty), self.window, float(cfg.temperature), cfg.top_k or 0, float(cfg.top_p), gen)
+        return ids.tolist(), logits, (h[None], c[None]), recent
 
 
 def loop(model: LanguageModel, decode: str, device: torch.device, cfg: SampleConfig, banned, streams: int) -> Loop | None:
     """The native loop for writing `streams` streams with these settings, or None where Python must write."""
-    if streams != 1 or decode != "int8" or device.type != "cpu" or cfg.repetition_penalty != 1.0 or cfg.top_k is not None \
-            or cfg.top_p < 1.0:
+    if streams != 1 or decode != "int8" or device.type != "cpu":
         return None
     weights = model.native_weights()
     if weights is None or not build():
         return None
-    return Loop(weights, banned, cfg.temperature)
+    return Loop(weights, cfg, banned)
 
 
 _built: bool | None = None  # None: not tried yet in this process

@@ -61,13 +61,19 @@ def test_a_session_and_an_unbounded_stream_go_through_it_unchanged(w):
     assert text == written(w, False, length=3 * native.CHUNK, seed=2, temperature=0.9)
 
 
-@pytest.mark.parametrize("settings, streams, decode", [
-    (dict(top_k=5), 1, "int8"), (dict(top_p=0.9), 1, "int8"), (dict(repetition_penalty=1.3), 1, "int8"),
-    ({}, 2, "int8"), ({}, 1, "fp32"), ({}, 1, "bf16"),
+@pytest.mark.parametrize("settings", [
+    dict(top_k=5), dict(top_k=1), dict(top_p=0.9), dict(top_p=0.3, temperature=1.5), dict(repetition_penalty=1.3),
+    dict(repetition_penalty=2.0, penalty_window=3, temperature=0.0), dict(top_k=20, top_p=0.8, repetition_penalty=1.2),
 ])
-def test_what_it_does_not_cover_stays_in_python(w, settings, streams, decode):
-    assert native.loop(w.model, decode, w.device, SampleConfig(**settings), (), streams) is None
-    assert native.loop(w.model, "int8", w.device, SampleConfig(), (), 1) is not None
+def test_every_sampling_filter_as_in_python(w, settings):
+    kw = dict(length=2 * native.CHUNK + 7, seed=4, **settings)
+    assert written(w, True, **kw) == written(w, False, **kw)
+
+
+@pytest.mark.parametrize("streams, decode", [(2, "int8"), (1, "fp32"), (1, "bf16")])
+def test_what_it_does_not_cover_stays_in_python(w, streams, decode):
+    assert native.loop(w.model, decode, w.device, SampleConfig(), (), streams) is None
+    assert native.loop(w.model, "int8", w.device, SampleConfig(top_k=3), (), 1) is not None
 
 
 def test_a_model_it_cannot_step_stays_in_python(tmp_path, sonnets):
