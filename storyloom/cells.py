@@ -69,9 +69,9 @@ class Folds(Protocol):
 
     def fold(self, table: torch.Tensor) -> torch.Tensor: ...
 
-    def packed_recurrence(self) -> object | None:
-        """A one-layer cell's recurrent weights as its int8 step multiplies by them (FBGEMM's packed int8), for
-        the native writing loop (native.py); None where that loop does not do its step."""
+    def packed_layers(self) -> tuple | None:
+        """The int8 step's weights as the native writing loop (native.py) takes them; None where that loop
+        does not do this cell's step."""
 
     def step(self, e: torch.Tensor | None, state: State, z0: torch.Tensor | None = None,
              precision: str = "fp32") -> tuple[torch.Tensor, State]: ...
@@ -238,10 +238,12 @@ class LSTM(nn.LSTM):
         b = self.bias_ih_l0 + self.bias_hh_l0
         return torch.addmm(b, table.to(self.weight_ih_l0), self.weight_ih_l0.t())  # the table may come from the CPU
 
-    def packed_recurrence(self) -> object | None:
-        """W_hh^T in int8 as `step` holds it (FBGEMM's packed weights), for write.cpp's step, which is this
-        class's one-layer int8 step written in C++; None above one layer."""
-        return self._fused("int8")[0][1].W if self.num_layers == 1 else None
+    def packed_layers(self) -> tuple:
+        """What `step` multiplies by in int8 (FBGEMM's packed weights), for write.cpp, which is this class's
+        int8 step written in C++: layer 0's W_hh^T (its input projection is looked up), and for each layer
+        above it [W_ih | W_hh]^T with b_ih + b_hh."""
+        layers = self._fused("int8")
+        return layers[0][1].W, [W.W for W, _, _ in layers[1:]], [b for _, _, b in layers[1:]]
 
     def _fused(self, precision: str = "fp32") -> list[tuple[Matrix, Matrix | None, torch.Tensor]]:
         """Per layer [W_ih | W_hh]^T (I+H, 4H), layer 0's recurrent rows W_hh^T (H, 4H) alone (for a looked-up

@@ -105,11 +105,11 @@ class LanguageModel(nn.Module):
         return cached(self, "_step_cache", build)
 
     def native_weights(self) -> tuple | None:
-        """(table, packed recurrent weights, head W^T, head bias) for the native writing loop (native.py), which
-        steps a one-layer cell that folds a lookup input, with no projection before the head; else None."""
+        """(table, the cell's packed layers, projection W^T or None, head W^T, head bias) for the native writing
+        loop (native.py), which steps a cell that folds a lookup input (cell.packed_layers); else None."""
         table, W, b, P = self._stepping()
-        rec = self.cell.packed_recurrence() if table is not None and P is None else None
-        return None if rec is None else (table, rec, W, b)
+        layers = self.cell.packed_layers() if table is not None else None
+        return None if layers is None else (table, *layers, P, W, b)
 
     def step(self, x: torch.Tensor, state: State, precision: str = "fp32") -> tuple[torch.Tensor, State]:
         """forward() for one time step, x (B,) -> logits (B, V), in eval mode, without gradients. `precision`: how

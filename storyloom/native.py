@@ -7,9 +7,9 @@ wrote 8,145-8,605 characters a second where the Python loop wrote 3,180-3,211
 library offers a sampling loop over FBGEMM's packed weights, so write.cpp
 is hand-written, operation for operation the Python loop's.
 
-It covers one stream with int8 weights on a CPU, a one-layer cell that
+It covers one stream with int8 weights on a CPU, an LSTM of any depth that
 folds its input (model.native_weights), and every sampling setting. Several
-streams, beams, deeper models and GPUs write through the Python loop, which
+streams, beams, other cells and GPUs write through the Python loop, which
 stays the reference.
 Building needs a C++ compiler and takes about 10 s the first time
 (`torch.utils.cpp_extension`, cached under $TORCH_EXTENSIONS_DIR or
@@ -44,14 +44,14 @@ class Loop:
 
     def __call__(self, logits: torch.Tensor, state: State, recent: torch.Tensor, n: int,
                  gen: torch.Generator) -> tuple[list[int], torch.Tensor, State, torch.Tensor]:
-        """n ids drawn one after another from logits (1, V) and state (each (1, 1, H)), `recent` (1, <= window)
+        """n ids drawn one after another from logits (1, V) and state (each (L, 1, H)), `recent` (1, <= window)
         the ids the repetition penalty looks back over; the logits, state and recent ids after them."""
         h, c = state
         cfg = self.cfg
         ids, h, c, logits, recent = torch.ops.storyloom.write_tokens(
-            *self.weights, h[0].float(), c[0].float(), logits.float(), n, self.banned, recent.contiguous(),
+            *self.weights, h.float(), c.float(), logits.float(), n, self.banned, recent.contiguous(),
             float(cfg.repetition_penalty), self.window, float(cfg.temperature), cfg.top_k or 0, float(cfg.top_p), gen)
-        return ids.tolist(), logits, (h[None], c[None]), recent
+        return ids.tolist(), logits, (h, c), recent
 
 
 def loop(model: LanguageModel, decode: str, device: torch.device, cfg: SampleConfig, banned, streams: int) -> Loop | None:

@@ -37,15 +37,18 @@ at::Tensor shape(at::Tensor l, const at::Tensor& banned, const at::Tensor& recen
   return l;
 }
 
-// n tokens from (h, c, logits) after a prompt: draw one, step on it, and again. Returns the ids (n,), the state and
+// n tokens from (h0, c0, logits) after a prompt: draw one, step on it, and again. Returns the ids (n,), the state and
 // logits after the last step, and the recent ids the penalty looks back over, so a caller can go on where it stopped.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tokens(
     at::Tensor table,     // (V, 4H): W_ih x + b_ih + b_hh of every token x (LSTM.fold)
-    const Packed& W_hh,   // W_hh^T as FBGEMM's packed int8 weights (cells.Matrix)
-    at::Tensor head_wT,   // (H, V)
+    const Packed& W_hh,   // layer 0's W_hh^T as FBGEMM's packed int8 weights (cells.Matrix)
+    const c10::List<Packed>& W_up,  // each layer above: [W_ih | W_hh]^T, packed likewise
+    const std::vector<at::Tensor>& b_up,  // and its b_ih + b_hh (4H,)
+    const std::optional<at::Tensor>& P,  // (H, E): the projection before a tied head, if any
+    at::Tensor head_wT,   // (H or E, V)
     at::Tensor head_b,    // (V,)
-    at::Tensor h,         // (1, H)
-    at::Tensor c,         // (1, H)
+    at::Tensor h0,        // (L, 1, H)
+    at::Tensor c0,        // (L, 1, H)
     at::Tensor logits,    // (1, V)
     int64_t n,
     at::Tensor banned,    // (k,) ids never drawn
@@ -53,7 +56,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tok
     double penalty, int64_t window, double temperature, int64_t top_k, double top_p,  // top_k 0: every token
     std::optional<at::Generator> gen) {
   at::NoGradGuard no_grad;
-  const int64_t H = h.size(1), V = logits.size(1);
+  const int64_t L = h0.size(0), H = h0.size(2), V = logits.size(1);
+  std::vector<at::Tensor> h, c;
+  for (int64_t l = 0; l < L; ++l) {
+    h.push_back(h0[l]);
+    c.push_back(c0[l]);
+  }
   auto ids = at::empty({n}, at::kLong);
   auto out = ids.accessor<int64_t, 1>();
   for (int64_t t = 0; t < n; ++t) {
@@ -74,20 +82,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tok
       recent = at::cat({recent, id.view({1, 1})}, 1);
       recent = recent.slice(1, std::max<int64_t>(recent.size(1) - window, 0));
     }
-    // cells.LSTM.step with z0 = table[i] (LanguageModel.step), then the head
-    auto z = W_hh->apply_dynamic(h, /*reduce_range=*/true).add_(table.index_select(0, id));
-    auto s = at::sigmoid(z);
-    auto g = at::tanh(z.slice(1, 2 * H, 3 * H));
-    c = at::addcmul(s.slice(1, H, 2 * H) * c, s.slice(1, 0, H), g);
-    h = s.slice(1, 3 * H, 4 * H) * at::tanh(c);
-    logits = at::addmm(head_b, h, head_wT);
+    // cells.LSTM.step with z0 = table[i] at layer 0 (LanguageModel.step), then the head
+    at::Tensor inp;
+    for (int64_t l = 0; l < L; ++l) {
+      auto z = l == 0 ? W_hh->apply_dynamic(h[0], /*reduce_range=*/true).add_(table.index_select(0, id))
+                      : W_up.get(l - 1)->apply_dynamic(at::cat({inp, h[l]}, 1), true).add_(b_up[l - 1]);
+      auto s = at::sigmoid(z);
+      auto g = at::tanh(z.slice(1, 2 * H, 3 * H));
+      c[l] = at::addcmul(s.slice(1, H, 2 * H) * c[l], s.slice(1, 0, H), g);
+      h[l] = inp = s.slice(1, 3 * H, 4 * H) * at::tanh(c[l]);
+    }
+    logits = at::addmm(head_b, P ? at::matmul(inp, *P) : inp, head_wT);
   }
-  return {ids, h, c, logits, recent};
+  return {ids, at::stack(h), at::stack(c), logits, recent};
 }
 
 TORCH_LIBRARY(storyloom, m) {
-  m.def("write_tokens(Tensor table, __torch__.torch.classes.quantized.LinearPackedParamsBase W_hh, Tensor head_wT, "
-        "Tensor head_b, Tensor h, Tensor c, Tensor logits, int n, Tensor banned, Tensor recent, float penalty, "
+  m.def("write_tokens(Tensor table, __torch__.torch.classes.quantized.LinearPackedParamsBase W_hh, "
+        "__torch__.torch.classes.quantized.LinearPackedParamsBase[] W_up, Tensor[] b_up, Tensor? P, Tensor head_wT, "
+        "Tensor head_b, Tensor h0, Tensor c0, Tensor logits, int n, Tensor banned, Tensor recent, float penalty, "
         "int window, float temperature, int top_k, float top_p, Generator? gen) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
         &write_tokens);
