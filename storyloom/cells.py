@@ -188,8 +188,8 @@ class LSTM(nn.LSTM):
              bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[torch.Tensor, State]:
         """forward(), the weights held in `precision`. int8 runs FBGEMM's quantised LSTM (`torch.quantized_lstm`,
         weights per output row as `Matrix` holds them), one call per layer: the sequence in one native loop. A
-        1,000-character prompt took 40 ms so against 87 in bf16 (AMX) and 136 stepping Matrix from Python, 0.0003
-        bpc from fp32 (benchmarks/README.md, "Batch-1 writing").
+        1,000-character prompt took 40 ms so against 87 in bf16 (AMX) and 136 stepping Matrix from Python, within
+        0.0002 bpc of fp32 (benchmarks/README.md, "Batch-1 writing").
 
         FBGEMM quantises a layer's input over the whole call, so a text read in two calls would differ from it
         read in one (a co-writing session and the server's prompt cache read in pieces). Two constant columns with

@@ -2,19 +2,19 @@
 
 Writing at batch 1 is a dozen small tensor operations a character, and in
 Python the calls between them took most of the time: the same loop in C++
-wrote 8,145-8,605 characters a second where the Python loop wrote 3,180-3,211
-(2 Intel cores), the same text for the same seed (benchmarks/README.md, "Batch-1 writing"). No
-library offers a sampling loop over FBGEMM's packed weights, so write.cpp
-is hand-written, operation for operation the Python loop's.
+wrote 8,145-10,812 characters a second where the Python loop wrote
+3,180-3,517 (2 Intel cores), the same text for the same seed
+(benchmarks/README.md, "Batch-1 writing"). No library offers a sampling
+loop over FBGEMM's packed weights, so write.cpp is hand-written, operation
+for operation the Python loop's.
 
 It covers one stream with int8 weights on a CPU, an LSTM of any depth that
 folds its input (model.native_weights), and every sampling setting. Several
 streams, beams, other cells and GPUs write through the Python loop, which
-stays the reference.
-Building needs a C++ compiler and takes about 10 s the first time
-(`torch.utils.cpp_extension`, cached under $TORCH_EXTENSIONS_DIR or
-~/.cache/torch_extensions);
-without a compiler writing stays in Python, said once on stderr.
+stays the reference. Building needs a C++ compiler and takes about 10 s the
+first time (`torch.utils.cpp_extension`, cached under $TORCH_EXTENSIONS_DIR
+or ~/.cache/torch_extensions); without a compiler writing stays in Python,
+said once on stderr.
 """
 
 from __future__ import annotations
