@@ -23,6 +23,7 @@ import hashlib
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from .config import SampleConfig
 from .model import LanguageModel, State
 
 SOURCE = Path(__file__).with_name("write.cpp")
+STALE_LOCK = 600  # seconds: a build takes about 10, so an older lock is a killed build's
 CHUNK = 64  # tokens a call: streaming stays smooth (about 5 ms of writing), a stop string wastes at most this
 
 
@@ -82,6 +84,9 @@ def build() -> bool:
         bindir = str(Path(sys.executable).parent)  # pip's ninja, which torch's builder runs by name, lives here
         if shutil.which("ninja") is None and shutil.which("ninja", path=bindir):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        lock = where / "lock"  # torch's builder holds it while it builds, and waits on it for ever if it is left
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK:  # by a build killed mid-way
+            lock.unlink(missing_ok=True)
         try:
             where.mkdir(parents=True, exist_ok=True)
             cpp_extension.load(name, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(where),

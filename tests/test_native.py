@@ -118,3 +118,28 @@ def test_fault_without_a_compiler_writing_stays_in_python_and_says_so_once(w, mo
     assert err.count("writing in Python") == 1 and "g++: not found" in err and "install a C++ compiler" in err
     assert native.loop(w.model, "int8", w.device, SampleConfig(), (), 1) is None
     assert written(w, True, length=30, seed=1) == written(w, False, length=30, seed=1)
+
+
+def test_fault_a_build_killed_midway_leaves_a_lock_that_does_not_hang_the_next(monkeypatch, tmp_path):
+    import os
+    import time
+
+    from torch.utils import cpp_extension
+
+    seen = []
+    monkeypatch.setattr(native, "_built", None)
+    monkeypatch.setattr(cpp_extension, "get_default_build_root", lambda: str(tmp_path))
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setattr(cpp_extension, "load", lambda name, *a, build_directory, **k: seen.append(
+        sorted(p.name for p in (tmp_path / name).iterdir())))
+    native.build()  # finds where the build goes
+    where = next(tmp_path.iterdir())
+    lock = where / "lock"
+    lock.touch()  # a build SIGKILLed mid-way leaves torch's lock; torch would wait on it for ever
+    old = time.time() - native.STALE_LOCK - 5
+    os.utime(lock, (old, old))
+    monkeypatch.setattr(native, "_built", None)
+    assert native.build() and seen[-1] == []  # the stale lock was gone when the builder ran
+    lock.touch()  # a fresh one is a build running now: left for torch to wait on
+    monkeypatch.setattr(native, "_built", None)
+    assert native.build() and seen[-1] == ["lock"]
