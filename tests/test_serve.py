@@ -135,6 +135,42 @@ def test_a_prompt_read_before_is_not_read_again_and_a_longer_one_reads_only_its_
         engine.close()
 
 
+@pytest.mark.parametrize("settings", [dict(temperature=0.9), dict(temperature=1.1, top_k=9, stop=("e ",)),
+                                      dict(temperature=0.7, repetition_penalty=1.3)])
+def test_a_lone_stream_is_written_natively_and_the_same(run, settings, monkeypatch):
+    from storyloom import native
+    from storyloom.serve import Engine, Metrics, Stream
+
+    calls = []
+    call = native.Loop.__call__
+    monkeypatch.setattr(native.Loop, "__call__", lambda self, *a: calls.append(a[3]) or call(self, *a))
+    m = storyloom.load(run)
+    cfg = storyloom.config.SampleConfig(**settings)
+    assert native.loop(m.model, m.decoder.decode, m.device, cfg, (), 1) is not None  # so the engine takes it
+
+    def lone(use_native: bool, length: int = 3 * Engine.ALONE + 5) -> Stream:
+        m.decoder.native = use_native
+        engine = Engine("s", m, 8, Metrics())
+        try:
+            s = Stream(m, m.encode("Shall I"), cfg, (), 7, length)
+            engine.submit([s])
+            deadline = time.time() + 30
+            while s.finish is None and time.time() < deadline:
+                time.sleep(0.005)
+            assert not engine.active and engine.state is None  # its row is gone once it ends
+            return s
+        finally:
+            engine.close()
+            m.decoder.native = True
+
+    fast = lone(True)
+    assert calls and all(n <= Engine.ALONE for n in calls)  # written natively, a chunk at a time
+    calls.clear()
+    slow = lone(False)
+    assert not calls and fast.text == slow.text and fast.finish == slow.finish
+    assert fast.text == m.generate("Shall I", 3 * Engine.ALONE + 5, seed=7, sampling=cfg)
+
+
 def test_sse_framing_is_data_lines_closed_by_done(server):
     body = {"model": "sonnets", "prompt": "When", "max_tokens": 30, "stream": True, "seed": 2, "logprobs": 0}
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=30) as r:
@@ -315,6 +351,35 @@ def test_names_of_runs_and_their_errors(run):
         _names([str(run), str(run)])
     with pytest.raises(UserError, match="at least one run"):
         _names([])
+
+
+@pytest.mark.parametrize("threads", [0, 3])
+def test_only_the_engines_step_on_several_threads(run, threads, monkeypatch):
+    import storyloom.serve as serve
+    from storyloom.config import LoadConfig
+
+    calls = []  # (thread name, count) of every set_num_threads
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append((threading.current_thread().name, n)), real(n)))
+    monkeypatch.setattr(serve, "physical_cores", lambda: 4)
+    real(2)
+    app = create_app({"a": str(run), "b": str(run)}, load=LoadConfig(threads=threads))
+    try:
+        assert torch.get_num_threads() == 1  # the runs were loaded on one thread
+        deadline = time.time() + 10
+        while {t for t, _ in calls} < {"engine-a", "engine-b"} and time.time() < deadline:
+            time.sleep(0.01)
+        # each engine's thread: the cores shared among the engines, or --threads
+        assert {(t, n) for t, n in calls if t.startswith("engine")} == {("engine-a", threads or 2), ("engine-b", threads or 2)}
+        from fastapi.testclient import TestClient
+
+        client = TestClient(app)
+        assert client.post("/v1/score", json={"model": "a", "text": "Shall I compare thee"}).status_code == 200
+        assert calls[-1][1] == 1 and not calls[-1][0].startswith("engine")  # a request thread: one
+    finally:
+        for e in app.state.engines.values():
+            e.close()
+        real(1)
 
 
 def test_sigterm_lets_running_streams_finish_then_exits_0(run):
