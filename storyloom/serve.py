@@ -411,7 +411,8 @@ class Engine:
         fast = native.loop(self.w.model, self.w.decoder.decode, self.w.device, s.cfg, s.banned, 1)
         if fast is None:
             return False
-        toks, logits, self.state, s.recent = fast(s.logits, self.state, s.recent, min(self.ALONE, s.length - s.written), s.gen)
+        k = min(self.ALONE if s.written else 1, s.length - s.written)  # the first token at once, as decoding.sample
+        toks, logits, self.state, s.recent = fast(s.logits, self.state, s.recent, k, s.gen)
         s.logits = logits
         added = 0
         for t in toks:  # past a stop string the rest are dropped, as a stream that ends drops its row
