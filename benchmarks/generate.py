@@ -121,8 +121,8 @@ def main() -> None:
 
     if a.bpc:
         val = storyloom.clean_sources([str(f) for f in bundled_files("shakespeare") if f.name in BUNDLED["shakespeare"]])
-        for d, w in ((d, writers[d]) for d in decodes):  # int8-python scores as int8 does
-            t = time.perf_counter()
+        for d in decodes:  # int8-python scores as int8 does
+            w, t = writers[d], time.perf_counter()
             r = w.score(val)
             emit(kind="bpc", decode=d, bpc=round(r["bpc"], 4), through=r.get("decode_precision", "forward (exact)"),
                  chars=r["chars"], seconds=round(time.perf_counter() - t, 1))

@@ -247,6 +247,11 @@ class SampleConfig:
         if not isinstance(self.ban, str) or not all(isinstance(x, str) for x in self.stop):
             raise UserError("--ban takes a string of characters and --stop strings")
 
+    @property
+    def lookback(self) -> int:
+        """Tokens the repetition penalty looks back over: 0 when there is no penalty."""
+        return self.penalty_window if self.repetition_penalty != 1.0 else 0
+
     @classmethod
     def of(cls, base: "SampleConfig | None" = None, **changes) -> "SampleConfig":
         """base (or the defaults) with some settings replaced; an unknown name is one clear error."""

@@ -114,7 +114,7 @@ def sample(dec: Decoder, logits: torch.Tensor, state: State, recent: np.ndarray,
     B = len(seeds)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     logits, state = expand(logits, state, B)
-    W = cfg.penalty_window if cfg.repetition_penalty != 1.0 else 0
+    W = cfg.lookback
     rec = torch.as_tensor(np.asarray(recent[-W:] if W else recent[:0], dtype=np.int64)).expand(B, -1)  # (B, <=W)
     n = 0
     fast = native.loop(dec.model, dec.decode, dec.device, cfg, banned, B) if dec.native else None

@@ -42,17 +42,16 @@ class Loop:
     def __init__(self, weights: tuple, cfg: SampleConfig, banned):
         self.weights, self.cfg = weights, cfg
         self.banned = torch.tensor(sorted(banned), dtype=torch.long)
-        self.window = cfg.penalty_window if cfg.repetition_penalty != 1.0 else 0  # as decoding.sample keeps it
 
     def __call__(self, logits: torch.Tensor, state: State, recent: torch.Tensor, n: int,
                  gen: torch.Generator) -> tuple[list[int], torch.Tensor, State, torch.Tensor]:
-        """n ids drawn one after another from logits (1, V) and state (each (L, 1, H)), `recent` (1, <= window)
+        """n ids drawn one after another from logits (1, V) and state (each (L, 1, H)), `recent` (1, <= cfg.lookback)
         the ids the repetition penalty looks back over; the logits, state and recent ids after them."""
         h, c = state
         cfg = self.cfg
         ids, h, c, logits, recent = torch.ops.storyloom.write_tokens(
             *self.weights, h.float(), c.float(), logits.float(), n, self.banned, recent.contiguous(),
-            float(cfg.repetition_penalty), self.window, float(cfg.temperature), cfg.top_k or 0, float(cfg.top_p), gen)
+            float(cfg.repetition_penalty), cfg.lookback, float(cfg.temperature), cfg.top_k or 0, float(cfg.top_p), gen)
         return ids.tolist(), logits, (h, c), recent
 
 

@@ -72,10 +72,11 @@ def draw(logits: torch.Tensor, temperature: float, generators: list[torch.Genera
         cdf = p.cumsum(-1)
         ids = torch.searchsorted(cdf, torch.rand(1, generator=generators[0]).mul_(cdf[-1]))  # (1,)
         # the float edge: u*total past the last kept token, or on a token of no probability (as the batch guards it)
-        i = min(int(ids), logits.shape[-1] - 1)
+        found = int(ids)
+        i = min(found, logits.shape[-1] - 1)
         if p[i].item() == 0:
             i = int(logits[0].argmax())
-        return ids if i == int(ids) else ids.fill_(i)
+        return ids if i == found else ids.fill_(i)
     probs = logits.softmax(-1)  # (B, V)
     u = torch.cat([torch.rand(1, generator=g) for g in generators])  # (B,)
     cdf = probs.cumsum(-1)

@@ -139,7 +139,7 @@ class Stream:
         self.prompt_ids, self.cfg, self.banned, self.seed, self.length = ids, cfg, banned, seed, length
         self.logprobs = logprobs
         self.gen = torch.Generator().manual_seed(seed)
-        self.W = cfg.penalty_window if cfg.repetition_penalty != 1.0 else 0
+        self.W = cfg.lookback
         self.recent = torch.as_tensor(np.asarray(ids[-self.W:] if self.W else ids[:0], dtype=np.int64))[None]  # (1, <=W)
         self.piece, self.stops = writer.tokenizer.stream(), Stops(cfg.stop)
         # streams drawn together share these (the stop strings act on text, after the draw)
@@ -488,7 +488,7 @@ def create_app(runs, cfg: ServeConfig | None = None, load: LoadConfig | None = N
     # cores, libgomp stops spinning between parallel regions and each then waits a wake-up of tens of
     # microseconds; a second multi-threaded team beside an engine's (the thread that loaded the runs, a request
     # thread scoring a text) does that. With the writers loaded on one thread and requests read on one each,
-    # batched writing ran 1.5x and a lone stream 2-4x as fast (benchmarks/README.md, "One OpenMP team").
+    # batched writing ran 1.5x and a lone stream 2-4x as fast (benchmarks/README.md, "Serving").
     names = _names(runs)
     threads = load.threads or max(1, physical_cores() // len(names))  # the cores shared among the engines
     writers = {name: Writer(path, load.which, load.device, load.precision, 1, load.decode_precision)
