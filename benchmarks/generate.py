@@ -4,7 +4,9 @@
     python benchmarks/generate.py --run RUN --decode fp32,int8 --bpc
 
 Measures, for each `--decode-precision` (arms alternated, the median of 3;
-with int8, also int8 written by the Python loop instead of native.py's):
+with int8, also int8 written by the Python loop instead of native.py's, and
+on a CPU with AVX-512 VNNI by native.py's loop with FBGEMM's products instead
+of q8_linear's, `int8-fbgemm`, the prompt read by torch.quantized_lstm):
 batch-1 characters per second with carried state; the latency of the first
 character after a 1,000-character prompt; characters per second per sample
 at --num 32; with --bpc, the bits per character of the benchmark validation
@@ -31,8 +33,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
 from machine import describe  # noqa: E402
+from storyloom import native  # noqa: E402
 from storyloom.runs import BASES  # noqa: E402
 from storyloom.sources import BUNDLED, bundled_files  # noqa: E402
+
+
+has_vnni = native.vnni
 
 
 def emit(**row) -> None:
@@ -90,6 +96,8 @@ def main() -> None:
     if "int8" in writers:  # the same int8 step written by the Python loop, beside native.py's C++ loop
         writers["int8-python"] = storyloom.load(run, decode_precision="int8")
         writers["int8-python"].decoder.native = False
+        if native.build() and native.vnni():  # and the C++ loop with FBGEMM's products instead of q8_linear's
+            writers["int8-fbgemm"] = storyloom.load(run, decode_precision="int8")
     m = writers[decodes[0]]
     text = storyloom.clean_sources(["shakespeare"])
     prompt40 = text[10000:10040]
@@ -100,6 +108,7 @@ def main() -> None:
     rows: dict[tuple[str, str], list[float]] = {}
     for _ in range(3):  # arms alternated: a shared machine drifts
         for d, w in writers.items():
+            native.vnni = (lambda: False) if d == "int8-fbgemm" else has_vnni
             s = timed(lambda: w.generate(prompt40, a.length, temperature=1.0, seed=0), repeats=1)
             rows.setdefault((d, "batch1"), []).append(a.length / s)
             s = timed(lambda: next(iter(w.stream(prompt1000, 10, temperature=1.0, seed=0))), repeats=3)
@@ -107,6 +116,7 @@ def main() -> None:
             num, length = 32, 500
             s = timed(lambda: w.samples(prompt40, num=num, length=length, temperature=1.0, seed=0), repeats=1)
             rows.setdefault((d, "num32_total"), []).append(num * length / s)
+    native.vnni = has_vnni
     base = statistics.median(rows[(decodes[0], "batch1")])
     for d in writers:
         med = {k: statistics.median(rows[(d, k)]) for k in ("batch1", "first_char_ms", "num32_total")}

@@ -73,6 +73,10 @@ class Folds(Protocol):
         """The int8 step's weights as the native writing loop (native.py) takes them; None where that loop
         does not do this cell's step."""
 
+    def read_packs(self) -> tuple[list, list]:
+        """The int8 read's weights as native.py's read takes them: per layer W_ih (with two zero columns for
+        `read`'s pinning constants) and W_hh, FBGEMM-packed with their biases."""
+
     def step(self, e: torch.Tensor | None, state: State, z0: torch.Tensor | None = None,
              precision: str = "fp32") -> tuple[torch.Tensor, State]: ...
 
@@ -211,21 +215,32 @@ class LSTM(nn.LSTM):
         return inp, (torch.cat(hs), torch.cat(cs))  # (B, T, H), (L, B, H) each
 
     def _int8_layers(self) -> list:
-        """FBGEMM's cell parameters per layer for `read` in int8, W_ih with two zero columns for the pinning
-        constants; cached until a parameter changes."""
+        """FBGEMM's cell parameters per layer for `read` in int8 (read_packs); cached until a parameter changes."""
 
+        def build():
+            # True: 7-bit activations, as Matrix quantises them (no CPU's 8-bit products saturate)
+            return [torch.ops.quantized.make_quantized_cell_params_dynamic(ih, hh, b_ih, b_hh, True)
+                    for ih, hh, b_ih, b_hh in self._read_packs()]
+
+        return cached(self, "_int8_read", build)
+
+    def _read_packs(self) -> list:
         def build():
             layers = []
             for l in range(self.num_layers):
                 W_ih, W_hh = getattr(self, f"weight_ih_l{l}"), getattr(self, f"weight_hh_l{l}")
                 b_ih, b_hh = getattr(self, f"bias_ih_l{l}").detach(), getattr(self, f"bias_hh_l{l}").detach()
-                W_ih = F.pad(W_ih.detach(), (0, 2))  # (4H, I + 2)
-                # True: 7-bit activations, as Matrix quantises them (no CPU's 8-bit products saturate)
-                layers.append(torch.ops.quantized.make_quantized_cell_params_dynamic(
-                    int8_packed(W_ih, b_ih), int8_packed(W_hh, b_hh), b_ih, b_hh, True))
+                W_ih = F.pad(W_ih.detach(), (0, 2))  # (4H, I + 2): two zero columns for the pinning constants
+                layers.append((int8_packed(W_ih, b_ih), int8_packed(W_hh, b_hh), b_ih, b_hh))
             return layers
 
-        return cached(self, "_int8_read", build)
+        return cached(self, "_int8_read_packs", build)
+
+    def read_packs(self) -> tuple[list, list]:
+        """What `read` multiplies by in int8, for write.cpp's read_tokens (this class's int8 read in C++): per
+        layer FBGEMM's packed W_ih with its two zero pinning columns, and W_hh, each with its bias inside."""
+        packs = self._read_packs()
+        return [ih for ih, _, _, _ in packs], [hh for _, hh, _, _ in packs]
 
     def activations(self, e: torch.Tensor) -> dict:
         """Read through the reference LSTM loaded with these weights: the fused kernel does not expose its gates."""

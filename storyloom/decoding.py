@@ -48,7 +48,8 @@ class Decoder:
         """Feed ids (P,) to one stream, or (G, P) to G streams, in a single call; logits (G, V) for the next token."""
         x = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
         x = x[None] if x.dim() == 1 else x  # (G, P)
-        logits, state = self.model.read(x, state, self.precision)  # (G, P, V)
+        got = native.read(self.model, x, state) if self.native and self.precision == "int8" else None
+        logits, state = got or self.model.read(x, state, self.precision)  # (G, P, V)
         # a copy: a view of the last position would keep all P positions' logits alive while the caller keeps it
         return logits[:, -1].float().cpu().clone(), state
 

@@ -111,6 +111,11 @@ class LanguageModel(nn.Module):
         layers = self.cell.packed_layers() if table is not None else None
         return None if layers is None else (table, *layers, P, W, b)
 
+    def native_read_weights(self) -> tuple | None:
+        """(W_ih packs, W_hh packs, the input's bounds) for native.py's int8 read of a prompt, which reads as
+        `read` does (cell.read_packs); else None."""
+        return (*self.cell.read_packs(), self._bounds()) if self.folds else None
+
     def step(self, x: torch.Tensor, state: State, precision: str = "fp32") -> tuple[torch.Tensor, State]:
         """forward() for one time step, x (B,) -> logits (B, V), in eval mode, without gradients. `precision`: how
         the cell's weights are held (one of cell.precisions; fp32 is exact)."""

@@ -9,7 +9,12 @@ loop over FBGEMM's packed weights, so write.cpp is hand-written, operation
 for operation the Python loop's.
 
 It covers one stream with int8 weights on a CPU, an LSTM of any depth that
-folds its input (model.native_weights), and every sampling setting. Several
+folds its input (model.native_weights), and every sampling setting; and the
+int8 read of one stream's prompt (`read`, what model.read computes). On CPUs
+with AVX-512 VNNI their int8 products of one row go through write.cpp's
+q8_linear, FBGEMM's numbers bit for bit at about 4x its speed (FBGEMM
+computes one row as a general matrix product; no library offers the
+one-row case with FBGEMM's numerics, which the Python loop must share). Several
 streams, beams, other cells and GPUs write through the Python loop, which
 stays the reference. Building needs a C++ compiler and takes about 10 s the
 first time (`torch.utils.cpp_extension`, cached under $TORCH_EXTENSIONS_DIR
@@ -28,11 +33,15 @@ from pathlib import Path
 
 import torch
 
+from .cells import cached
 from .config import SampleConfig
 from .model import LanguageModel, State
 
 SOURCE = Path(__file__).with_name("write.cpp")
 STALE_LOCK = 600  # seconds: a build takes about 10, so an older lock is a killed build's
+# -fopenmp: q8_linear splits rows over torch's own OpenMP threads (the wheel's libgomp.so.1, which the build
+# links by that name); -ffp-contract=off: no multiply-add fused but those written, so its floats are FBGEMM's
+FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
 CHUNK = 64  # tokens a call: streaming stays smooth (about 5 ms of writing), a stop string wastes at most this
 
 
@@ -62,7 +71,37 @@ def loop(model: LanguageModel, decode: str, device: torch.device, cfg: SampleCon
     weights = model.native_weights()
     if weights is None or not build():
         return None
-    return Loop(weights, cfg, banned)
+    table, W_hh, W_up, b_up, *head = weights
+    return Loop((table, W_hh, W_up, b_up, q8(model, "_q8_write", [W_hh, *W_up]), *head), cfg, banned)
+
+
+def read(model: LanguageModel, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State] | None:
+    """model.read(x, state, "int8") for one stream x (1, T), through write.cpp's read_tokens: the same numbers,
+    its recurrent products by q8_linear. None where it does not apply (several streams, a GPU, a cell without
+    an int8 read, no AVX-512 VNNI, no build): model.read reads then."""
+    if x.shape[0] != 1 or x.device.type != "cpu" or not build() or not vnni():
+        return None
+    weights = model.native_read_weights()
+    if weights is None:
+        return None
+    W_ih, W_hh, (lo, hi) = weights
+    h0, c0 = state if state is not None else model.cell.initial_state(1, x.device)
+    h, hn, cn = torch.ops.storyloom.read_tokens(model.inp(x)[0], W_ih, q8(model, "_q8_read", W_hh), h0.float(),
+                                                c0.float(), lo, hi)  # (T, H), (L, 1, H) each
+    return model.out(h[None]), (hn, cn)
+
+
+def vnni() -> bool:
+    """Whether this CPU has AVX-512 VNNI, which q8_linear needs (Intel from Cascade Lake, AMD from Zen 4)."""
+    return bool(torch.ops.storyloom.has_vnni())
+
+
+def q8(model: LanguageModel, name: str, packed: list) -> list[torch.Tensor]:
+    """FBGEMM's packed matrices laid out for write.cpp's q8_linear, 4 tensors each, cached on the model until a
+    parameter changes; [] without AVX-512 VNNI, where FBGEMM multiplies."""
+    if not vnni():
+        return []
+    return cached(model, name, lambda: [t for W in packed for t in torch.ops.storyloom.q8_pack(W)])
 
 
 _built: bool | None = None  # None: not tried yet in this process
@@ -75,7 +114,7 @@ def build() -> bool:
         from torch.utils import cpp_extension  # imported on first use: it pulls in setuptools
 
         # A build per source, torch and Python: each links against its own headers and libraries.
-        key = hashlib.sha256(f"{SOURCE.read_text()}{torch.__version__}{sys.version}".encode()).hexdigest()[:12]
+        key = hashlib.sha256(f"{SOURCE.read_text()}{FLAGS}{torch.__version__}{sys.version}".encode()).hexdigest()[:12]
         name = f"storyloom_write_{key}"
         where = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
         if not (where / f"{name}.so").exists():
@@ -88,7 +127,7 @@ def build() -> bool:
             lock.unlink(missing_ok=True)
         try:
             where.mkdir(parents=True, exist_ok=True)
-            cpp_extension.load(name, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(where),
+            cpp_extension.load(name, [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], build_directory=str(where),
                                is_python_module=False, verbose=False)
             _built = True
         except Exception as e:  # no compiler, no ninja, headers missing: the Python loop writes the same text

@@ -4,15 +4,126 @@
 // sampling.shape_logits, sampling.draw for one row, cells.LSTM.step over cells.Matrix, LanguageModel.step's
 // head), on the same generator: so it writes the same text for a seed, and tests/test_native.py checks that it
 // does. It exists because in Python the calls between these operations took most of each character's time.
+// read_tokens is cells.LSTM.read in int8 (torch.quantized_lstm) for one stream, likewise operation for operation.
+//
+// One thing is our own arithmetic: on CPUs with AVX-512 VNNI, the one-row int8 product (q8_linear) replaces
+// FBGEMM's, which computes a row as a general matrix product: 3072 x 768 took 56 us there against 10 here
+// (2 threads, the weights split between the cores' caches). It computes what FBGEMM computes, bit for bit
+// (the same quantisation of x, exact int32 sums, the same float steps after them), which a test checks.
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/native/quantized/PackedParams.h>
+#include <ATen/native/quantized/cpu/QuantUtils.h>
+#include <immintrin.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <limits>
 #include <tuple>
 
 using Packed = c10::intrusive_ptr<LinearPackedParamsBase>;
+
+// ---- the one-row int8 product --------------------------------------------------------------------------------
+// A matrix is 4 tensors: its int8 weights in VNNI order (blocks of 16 output rows by 4 inputs: one 64-byte load
+// a multiply-add), each row's sum of weights (int32), each row's scale (float), and its bias (float, or empty).
+// N is padded to a multiple of 64 (four blocks, summed side by side), K to a multiple of 4, with zero weights.
+
+bool has_vnni() {  // and AVX-512 BW and VL, which every CPU with VNNI has had so far; checked all the same
+  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
+
+std::vector<at::Tensor> q8_pack(const Packed& p) {
+  auto [qw, bias] = p->unpack();  // (N, K) qint8, per output row, zero points 0 (cells.int8_packed)
+  TORCH_CHECK(qw.qscheme() == at::kPerChannelAffine && qw.q_per_channel_zero_points().eq(0).all().item<bool>(),
+              "q8_pack: weights must be symmetric per output row");
+  auto w = qw.int_repr().contiguous();
+  const int64_t N = w.size(0), K = w.size(1), Np = (N + 63) / 64 * 64, Kp = (K + 3) / 4 * 4;
+  auto padded = at::zeros({Np, Kp}, at::kChar);
+  padded.narrow(0, 0, N).narrow(1, 0, K).copy_(w);
+  // (Np/16, 16, Kp/4, 4) -> (Np/16, Kp/4, 16, 4)
+  auto vnni = padded.view({Np / 16, 16, Kp / 4, 4}).permute({0, 2, 1, 3}).contiguous();
+  auto colsum = w.to(at::kInt).sum(1, /*keepdim=*/false, at::kInt);
+  auto scale = qw.q_per_channel_scales().to(at::kFloat);  // FBGEMM keeps each row's scale as a float too
+  return {vnni, colsum, scale, bias ? bias->contiguous().to(at::kFloat) : at::empty({0}, at::kFloat)};
+}
+
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// x's least and greatest value, and x quantised as FBGEMM's Quantize does: one fused multiply-add, rounded to
+// nearest even, clamped to 8 bits (a[k] for k >= K stays 0).
+VNNI static void quantise(const float* x, int64_t K, uint8_t* a, float& lo, float& hi,
+                          quant_utils::TensorQuantizationParams& qp) {
+  __m512 vlo = _mm512_set1_ps(x[0]), vhi = vlo;
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 m = K - k >= 16 ? 0xFFFF : (1u << (K - k)) - 1;
+    const __m512 v = _mm512_mask_loadu_ps(vlo, m, x + k);  // masked lanes repeat x[0]: the range is unchanged
+    vlo = _mm512_min_ps(vlo, v), vhi = _mm512_max_ps(vhi, v);
+  }
+  lo = _mm512_reduce_min_ps(vlo), hi = _mm512_reduce_max_ps(vhi);
+  // the function FBGEMM's caller uses to choose the scale and zero point (ATen's QuantUtils.h), 7-bit range
+  qp = quant_utils::ChooseQuantizationParams(lo, hi, 0, 255, false, false, /*reduce_range=*/true);
+  const float s = qp.scale;
+  const __m512 inv = _mm512_set1_ps(1.0f / s), zp = _mm512_set1_ps(qp.zero_point);
+  const __m512i zero = _mm512_setzero_si512(), top = _mm512_set1_epi32(255);
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 m = K - k >= 16 ? 0xFFFF : (1u << (K - k)) - 1;
+    __m512i q = _mm512_cvtps_epi32(_mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + k), inv, zp));
+    q = _mm512_min_epi32(_mm512_max_epi32(q, zero), top);
+    _mm_mask_storeu_epi8(a + k, m, _mm512_cvtepi32_epi8(q));
+  }
+}
+
+// Rows [64 q0, 64 q1) of y = (sums - zp * colsum) * (s * scale) (+ bias, fused): FBGEMM's ReQuantizeForFloat.
+// The sums: G groups of 4 inputs, each group's 4 bytes of a broadcast against 16 rows in one multiply-add.
+VNNI static void rows(const uint8_t* a, const int8_t* w, int64_t G, const int32_t* colsum, const float* scale,
+                      const float* bias, int32_t zp, float s, int64_t N, float* y, int64_t q0, int64_t q1) {
+  const __m512i z = _mm512_set1_epi32(zp);
+  const __m512 vs = _mm512_set1_ps(s);
+  for (int64_t q = q0; q < q1; ++q) {
+    const int8_t* p = w + q * 4 * G * 64;
+    __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    for (int64_t g = 0; g < G; ++g) {
+      const __m512i av = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(a + 4 * g));
+      for (int r = 0; r < 4; ++r) acc[r] = _mm512_dpbusd_epi32(acc[r], av, _mm512_loadu_si512(p + (r * G + g) * 64));
+    }
+    for (int r = 0; r < 4; ++r) {
+      const int64_t j = q * 64 + r * 16;
+      if (j >= N) break;
+      const __mmask16 m = N - j >= 16 ? 0xFFFF : (1u << (N - j)) - 1;
+      const __m512i raw = _mm512_sub_epi32(acc[r], _mm512_mullo_epi32(z, _mm512_maskz_loadu_epi32(m, colsum + j)));
+      const __m512 mult = _mm512_mul_ps(vs, _mm512_maskz_loadu_ps(m, scale + j));
+      __m512 out = bias ? _mm512_fmadd_ps(_mm512_cvtepi32_ps(raw), mult, _mm512_maskz_loadu_ps(m, bias + j))
+                        : _mm512_mul_ps(_mm512_cvtepi32_ps(raw), mult);
+      _mm512_mask_storeu_ps(y + j, m, out);
+    }
+  }
+}
+
+// x (1, K) -> (1, N): what FBGEMM's quantized::linear_dynamic(x, W, reduce_range=true) returns for one row.
+at::Tensor q8_linear(const at::Tensor& x, const at::Tensor* m) {
+  const auto &w = m[0], &colsum = m[1], &scale = m[2], &bias = m[3];
+  const int64_t N = colsum.size(0), K = x.size(1), G = w.size(1);
+  auto xc = x.contiguous();
+  std::vector<uint8_t> a(4 * G, 0);
+  float lo, hi;
+  quant_utils::TensorQuantizationParams qp;
+  quantise(xc.data_ptr<float>(), K, a.data(), lo, hi, qp);
+  auto y = at::empty({1, N}, at::kFloat);
+  const float* b = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
+  at::parallel_for(0, w.size(0) / 4, 4, [&](int64_t q0, int64_t q1) {
+    rows(a.data(), w.data_ptr<int8_t>(), G, colsum.data_ptr<int32_t>(), scale.data_ptr<float>(), b, qp.zero_point,
+         static_cast<float>(qp.scale), N, y.data_ptr<float>(), q0, q1);
+  });
+  return y;
+}
+
+// W x through q8 where its 4 tensors are given, else FBGEMM.
+at::Tensor linear(const Packed& W, const std::vector<at::Tensor>& q8, size_t i, const at::Tensor& x) {
+  return q8.empty() ? W->apply_dynamic(x, /*reduce_range=*/true) : q8_linear(x, &q8[4 * i]);
+}
+
+at::Tensor q8_linear_op(const at::Tensor& x, const std::vector<at::Tensor>& m) { return q8_linear(x, m.data()); }
 
 // sampling.shape_logits for one row: ban, repetition penalty, temperature, top-k, top-p, in that order.
 at::Tensor shape(at::Tensor l, const at::Tensor& banned, const at::Tensor& recent, double penalty, double temperature,
@@ -44,6 +155,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tok
     const Packed& W_hh,   // layer 0's W_hh^T as FBGEMM's packed int8 weights (cells.Matrix)
     const c10::List<Packed>& W_up,  // each layer above: [W_ih | W_hh]^T, packed likewise
     const std::vector<at::Tensor>& b_up,  // and its b_ih + b_hh (4H,)
+    const std::vector<at::Tensor>& q8,  // these matrices for q8_linear (q8_pack), 4 tensors each; empty: FBGEMM
     const std::optional<at::Tensor>& P,  // (H, E): the projection before a tied head, if any
     at::Tensor head_wT,   // (H or E, V)
     at::Tensor head_b,    // (V,)
@@ -85,8 +197,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tok
     // cells.LSTM.step with z0 = table[i] at layer 0 (LanguageModel.step), then the head
     at::Tensor inp;
     for (int64_t l = 0; l < L; ++l) {
-      auto z = l == 0 ? W_hh->apply_dynamic(h[0], /*reduce_range=*/true).add_(table.index_select(0, id))
-                      : W_up.get(l - 1)->apply_dynamic(at::cat({inp, h[l]}, 1), true).add_(b_up[l - 1]);
+      auto z = l == 0 ? linear(W_hh, q8, 0, h[0]).add_(table.index_select(0, id))
+                      : linear(W_up.get(l - 1), q8, l, at::cat({inp, h[l]}, 1)).add_(b_up[l - 1]);
       auto s = at::sigmoid(z);
       auto g = at::tanh(z.slice(1, 2 * H, 3 * H));
       c[l] = at::addcmul(s.slice(1, H, 2 * H) * c[l], s.slice(1, 0, H), g);
@@ -97,11 +209,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tok
   return {ids, at::stack(h), at::stack(c), logits, recent};
 }
 
+// cells.LSTM.read in int8 for one stream, e (T, I) from state (h0, c0) (L, 1, H) each: what torch.quantized_lstm
+// computes (ATen's FullLayer over LSTMCell, input products of the whole piece at once), operation for operation,
+// the recurrent product through q8_linear. Each layer's input carries cells.LSTM.read's two pinning columns:
+// `bounds` at layer 0, -1 and 1 above. Returns the top layer's outputs (T, H) and the state after them.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> read_tokens(
+    at::Tensor e, const c10::List<Packed>& W_ih, const std::vector<at::Tensor>& q8_hh, at::Tensor h0,
+    at::Tensor c0, double lo, double hi) {
+  at::NoGradGuard no_grad;
+  const int64_t L = h0.size(0), T = e.size(0);
+  std::vector<at::Tensor> hs, cs;
+  at::Tensor inp = e.to(at::kFloat);
+  for (int64_t l = 0; l < L; ++l) {
+    auto pins = at::tensor({l == 0 ? lo : -1.0, l == 0 ? hi : 1.0}, at::kFloat).expand({T, 2});
+    auto xs = W_ih.get(l)->apply_dynamic(at::cat({inp, pins}, 1), /*reduce_range=*/true).unbind(0);  // T x (4H,)
+    at::Tensor h = h0[l], c = c0[l], out = at::empty({T, h.size(1)}, at::kFloat);
+    for (int64_t t = 0; t < T; ++t) {
+      auto gates = q8_linear(h, &q8_hh[4 * l]).add_(xs[t]);
+      auto chunked = gates.unsafe_chunk(4, 1);
+      auto i = chunked[0].sigmoid_(), f = chunked[1].sigmoid_(), g = chunked[2].tanh_(), o = chunked[3].sigmoid_();
+      c = (f * c).add_(i * g);
+      h = o * c.tanh();
+      out[t].copy_(h[0]);
+    }
+    hs.push_back(h);
+    cs.push_back(c);
+    inp = out;
+  }
+  return {inp, at::stack(hs), at::stack(cs)};
+}
+
 TORCH_LIBRARY(storyloom, m) {
   m.def("write_tokens(Tensor table, __torch__.torch.classes.quantized.LinearPackedParamsBase W_hh, "
-        "__torch__.torch.classes.quantized.LinearPackedParamsBase[] W_up, Tensor[] b_up, Tensor? P, Tensor head_wT, "
+        "__torch__.torch.classes.quantized.LinearPackedParamsBase[] W_up, Tensor[] b_up, Tensor[] q8, Tensor? P, Tensor head_wT, "
         "Tensor head_b, Tensor h0, Tensor c0, Tensor logits, int n, Tensor banned, Tensor recent, float penalty, "
         "int window, float temperature, int top_k, float top_p, Generator? gen) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
         &write_tokens);
+  m.def("read_tokens(Tensor e, __torch__.torch.classes.quantized.LinearPackedParamsBase[] W_ih, Tensor[] q8_hh, "
+        "Tensor h0, Tensor c0, float lo, float hi) -> (Tensor, Tensor, Tensor)",
+        &read_tokens);
+  m.def("q8_pack(__torch__.torch.classes.quantized.LinearPackedParamsBase W) -> Tensor[]", &q8_pack);
+  m.def("q8_linear(Tensor x, Tensor[] m) -> Tensor", &q8_linear_op);
+  m.def("has_vnni() -> bool", &has_vnni);
 }

@@ -5,6 +5,7 @@ a machine without one fails test_the_loop_builds, naming the fix, instead of ski
 """
 
 import pytest
+import torch
 
 import storyloom
 from storyloom import native
@@ -92,6 +93,62 @@ def test_deeper_tied_and_word_level_lstms_write_as_in_python(tmp_path, sonnets, 
     slow = s.propose(40, seed=1)
     m.decoder.native = True
     assert s.propose(40, seed=1) == slow
+
+
+needs_vnni = pytest.mark.skipif(not (native.build() and native.vnni()), reason="q8_linear needs AVX-512 VNNI")
+
+
+def edge_rows(K: int) -> list:
+    """Rows that reach the corners of FBGEMM's quantisation: ties at +-1 (tanh's range), a range under its smallest
+    scale, one sign only, all zeros (the first step's state), large values."""
+    g = torch.Generator().manual_seed(K)
+    rows = [torch.randn(1, K, generator=g) * s + o for s, o in ((1, 0), (5, 0.3), (0.2, -0.1))]
+    rows += [torch.tanh(torch.randn(1, K, generator=g) * 3), torch.randn(1, K, generator=g) * 1e-5,
+             torch.rand(1, K, generator=g), -torch.rand(1, K, generator=g) * 7, torch.zeros(1, K),
+             torch.randn(1, K, generator=g) * 1e4]
+    ties = torch.tanh(torch.randn(1, K, generator=g) * 3)
+    ties[0, :2] = torch.tensor([-1.0, 1.0])[: K]
+    return rows + [ties]
+
+
+@needs_vnni
+@pytest.mark.parametrize("N, K", [(3072, 768), (64, 4), (100, 37), (84, 3), (1, 1), (200, 130)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_q8_linear_is_fbgemms_product_bit_for_bit(N, K, bias):
+    from storyloom.cells import int8_packed
+
+    g = torch.Generator().manual_seed(N * K)
+    W = torch.randn(N, K, generator=g) * 0.05
+    packed = int8_packed(W, torch.randn(N, generator=g) if bias else None)
+    m = torch.ops.storyloom.q8_pack(packed)
+    for x in edge_rows(K):
+        assert torch.equal(torch.ops.storyloom.q8_linear(x, m), torch.ops.quantized.linear_dynamic(x, packed, True))
+
+
+@needs_vnni
+@pytest.mark.parametrize("kw", [dict(), dict(layers=2), dict(layers=3, input="onehot")])
+def test_the_native_read_reads_what_model_read_reads_whole_or_cut(tmp_path, sonnets, kw):
+    (tmp_path / "s.txt").write_text(sonnets)
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "run", steps=20, progress=False, device="cpu",
+                          **{**TINY, **kw})
+    model = storyloom.load(run, device="cpu", decode_precision="int8").model
+    x = torch.randint(0, model.cfg.vocab_size, (1, 300), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        for cuts in ((300,), (1, 120, 179)):
+            s1 = s2 = None
+            for piece in torch.split(x, list(cuts), 1):
+                (l1, s1), (l2, s2) = model.read(piece, s1, "int8"), native.read(model, piece, s2)
+                assert torch.equal(l1, l2) and all(torch.equal(a, b) for a, b in zip(s1, s2))
+        assert native.read(model, x.expand(2, -1), None) is None  # several streams: model.read reads them
+
+
+def test_without_vnni_fbgemm_multiplies_and_the_text_is_the_same(w, monkeypatch):
+    fast = written(w, True, length=native.CHUNK + 5, seed=8)
+    monkeypatch.setattr(native, "vnni", lambda: False)
+    assert native.loop(w.model, "int8", w.device, SampleConfig(), (), 1).weights[4] == []
+    with torch.inference_mode():
+        assert native.read(w.model, torch.zeros(1, 5, dtype=torch.long), None) is None
+    assert written(w, True, length=native.CHUNK + 5, seed=8) == fast == written(w, False, length=native.CHUNK + 5, seed=8)
 
 
 def test_a_model_it_cannot_step_stays_in_python(tmp_path, sonnets):
