@@ -124,6 +124,20 @@ def main() -> None:
              first_char_ms=round(med["first_char_ms"], 1), num32_chars_per_s_total=round(med["num32_total"]),
              runs=[round(x) for x in rows[(d, "batch1")]])
 
+    if native.build() and native.vnni():  # the one-row int8 product alone, at the default preset's shapes
+        from storyloom.cells import int8_packed
+        for N, K in ((3072, 768), (3072, 896)):
+            packed = int8_packed(torch.randn(N, K) * 0.05)
+            m, x = torch.ops.storyloom.q8_pack(packed), torch.tanh(torch.randn(1, K))
+            us = {}
+            for _ in range(3):  # alternated
+                for arm, f in (("fbgemm", lambda: torch.ops.quantized.linear_dynamic(x, packed, True)),
+                               ("q8_linear", lambda: torch.ops.storyloom.q8_linear(x, m))):
+                    us.setdefault(arm, []).append(1e6 * timed(lambda: [f() for _ in range(1000)], repeats=3) / 1000)
+            med = {k: statistics.median(v) for k, v in us.items()}
+            emit(kind="product", shape=[1, K, N], us={k: round(v, 1) for k, v in med.items()},
+                 speedup=round(med["fbgemm"] / med["q8_linear"], 2))
+
     n_win = 200
     s = timed(lambda: window_refeed(m, prompt40, n_win), repeats=1)
     emit(kind="seeds_window_refeed", chars_per_s=round(n_win / s, 1), seconds=round(s, 3), chars=n_win, window=40,

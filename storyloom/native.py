@@ -12,7 +12,7 @@ It covers one stream with int8 weights on a CPU, an LSTM of any depth that
 folds its input (model.native_weights), and every sampling setting; and the
 int8 read of one stream's prompt (`read`, what model.read computes). On CPUs
 with AVX-512 VNNI their int8 products of one row go through write.cpp's
-q8_linear, FBGEMM's numbers bit for bit at about 4x its speed (FBGEMM
+q8_linear, FBGEMM's numbers bit for bit at 2-3x its speed (FBGEMM
 computes one row as a general matrix product; no library offers the
 one-row case with FBGEMM's numerics, which the Python loop must share). Several
 streams, beams, other cells and GPUs write through the Python loop, which
