@@ -83,7 +83,8 @@ class LanguageModel(nn.Module):
         """The least and greatest value the input encoding gives: an embedding's extremes, [0, 1] for the others."""
         if not isinstance(self.inp, nn.Embedding):
             return 0.0, 1.0
-        return cached(self, "_bounds_cache", lambda: (float(self.inp.weight.min()), float(self.inp.weight.max())))
+        W = self.inp.weight.detach()
+        return cached(self, "_bounds_cache", lambda: (float(W.min()), float(W.max())))
 
     def out(self, h: torch.Tensor) -> torch.Tensor:
         """Logits (..., V) from the top layer's output (..., H)."""

@@ -12,6 +12,7 @@
 // (the same quantisation of x, exact int32 sums, the same float steps after them), which a test checks.
 
 #include <ATen/ATen.h>
+#include <ATen/CPUFunctions.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/quantized/PackedParams.h>
 #include <ATen/native/quantized/cpu/QuantUtils.h>
@@ -100,8 +101,8 @@ VNNI static void rows(const uint8_t* a, const int8_t* w, int64_t G, const int32_
   }
 }
 
-// x (1, K) -> (1, N): what FBGEMM's quantized::linear_dynamic(x, W, reduce_range=true) returns for one row.
-at::Tensor q8_linear(const at::Tensor& x, const at::Tensor* m) {
+// y (N floats) for x (1, K): what FBGEMM's quantized::linear_dynamic(x, W, reduce_range=true) returns for one row.
+void q8_into(const at::Tensor& x, const at::Tensor* m, float* y) {
   const auto &w = m[0], &colsum = m[1], &scale = m[2], &bias = m[3];
   const int64_t N = colsum.size(0), K = x.size(1), G = w.size(1);
   auto xc = x.contiguous();
@@ -109,18 +110,17 @@ at::Tensor q8_linear(const at::Tensor& x, const at::Tensor* m) {
   float lo, hi;
   quant_utils::TensorQuantizationParams qp;
   quantise(xc.data_ptr<float>(), K, a.data(), lo, hi, qp);
-  auto y = at::empty({1, N}, at::kFloat);
   const float* b = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
   at::parallel_for(0, w.size(0) / 4, 4, [&](int64_t q0, int64_t q1) {
     rows(a.data(), w.data_ptr<int8_t>(), G, colsum.data_ptr<int32_t>(), scale.data_ptr<float>(), b, qp.zero_point,
-         static_cast<float>(qp.scale), N, y.data_ptr<float>(), q0, q1);
+         static_cast<float>(qp.scale), N, y, q0, q1);
   });
-  return y;
 }
 
-// W x through q8 where its 4 tensors are given, else FBGEMM.
-at::Tensor linear(const Packed& W, const std::vector<at::Tensor>& q8, size_t i, const at::Tensor& x) {
-  return q8.empty() ? W->apply_dynamic(x, /*reduce_range=*/true) : q8_linear(x, &q8[4 * i]);
+at::Tensor q8_linear(const at::Tensor& x, const at::Tensor* m) {
+  auto y = at::empty({1, m[1].size(0)}, at::kFloat);
+  q8_into(x, m, y.data_ptr<float>());
+  return y;
 }
 
 at::Tensor q8_linear_op(const at::Tensor& x, const std::vector<at::Tensor>& m) { return q8_linear(x, m.data()); }
@@ -169,11 +169,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tok
     std::optional<at::Generator> gen) {
   at::NoGradGuard no_grad;
   const int64_t L = h0.size(0), H = h0.size(2), V = logits.size(1);
-  std::vector<at::Tensor> h, c;
+  // The state and every intermediate in buffers made once, the kernels entered directly (at::cpu::): the same
+  // kernels as the Python loop's calls, without a dispatch and an allocation each.
+  std::vector<at::Tensor> h, c, z, s, g, fc, tc;
   for (int64_t l = 0; l < L; ++l) {
-    h.push_back(h0[l]);
-    c.push_back(c0[l]);
+    h.push_back(h0[l].clone()), c.push_back(c0[l].clone());  // (1, H): the caller's state stays as it was
+    z.push_back(at::empty({1, 4 * H}, at::kFloat)), s.push_back(at::empty({1, 4 * H}, at::kFloat));
+    g.push_back(at::empty({1, H}, at::kFloat)), fc.push_back(at::empty({1, H}, at::kFloat));
+    tc.push_back(at::empty({1, H}, at::kFloat));
   }
+  auto head_out = at::empty({1, V}, at::kFloat);
   auto ids = at::empty({n}, at::kLong);
   auto out = ids.accessor<int64_t, 1>();
   for (int64_t t = 0; t < n; ++t) {
@@ -195,16 +200,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tok
       recent = recent.slice(1, std::max<int64_t>(recent.size(1) - window, 0));
     }
     // cells.LSTM.step with z0 = table[i] at layer 0 (LanguageModel.step), then the head
-    at::Tensor inp;
     for (int64_t l = 0; l < L; ++l) {
-      auto z = l == 0 ? linear(W_hh, q8, 0, h[0]).add_(table.index_select(0, id))
-                      : linear(W_up.get(l - 1), q8, l, at::cat({inp, h[l]}, 1)).add_(b_up[l - 1]);
-      auto s = at::sigmoid(z);
-      auto g = at::tanh(z.slice(1, 2 * H, 3 * H));
-      c[l] = at::addcmul(s.slice(1, H, 2 * H) * c[l], s.slice(1, 0, H), g);
-      h[l] = inp = s.slice(1, 3 * H, 4 * H) * at::tanh(c[l]);
+      auto x = l == 0 ? h[0] : at::cat({h[l - 1], h[l]}, 1);
+      const Packed& W = l == 0 ? W_hh : W_up.get(l - 1);
+      if (q8.empty()) z[l].copy_(W->apply_dynamic(x, /*reduce_range=*/true));
+      else q8_into(x, &q8[4 * l], z[l].data_ptr<float>());
+      at::cpu::add_(z[l], l == 0 ? table.narrow(0, i, 1) : b_up[l - 1]);
+      at::cpu::sigmoid_out(s[l], z[l]);
+      at::cpu::tanh_out(g[l], z[l].slice(1, 2 * H, 3 * H));  // candidate C~_t
+      at::cpu::mul_out(fc[l], s[l].slice(1, H, 2 * H), c[l]);  // C_t = f C_{t-1} + i C~_t
+      at::cpu::addcmul_out(c[l], fc[l], s[l].slice(1, 0, H), g[l]);
+      at::cpu::tanh_out(tc[l], c[l]);  // h_t = o tanh(C_t)
+      at::cpu::mul_out(h[l], s[l].slice(1, 3 * H, 4 * H), tc[l]);
     }
-    logits = at::addmm(head_b, P ? at::matmul(inp, *P) : inp, head_wT);
+    at::cpu::addmm_out(head_out, head_b, P ? at::matmul(h[L - 1], *P) : h[L - 1], head_wT);
+    logits = head_out;
   }
   return {ids, at::stack(h), at::stack(c), logits, recent};
 }
@@ -213,24 +223,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tok
 // computes (ATen's FullLayer over LSTMCell, input products of the whole piece at once), operation for operation,
 // the recurrent product through q8_linear. Each layer's input carries cells.LSTM.read's two pinning columns:
 // `bounds` at layer 0, -1 and 1 above. Returns the top layer's outputs (T, H) and the state after them.
+// The same kernels as LSTMCell's calls, entered directly (at::cpu::) into buffers made once: at a dozen calls a
+// character, dispatch and allocation were most of a read's time.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> read_tokens(
     at::Tensor e, const c10::List<Packed>& W_ih, const std::vector<at::Tensor>& q8_hh, at::Tensor h0,
     at::Tensor c0, double lo, double hi) {
   at::NoGradGuard no_grad;
-  const int64_t L = h0.size(0), T = e.size(0);
+  const int64_t L = h0.size(0), T = e.size(0), H = h0.size(2);
   std::vector<at::Tensor> hs, cs;
   at::Tensor inp = e.to(at::kFloat);
   for (int64_t l = 0; l < L; ++l) {
     auto pins = at::tensor({l == 0 ? lo : -1.0, l == 0 ? hi : 1.0}, at::kFloat).expand({T, 2});
-    auto xs = W_ih.get(l)->apply_dynamic(at::cat({inp, pins}, 1), /*reduce_range=*/true).unbind(0);  // T x (4H,)
-    at::Tensor h = h0[l], c = c0[l], out = at::empty({T, h.size(1)}, at::kFloat);
+    auto xs = W_ih.get(l)->apply_dynamic(at::cat({inp, pins}, 1), /*reduce_range=*/true).split(1);  // T x (1, 4H)
+    auto out = at::empty({T, H}, at::kFloat);
+    auto hrow = out.split(1);  // T x (1, H): each step's h is written where the layer's output keeps it
+    auto gates = at::empty({1, 4 * H}, at::kFloat), c = c0[l].clone(), fc = at::empty_like(c), ig = at::empty_like(c),
+         tc = at::empty_like(c);
+    auto chunked = gates.unsafe_chunk(4, 1);  // i, f, g, o
+    at::Tensor h = h0[l];
     for (int64_t t = 0; t < T; ++t) {
-      auto gates = q8_linear(h, &q8_hh[4 * l]).add_(xs[t]);
-      auto chunked = gates.unsafe_chunk(4, 1);
-      auto i = chunked[0].sigmoid_(), f = chunked[1].sigmoid_(), g = chunked[2].tanh_(), o = chunked[3].sigmoid_();
-      c = (f * c).add_(i * g);
-      h = o * c.tanh();
-      out[t].copy_(h[0]);
+      q8_into(h, &q8_hh[4 * l], gates.data_ptr<float>());
+      at::cpu::add_(gates, xs[t]);
+      at::cpu::sigmoid_(chunked[0]), at::cpu::sigmoid_(chunked[1]), at::cpu::tanh_(chunked[2]);
+      at::cpu::sigmoid_(chunked[3]);
+      at::cpu::mul_out(fc, chunked[1], c);  // C_t = f C_{t-1} + i g
+      at::cpu::mul_out(ig, chunked[0], chunked[2]);
+      at::cpu::add_(fc, ig);
+      std::swap(c, fc);
+      at::cpu::tanh_out(tc, c);  // h_t = o tanh(C_t)
+      at::cpu::mul_out(hrow[t], chunked[3], tc);
+      h = hrow[t];
     }
     hs.push_back(h);
     cs.push_back(c);
