@@ -128,11 +128,11 @@ def main() -> None:
         from storyloom.cells import int8_packed
         for N, K in ((3072, 768), (3072, 896)):
             packed = int8_packed(torch.randn(N, K) * 0.05)
-            m, x = torch.ops.storyloom.q8_pack(packed), torch.tanh(torch.randn(1, K))
+            q, x = torch.ops.storyloom.q8_pack(packed), torch.tanh(torch.randn(1, K))
             us = {}
             for _ in range(3):  # alternated
                 for arm, f in (("fbgemm", lambda: torch.ops.quantized.linear_dynamic(x, packed, True)),
-                               ("q8_linear", lambda: torch.ops.storyloom.q8_linear(x, m))):
+                               ("q8_linear", lambda: torch.ops.storyloom.q8_linear(x, q))):
                     us.setdefault(arm, []).append(1e6 * timed(lambda: [f() for _ in range(1000)], repeats=3) / 1000)
             med = {k: statistics.median(v) for k, v in us.items()}
             emit(kind="product", shape=[1, K, N], us={k: round(v, 1) for k, v in med.items()},

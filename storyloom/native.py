@@ -2,8 +2,8 @@
 
 Writing at batch 1 is a dozen small tensor operations a character, and in
 Python the calls between them took most of the time: the same loop in C++
-wrote 8,145-10,812 characters a second where the Python loop wrote
-3,180-3,517 (2 Intel cores), the same text for the same seed
+wrote 10,261-10,831 characters a second where the Python loop wrote
+3,129-3,149 (2 Intel cores), the same text for the same seed
 (benchmarks/README.md, "Batch-1 writing"). No library offers a sampling
 loop over FBGEMM's packed weights, so write.cpp is hand-written, operation
 for operation the Python loop's.

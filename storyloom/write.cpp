@@ -7,9 +7,10 @@
 // read_tokens is cells.LSTM.read in int8 (torch.quantized_lstm) for one stream, likewise operation for operation.
 //
 // One thing is our own arithmetic: on CPUs with AVX-512 VNNI, the one-row int8 product (q8_linear) replaces
-// FBGEMM's, which computes a row as a general matrix product: 3072 x 768 took 70.6 us there against 24.6 here
-// (2 threads, the weights split between the cores' caches; benchmarks/README.md, "Batch-1 writing"). It computes what FBGEMM computes, bit for bit
-// (the same quantisation of x, exact int32 sums, the same float steps after them), which a test checks.
+// FBGEMM's, which computes a row as a general matrix product: 3072 x 768 took 55-77 us there against 23-29 here
+// (2 threads, the weights split between the cores' caches; benchmarks/README.md, "Batch-1 writing"). It computes
+// what FBGEMM computes, bit for bit (the same quantisation of x, exact int32 sums, the same float steps after
+// them), which a test checks.
 
 #include <ATen/ATen.h>
 #include <ATen/CPUFunctions.h>
