@@ -142,6 +142,19 @@ def test_the_native_read_reads_what_model_read_reads_whole_or_cut(tmp_path, sonn
         assert native.read(model, x.expand(2, -1), None) is None  # several streams: model.read reads them
 
 
+def test_the_loop_shares_torchs_openmp_runtime():
+    """write.cpp splits q8_linear's rows with OpenMP: linked against a second libgomp, the process would hold two
+    thread teams fighting over the cores (the serve engines' slowdown that "One OpenMP team" describes)."""
+    from pathlib import Path
+
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("no /proc/self/maps to read the loaded libraries from")
+    assert native.build()
+    runtimes = {line.split()[-1] for line in maps.read_text().splitlines() if "libgomp" in line or "libiomp" in line}
+    assert len(runtimes) == 1, runtimes
+
+
 def test_without_vnni_fbgemm_multiplies_and_the_text_is_the_same(w, monkeypatch):
     fast = written(w, True, length=native.CHUNK + 5, seed=8)
     monkeypatch.setattr(native, "vnni", lambda: False)
