@@ -5,8 +5,9 @@
 
 Measures, for each `--decode-precision` (arms alternated, the median of 3;
 with int8, also int8 written by the Python loop instead of native.py's, and
-on a CPU with AVX-512 VNNI by native.py's loop with FBGEMM's products instead
-of q8_linear's, `int8-fbgemm`, the prompt read by torch.quantized_lstm):
+by native.py's loop with FBGEMM's products instead of q8_linear's,
+`int8-fbgemm`, the prompt read by torch.quantized_lstm; and the one-row
+product alone, FBGEMM's against q8_linear's on each path the CPU has):
 batch-1 characters per second with carried state; the latency of the first
 character after a 1,000-character prompt; characters per second per sample
 at --num 32; with --bpc, the bits per character of the benchmark validation
@@ -38,7 +39,7 @@ from storyloom.runs import BASES  # noqa: E402
 from storyloom.sources import BUNDLED, bundled_files  # noqa: E402
 
 
-has_vnni = native.vnni
+q8_level = native.level
 
 
 def emit(**row) -> None:
@@ -96,7 +97,7 @@ def main() -> None:
     if "int8" in writers:  # the same int8 step written by the Python loop, beside native.py's C++ loop
         writers["int8-python"] = storyloom.load(run, decode_precision="int8")
         writers["int8-python"].decoder.native = False
-        if native.build() and native.vnni():  # and the C++ loop with FBGEMM's products instead of q8_linear's
+        if native.build() and native.level():  # and the C++ loop with FBGEMM's products instead of q8_linear's
             writers["int8-fbgemm"] = storyloom.load(run, decode_precision="int8")
     m = writers[decodes[0]]
     text = storyloom.clean_sources(["shakespeare"])
@@ -108,7 +109,7 @@ def main() -> None:
     rows: dict[tuple[str, str], list[float]] = {}
     for _ in range(3):  # arms alternated: a shared machine drifts
         for d, w in writers.items():
-            native.vnni = (lambda: False) if d == "int8-fbgemm" else has_vnni
+            native.level = (lambda: 0) if d == "int8-fbgemm" else q8_level
             s = timed(lambda: w.generate(prompt40, a.length, temperature=1.0, seed=0), repeats=1)
             rows.setdefault((d, "batch1"), []).append(a.length / s)
             s = timed(lambda: next(iter(w.stream(prompt1000, 10, temperature=1.0, seed=0))), repeats=3)
@@ -116,7 +117,7 @@ def main() -> None:
             num, length = 32, 500
             s = timed(lambda: w.samples(prompt40, num=num, length=length, temperature=1.0, seed=0), repeats=1)
             rows.setdefault((d, "num32_total"), []).append(num * length / s)
-    native.vnni = has_vnni
+    native.level = q8_level
     base = statistics.median(rows[(decodes[0], "batch1")])
     for d in writers:
         med = {k: statistics.median(rows[(d, k)]) for k in ("batch1", "first_char_ms", "num32_total")}
@@ -124,19 +125,21 @@ def main() -> None:
              first_char_ms=round(med["first_char_ms"], 1), num32_chars_per_s_total=round(med["num32_total"]),
              runs=[round(x) for x in rows[(d, "batch1")]])
 
-    if native.build() and native.vnni():  # the one-row int8 product alone, at the default preset's shapes
+    if native.build() and native.level():  # the one-row int8 product alone, at the default preset's shapes, each path
         from storyloom.cells import int8_packed
         for N, K in ((3072, 768), (3072, 896)):
             packed = int8_packed(torch.randn(N, K) * 0.05)
             q, x = torch.ops.storyloom.q8_pack(packed), torch.tanh(torch.randn(1, K))
             us = {}
             for _ in range(3):  # alternated
-                for arm, f in (("fbgemm", lambda: torch.ops.quantized.linear_dynamic(x, packed, True)),
-                               ("q8_linear", lambda: torch.ops.storyloom.q8_linear(x, q))):
+                arms = [("fbgemm", lambda: torch.ops.quantized.linear_dynamic(x, packed, True))]
+                arms += [(f"q8_linear level {v}", lambda v=v: torch.ops.storyloom.q8_linear(x, q, v))
+                         for v in range(q8_level(), 0, -1)]
+                for arm, f in arms:
                     us.setdefault(arm, []).append(1e6 * timed(lambda: [f() for _ in range(1000)], repeats=3) / 1000)
             med = {k: statistics.median(v) for k, v in us.items()}
             emit(kind="product", shape=[1, K, N], us={k: round(v, 1) for k, v in med.items()},
-                 speedup=round(med["fbgemm"] / med["q8_linear"], 2))
+                 speedup={k: round(med["fbgemm"] / v, 2) for k, v in med.items() if k != "fbgemm"})
 
     n_win = 200
     s = timed(lambda: window_refeed(m, prompt40, n_win), repeats=1)

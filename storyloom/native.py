@@ -10,9 +10,9 @@ for operation the Python loop's.
 
 It covers one stream with int8 weights on a CPU, an LSTM of any depth that
 folds its input (model.native_weights), and every sampling setting; and the
-int8 read of one stream's prompt (`read`, what model.read computes). On CPUs
-with AVX-512 VNNI their int8 products of one row go through write.cpp's
-q8_linear, FBGEMM's numbers bit for bit at 2-3x its speed (FBGEMM
+int8 read of one stream's prompt (`read`, what model.read computes). On x86
+CPUs (AVX-512 VNNI, or AVX2) their int8 products of one row go through
+write.cpp's q8_linear, FBGEMM's numbers bit for bit at 2-3x its speed (FBGEMM
 computes one row as a general matrix product; no library offers the
 one-row case with FBGEMM's numerics, which the Python loop must share). Several
 streams, beams, other cells and GPUs write through the Python loop, which
@@ -78,8 +78,8 @@ def loop(model: LanguageModel, decode: str, device: torch.device, cfg: SampleCon
 def read(model: LanguageModel, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State] | None:
     """model.read(x, state, "int8") for one stream x (1, T), through write.cpp's read_tokens: the same numbers,
     its recurrent products by q8_linear. None where it does not apply (several streams, a GPU, a cell without
-    an int8 read, no AVX-512 VNNI, no build): model.read reads then."""
-    if x.shape[0] != 1 or x.device.type != "cpu" or not build() or not vnni():
+    an int8 read, a CPU without AVX2, no build): model.read reads then."""
+    if x.shape[0] != 1 or x.device.type != "cpu" or not build() or not level():
         return None
     weights = model.native_read_weights()
     if weights is None:
@@ -91,15 +91,16 @@ def read(model: LanguageModel, x: torch.Tensor, state: State | None) -> tuple[to
     return model.out(h[None]), (hn, cn)
 
 
-def vnni() -> bool:
-    """Whether this CPU has AVX-512 VNNI, which q8_linear needs (Intel from Cascade Lake, AMD from Zen 4)."""
-    return bool(torch.ops.storyloom.has_vnni())
+def level() -> int:
+    """How write.cpp's q8_linear runs on this CPU: 2 with AVX-512 VNNI (Intel from Cascade Lake, AMD from
+    Zen 4), 1 with AVX2 and FMA (x86 from 2013), 0 not at all (FBGEMM multiplies)."""
+    return int(torch.ops.storyloom.q8_level())
 
 
 def q8(model: LanguageModel, name: str, packed: list) -> list[torch.Tensor]:
     """FBGEMM's packed matrices laid out for write.cpp's q8_linear, 4 tensors each, cached on the model until a
-    parameter changes; [] without AVX-512 VNNI, where FBGEMM multiplies."""
-    if not vnni():
+    parameter changes; [] on a CPU without AVX2, where FBGEMM multiplies."""
+    if not level():
         return []
     return cached(model, name, lambda: [t for W in packed for t in torch.ops.storyloom.q8_pack(W)])
 

@@ -6,7 +6,7 @@
 // does. It exists because in Python the calls between these operations took most of each character's time.
 // read_tokens is cells.LSTM.read in int8 (torch.quantized_lstm) for one stream, likewise operation for operation.
 //
-// One thing is our own arithmetic: on CPUs with AVX-512 VNNI, the one-row int8 product (q8_linear) replaces
+// One thing is our own arithmetic: on x86 CPUs (AVX-512 VNNI, or AVX2), the one-row int8 product (q8_linear) replaces
 // FBGEMM's, which computes a row as a general matrix product: 3072 x 768 took 55-77 us there against 23-29 here
 // (2 threads, the weights split between the cores' caches; benchmarks/README.md, "Batch-1 writing"). It computes
 // what FBGEMM computes, bit for bit (the same quantisation of x, exact int32 sums, the same float steps after
@@ -31,8 +31,12 @@ using Packed = c10::intrusive_ptr<LinearPackedParamsBase>;
 // a multiply-add), each row's sum of weights (int32), each row's scale (float), and its bias (float, or empty).
 // N is padded to a multiple of 64 (four blocks, summed side by side), K to a multiple of 4, with zero weights.
 
-bool has_vnni() {  // and AVX-512 BW and VL, which every CPU with VNNI has had so far; checked all the same
-  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+// 2: AVX-512 VNNI (with BW and VL, which every CPU with VNNI has had so far; checked all the same), 1: AVX2 with
+// FMA (x86 from 2013 on), 0: neither, and FBGEMM multiplies.
+int64_t q8_level() {
+  if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    return 2;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
 }
 
 std::vector<at::Tensor> q8_pack(const Packed& p) {
@@ -102,29 +106,89 @@ VNNI static void rows(const uint8_t* a, const int8_t* w, int64_t G, const int32_
   }
 }
 
+// The same two steps with AVX2 and FMA. Each 64-byte block is two loads of 8 rows; a multiply-add of unsigned by
+// signed bytes sums pairs into 16 bits, which cannot saturate here: activations are at most 128 (7 bits, plus a
+// rounding tie) and weights within +-127, so a pair is within 32,512.
+#define AVX2 __attribute__((target("avx2,fma")))
+
+AVX2 static void quantise2(const float* x, int64_t K, uint8_t* a, quant_utils::TensorQuantizationParams& qp) {
+  float lo = x[0], hi = x[0];
+  int64_t k = 0;
+  __m256 vlo = _mm256_set1_ps(x[0]), vhi = vlo;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 v = _mm256_loadu_ps(x + k);
+    vlo = _mm256_min_ps(vlo, v), vhi = _mm256_max_ps(vhi, v);
+  }
+  alignas(32) float l8[8], h8[8];
+  _mm256_store_ps(l8, vlo), _mm256_store_ps(h8, vhi);
+  for (int j = 0; j < 8; ++j) lo = std::min(lo, l8[j]), hi = std::max(hi, h8[j]);
+  for (int64_t t = k; t < K; ++t) lo = std::min(lo, x[t]), hi = std::max(hi, x[t]);
+  qp = quant_utils::ChooseQuantizationParams(lo, hi, 0, 255, false, false, /*reduce_range=*/true);
+  const float inv = 1.0f / static_cast<float>(qp.scale), zp = qp.zero_point;
+  const __m256i zero = _mm256_setzero_si256(), top = _mm256_set1_epi32(255);
+  alignas(32) int32_t q8[8];
+  for (k = 0; k + 8 <= K; k += 8) {
+    __m256i q = _mm256_cvtps_epi32(_mm256_fmadd_ps(_mm256_loadu_ps(x + k), _mm256_set1_ps(inv), _mm256_set1_ps(zp)));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(q8), _mm256_min_epi32(_mm256_max_epi32(q, zero), top));
+    for (int j = 0; j < 8; ++j) a[k + j] = static_cast<uint8_t>(q8[j]);
+  }
+  for (; k < K; ++k) a[k] = static_cast<uint8_t>(std::min(255.0f, std::max(0.0f, std::nearbyint(std::fma(x[k], inv, zp)))));
+}
+
+AVX2 static void rows2(const uint8_t* a, const int8_t* w, int64_t G, const int32_t* colsum, const float* scale,
+                       const float* bias, int32_t zp, float s, int64_t N, float* y, int64_t q0, int64_t q1) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  alignas(32) int32_t sums[8];
+  for (int64_t q = q0; q < q1; ++q) {
+    const int8_t* p = w + q * 4 * G * 64;
+    __m256i acc[8];
+    for (auto& v : acc) v = _mm256_setzero_si256();
+    for (int64_t g = 0; g < G; ++g) {
+      const __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(a + 4 * g));
+      for (int r = 0; r < 8; ++r) {  // rows 8r .. 8r + 7 of the 64: block r / 2, its half r % 2
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + ((r / 2) * G + g) * 64 + (r % 2) * 32));
+        acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_maddubs_epi16(av, wv), ones));
+      }
+    }
+    for (int r = 0; r < 8; ++r) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(sums), acc[r]);
+      for (int64_t j = q * 64 + r * 8, e = std::min(j + 8, N); j < e; ++j) {
+        const float raw = static_cast<float>(sums[j - q * 64 - r * 8] - zp * colsum[j]), mult = s * scale[j];
+        y[j] = bias ? std::fma(raw, mult, bias[j]) : raw * mult;
+      }
+    }
+  }
+}
+
 // y (N floats) for x (1, K): what FBGEMM's quantized::linear_dynamic(x, W, reduce_range=true) returns for one row.
-void q8_into(const at::Tensor& x, const at::Tensor* m, float* y) {
+// `level`: q8_level()'s, or lower (the tests check each path this CPU has).
+void q8_into(const at::Tensor& x, const at::Tensor* m, float* y, int64_t level) {
   const auto &w = m[0], &colsum = m[1], &scale = m[2], &bias = m[3];
   const int64_t N = colsum.size(0), K = x.size(1), G = w.size(1);
   auto xc = x.contiguous();
   std::vector<uint8_t> a(4 * G, 0);
   float lo, hi;
   quant_utils::TensorQuantizationParams qp;
-  quantise(xc.data_ptr<float>(), K, a.data(), lo, hi, qp);
+  if (level == 2) quantise(xc.data_ptr<float>(), K, a.data(), lo, hi, qp);
+  else quantise2(xc.data_ptr<float>(), K, a.data(), qp);
   const float* b = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
   at::parallel_for(0, w.size(0) / 4, 4, [&](int64_t q0, int64_t q1) {
-    rows(a.data(), w.data_ptr<int8_t>(), G, colsum.data_ptr<int32_t>(), scale.data_ptr<float>(), b, qp.zero_point,
-         static_cast<float>(qp.scale), N, y, q0, q1);
+    (level == 2 ? rows : rows2)(a.data(), w.data_ptr<int8_t>(), G, colsum.data_ptr<int32_t>(), scale.data_ptr<float>(),
+                                b, qp.zero_point, static_cast<float>(qp.scale), N, y, q0, q1);
   });
 }
 
-at::Tensor q8_linear(const at::Tensor& x, const at::Tensor* m) {
-  auto y = at::empty({1, m[1].size(0)}, at::kFloat);
-  q8_into(x, m, y.data_ptr<float>());
-  return y;
+void q8_into(const at::Tensor& x, const at::Tensor* m, float* y) {
+  static const int64_t level = q8_level();
+  q8_into(x, m, y, level);
 }
 
-at::Tensor q8_linear_op(const at::Tensor& x, const std::vector<at::Tensor>& m) { return q8_linear(x, m.data()); }
+at::Tensor q8_linear(const at::Tensor& x, const std::vector<at::Tensor>& m, int64_t level) {
+  TORCH_CHECK(level >= 1 && level <= q8_level(), "q8_linear: this CPU has no level ", level);
+  auto y = at::empty({1, m[1].size(0)}, at::kFloat);
+  q8_into(x, m.data(), y.data_ptr<float>(), level);
+  return y;
+}
 
 // sampling.shape_logits for one row: ban, repetition penalty, temperature, top-k, top-p, in that order.
 at::Tensor shape(at::Tensor l, const at::Tensor& banned, const at::Tensor& recent, double penalty, double temperature,
@@ -273,6 +337,6 @@ TORCH_LIBRARY(storyloom, m) {
         "Tensor h0, Tensor c0, float lo, float hi) -> (Tensor, Tensor, Tensor)",
         &read_tokens);
   m.def("q8_pack(__torch__.torch.classes.quantized.LinearPackedParamsBase W) -> Tensor[]", &q8_pack);
-  m.def("q8_linear(Tensor x, Tensor[] m) -> Tensor", &q8_linear_op);
-  m.def("has_vnni() -> bool", &has_vnni);
+  m.def("q8_linear(Tensor x, Tensor[] m, int level) -> Tensor", &q8_linear);
+  m.def("q8_level() -> int", &q8_level);
 }
