@@ -108,15 +108,33 @@ def q8(model: LanguageModel, name: str, packed: list) -> list[torch.Tensor]:
 _built: bool | None = None  # None: not tried yet in this process
 
 
+def cache_root() -> Path:
+    """Where torch.utils.cpp_extension builds by default ($TORCH_EXTENSIONS_DIR, else torch_extensions in the
+    user's cache folder), worked out without importing it: that import (setuptools) and its up-to-date check took
+    about 90 ms of a cold first character. Where this guesses wrong, build() goes the long way."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    base = Path.home() / "Library" / "Caches" if sys.platform == "darwin" else \
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return (base / "torch_extensions").resolve()
+
+
 def build() -> bool:
     """Compile write.cpp once (or load the build cached on disk); False where it cannot be built."""
     global _built
     if _built is None:
-        from torch.utils import cpp_extension  # imported on first use: it pulls in setuptools
-
-        # A build per source, torch and Python: each links against its own headers and libraries.
+        # A build per source, flags, torch and Python: each links against its own headers and libraries, so a
+        # build found under its name is this source's, and is loaded as it is.
         key = hashlib.sha256(f"{SOURCE.read_text()}{FLAGS}{torch.__version__}{sys.version}".encode()).hexdigest()[:12]
         name = f"storyloom_write_{key}"
+        try:
+            torch.ops.load_library(str(cache_root() / name / f"{name}.so"))
+            _built = True
+            return _built
+        except OSError:  # not built yet, or a build killed while linking it: built (again) below
+            pass
+        from torch.utils import cpp_extension  # imported on first use: it pulls in setuptools
+
         where = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
         if not (where / f"{name}.so").exists():
             print("storyloom: building the native writing loop (once; about 10 s)", file=sys.stderr, flush=True)

@@ -184,6 +184,7 @@ def test_fault_without_a_compiler_writing_stays_in_python_and_says_so_once(w, mo
     monkeypatch.setattr(native, "_built", None)  # not tried yet in this process; put back after the test
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     monkeypatch.setattr(cpp_extension, "get_default_build_root", lambda: str(tmp_path))
+    monkeypatch.setattr(native, "cache_root", lambda: tmp_path)  # no build cached there
     assert native.build() is False and native.build() is False
     err = capsys.readouterr().err
     assert err.count("writing in Python") == 1 and "g++: not found" in err and "install a C++ compiler" in err
@@ -200,6 +201,7 @@ def test_fault_a_build_killed_midway_leaves_a_lock_that_does_not_hang_the_next(m
     seen = []
     monkeypatch.setattr(native, "_built", None)
     monkeypatch.setattr(cpp_extension, "get_default_build_root", lambda: str(tmp_path))
+    monkeypatch.setattr(native, "cache_root", lambda: tmp_path)
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     monkeypatch.setattr(cpp_extension, "load", lambda name, *a, build_directory, **k: seen.append(
         sorted(p.name for p in (tmp_path / name).iterdir())))
@@ -214,3 +216,27 @@ def test_fault_a_build_killed_midway_leaves_a_lock_that_does_not_hang_the_next(m
     lock.touch()  # a fresh one is a build running now: left for torch to wait on
     monkeypatch.setattr(native, "_built", None)
     assert native.build() and seen[-1] == ["lock"]
+
+
+def test_a_cached_build_loads_without_the_builder(monkeypatch):
+    from torch.utils import cpp_extension
+
+    assert native.build()  # built (or found) under cache_root() by now
+    monkeypatch.setattr(native, "_built", None)
+    monkeypatch.setattr(cpp_extension, "load", lambda *a, **k: pytest.fail("the builder ran for a cached build"))
+    assert native.build()
+
+
+def test_fault_a_build_killed_while_linking_is_built_again(monkeypatch, tmp_path):
+    from torch.utils import cpp_extension
+
+    built = []
+    monkeypatch.setattr(native, "_built", None)
+    monkeypatch.setattr(native, "cache_root", lambda: tmp_path)
+    monkeypatch.setattr(cpp_extension, "get_default_build_root", lambda: str(tmp_path))
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setattr(cpp_extension, "load", lambda name, *a, **k: built.append(name))
+    assert native.build() and len(built) == 1  # nothing cached: the builder runs
+    (tmp_path / built[0] / f"{built[0]}.so").write_bytes(b"\x7fELF cut short")  # what a killed link leaves
+    monkeypatch.setattr(native, "_built", None)
+    assert native.build() and len(built) == 2  # not loadable: built again, not an error
