@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <tuple>
 
@@ -56,6 +57,13 @@ std::vector<at::Tensor> q8_pack(const Packed& p) {
 
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
+// The 4 bytes of group g of a as one int32, to broadcast (memcpy: a byte array may not be read through an int32*).
+static inline int32_t group(const uint8_t* a, int64_t g) {
+  int32_t v;
+  std::memcpy(&v, a + 4 * g, 4);
+  return v;
+}
+
 // x's least and greatest value, and x quantised as FBGEMM's Quantize does: one fused multiply-add, rounded to
 // nearest even, clamped to 8 bits (a[k] for k >= K stays 0).
 VNNI static void quantise(const float* x, int64_t K, uint8_t* a, float& lo, float& hi,
@@ -90,7 +98,7 @@ VNNI static void rows(const uint8_t* a, const int8_t* w, int64_t G, const int32_
     const int8_t* p = w + q * 4 * G * 64;
     __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
     for (int64_t g = 0; g < G; ++g) {
-      const __m512i av = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(a + 4 * g));
+      const __m512i av = _mm512_set1_epi32(group(a, g));
       for (int r = 0; r < 4; ++r) acc[r] = _mm512_dpbusd_epi32(acc[r], av, _mm512_loadu_si512(p + (r * G + g) * 64));
     }
     for (int r = 0; r < 4; ++r) {
@@ -144,7 +152,7 @@ AVX2 static void rows2(const uint8_t* a, const int8_t* w, int64_t G, const int32
     __m256i acc[8];
     for (auto& v : acc) v = _mm256_setzero_si256();
     for (int64_t g = 0; g < G; ++g) {
-      const __m256i av = _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(a + 4 * g));
+      const __m256i av = _mm256_set1_epi32(group(a, g));
       for (int r = 0; r < 8; ++r) {  // rows 8r .. 8r + 7 of the 64: block r / 2, its half r % 2
         const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + ((r / 2) * G + g) * 64 + (r % 2) * 32));
         acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_maddubs_epi16(av, wv), ones));
