@@ -64,19 +64,18 @@ static inline int32_t group(const uint8_t* a, int64_t g) {
   return v;
 }
 
-// x's least and greatest value, and x quantised as FBGEMM's Quantize does: one fused multiply-add, rounded to
+// x quantised as FBGEMM's Quantize does, over x's least and greatest value: one fused multiply-add, rounded to
 // nearest even, clamped to 8 bits (a[k] for k >= K stays 0).
-VNNI static void quantise(const float* x, int64_t K, uint8_t* a, float& lo, float& hi,
-                          quant_utils::TensorQuantizationParams& qp) {
+VNNI static void quantise(const float* x, int64_t K, uint8_t* a, quant_utils::TensorQuantizationParams& qp) {
   __m512 vlo = _mm512_set1_ps(x[0]), vhi = vlo;
   for (int64_t k = 0; k < K; k += 16) {
     const __mmask16 m = K - k >= 16 ? 0xFFFF : (1u << (K - k)) - 1;
     const __m512 v = _mm512_mask_loadu_ps(vlo, m, x + k);  // masked lanes repeat x[0]: the range is unchanged
     vlo = _mm512_min_ps(vlo, v), vhi = _mm512_max_ps(vhi, v);
   }
-  lo = _mm512_reduce_min_ps(vlo), hi = _mm512_reduce_max_ps(vhi);
   // the function FBGEMM's caller uses to choose the scale and zero point (ATen's QuantUtils.h), 7-bit range
-  qp = quant_utils::ChooseQuantizationParams(lo, hi, 0, 255, false, false, /*reduce_range=*/true);
+  qp = quant_utils::ChooseQuantizationParams(_mm512_reduce_min_ps(vlo), _mm512_reduce_max_ps(vhi), 0, 255, false, false,
+                                             /*reduce_range=*/true);
   const float s = qp.scale;
   const __m512 inv = _mm512_set1_ps(1.0f / s), zp = _mm512_set1_ps(qp.zero_point);
   const __m512i zero = _mm512_setzero_si512(), top = _mm512_set1_epi32(255);
@@ -175,10 +174,8 @@ void q8_into(const at::Tensor& x, const at::Tensor* m, float* y, int64_t level) 
   const int64_t N = colsum.size(0), K = x.size(1), G = w.size(1);
   auto xc = x.contiguous();
   std::vector<uint8_t> a(4 * G, 0);
-  float lo, hi;
   quant_utils::TensorQuantizationParams qp;
-  if (level == 2) quantise(xc.data_ptr<float>(), K, a.data(), lo, hi, qp);
-  else quantise2(xc.data_ptr<float>(), K, a.data(), qp);
+  (level == 2 ? quantise : quantise2)(xc.data_ptr<float>(), K, a.data(), qp);
   const float* b = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
   at::parallel_for(0, w.size(0) / 4, 4, [&](int64_t q0, int64_t q1) {
     (level == 2 ? rows : rows2)(a.data(), w.data_ptr<int8_t>(), G, colsum.data_ptr<int32_t>(), scale.data_ptr<float>(),
