@@ -33,14 +33,24 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
+def isa_cap() -> str | None:
+    """oneDNN's ceiling on the instructions it uses, where one is set: `ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`
+    makes oneDNN (bf16 matmuls, the LSTM kernel) run as on the same CPU without AMX, the way to measure that
+    machine kind on this one. A figure taken so is labelled with it."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
+
+
 def describe() -> dict:
-    """CPU model and vendor, its matrix extensions (AMX or not), cores, GPU, torch."""
+    """CPU model and vendor, its matrix extensions (AMX or not, and whether oneDNN may use it), cores, GPU,
+    torch."""
     model, flags = _cpuinfo()
     vendor = "AMD" if "AMD" in model or "authenticamd" in flags else "Intel" if "Intel" in model else model
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": model, "vendor": vendor, "amx": "amx_bf16" in flags, "cpu_flags": [f for f in FLAGS if f in flags],
-            "cpus": cpus, "gpu": gpu, "torch": torch.__version__, "python": platform.python_version()}
+    cap = isa_cap()
+    amx = "amx_bf16" in flags and (cap is None or "AMX" in cap.upper() or cap.upper() == "ALL")
+    return {"cpu": model, "vendor": vendor, "amx": amx, "cpu_flags": [f for f in FLAGS if f in flags],
+            "onednn_max_isa": cap, "cpus": cpus, "gpu": gpu, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def label(d: dict | None = None) -> str:
@@ -49,7 +59,9 @@ def label(d: dict | None = None) -> str:
     if d["gpu"]:
         return d["gpu"]
     name = "AMD EPYC" if d["vendor"] == "AMD" else "Intel Xeon"
-    return f"{name}, {'AMX' if d['amx'] else 'no AMX'}, {d['cpus']} cores"
+    cap = d.get("onednn_max_isa")
+    amx = "AMX" if d["amx"] else f"AMX off (oneDNN capped at {cap})" if cap and "amx_bf16" in d["cpu_flags"] else "no AMX"
+    return f"{name}, {amx}, {d['cpus']} cores"
 
 
 if __name__ == "__main__":

@@ -175,8 +175,8 @@ class TrainConfig:
                                "sample spread over the text (`storyloom eval` reads all)", "optimisation")
     log_every: int = setting(20, "steps between rows of metrics.jsonl", "optimisation")
     seed: int = setting(1234, "random seed", "optimisation")
-    precision: str = setting("auto", "auto (bf16 where the hardware has it natively), fp32 or bf16", "optimisation",
-                             PRECISIONS)
+    precision: str = setting("auto", "auto (bf16 where it trains faster: AMX, AMD with AVX512-BF16, recent GPUs), "
+                             "fp32 or bf16", "optimisation", PRECISIONS)
     device: str = setting("auto", "auto (a CUDA GPU when one is visible), cpu or cuda", "optimisation", DEVICES)
     threads: int = setting(0, "CPU threads (0: one per physical core, fewer while other processes keep cores busy)",
                            "optimisation")

@@ -42,15 +42,38 @@ def ieee_fp32_on_cuda() -> None:
         torch.backends.cudnn.allow_tf32 = False
 
 
-def _cpu_has_native_bf16() -> bool:
-    # AMX tiles or AVX512-BF16 make bf16 matmuls faster than fp32; without
-    # them bf16 is emulated and slower, so `auto` stays in fp32.
+def _cpu_info() -> tuple[str, set[str]]:
+    """(vendor_id, flags) of the first CPU in /proc/cpuinfo; ("", set()) where there is none."""
+    vendor, flags = "", set()
     try:
         with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
+            for line in f:
+                if line.startswith("vendor_id"):
+                    vendor = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
-        return False
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
+        pass
+    return vendor, flags
+
+
+def _onednn_may_use_amx() -> bool:
+    # ONEDNN_MAX_CPU_ISA (DNNL_ before oneDNN 2.5) caps the instructions oneDNN uses; its names for AMX and
+    # above contain "AMX", and "ALL" lifts the cap.
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    return "AMX" in cap or cap == "ALL"
+
+
+def _cpu_has_native_bf16() -> bool:
+    # Whether bf16 trains faster than fp32 on this CPU (benchmarks/README.md, "bf16 or fp32 by machine kind").
+    # AMX tiles: 2.1x fp32 (Intel Sapphire Rapids). AVX512-BF16 on AMD: 1.35-1.6x (EPYC, Zen 4). AVX512-BF16 on
+    # Intel without AMX (AMX hidden, or oneDNN capped below it): 0.71x, oneDNN's bf16 kernels there run below
+    # its fp32 ones, so fp32. Without either, bf16 is emulated and slower: fp32.
+    vendor, flags = _cpu_info()
+    if "amx_bf16" in flags and _onednn_may_use_amx():
+        return True
+    return vendor == "AuthenticAMD" and "avx512_bf16" in flags
 
 
 def native_bf16(dev: torch.device) -> bool:

@@ -16,6 +16,37 @@ def test_auto_precision_on_cuda_needs_a_cudnn_that_runs_lstms_in_bf16(monkeypatc
     assert runtime.resolve_precision("fp32", torch.device("cuda")) == "fp32"
 
 
+@pytest.mark.parametrize("vendor, flags, cap, want", [
+    ("GenuineIntel", {"avx2", "avx512_bf16", "amx_bf16", "amx_tile"}, None, "bf16"),  # Sapphire Rapids
+    ("GenuineIntel", {"avx2", "avx512_bf16", "amx_bf16"}, "AVX10_1_512_AMX", "bf16"),
+    ("GenuineIntel", {"avx2", "avx512_bf16", "amx_bf16"}, "all", "bf16"),
+    ("GenuineIntel", {"avx2", "avx512_bf16", "amx_bf16"}, "AVX512_CORE_BF16", "fp32"),  # oneDNN kept off AMX
+    ("GenuineIntel", {"avx2", "avx512_bf16"}, None, "fp32"),  # AMX hidden, or Cooper Lake
+    ("AuthenticAMD", {"avx2", "avx512_bf16"}, None, "bf16"),  # Zen 4 and later
+    ("AuthenticAMD", {"avx2"}, None, "fp32"),
+    ("", set(), None, "fp32"),  # no /proc/cpuinfo
+])
+def test_auto_precision_on_a_cpu_is_bf16_only_where_it_trains_faster(monkeypatch, vendor, flags, cap, want):
+    monkeypatch.setattr(runtime, "_cpu_info", lambda: (vendor, flags))
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == want
+    assert runtime.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked by name, always given
+
+
+def test_cpu_info_reads_this_machines_vendor_and_flags():
+    vendor, flags = runtime._cpu_info()
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        assert (vendor, flags) == ("", set())
+        return
+    assert vendor in text and all(f in text for f in flags)
+
+
 def test_device_names_are_checked():
     with pytest.raises(UserError, match="--device must be one of auto, cpu, cuda, got 'tpu'"):
         runtime.device("tpu")
