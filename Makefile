@@ -33,10 +33,17 @@ browser:
 
 # native.py's writing loop is C++, built on first use; without a compiler writing stays in Python (3x slower at
 # batch 1), and its tests fail, naming this. Installed here when missing and we may.
+# On x86 the suite also compiles write.cpp for ARM (a cross compiler's syntax check), so the loop keeps building
+# on ARM machines, which CI does not have.
+ARM_CXX := aarch64-linux-gnu-g++
 compiler:
 	@command -v g++ >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null; } \
 	  || { echo "make test needs a C++ compiler for the native writing loop: sudo apt-get install g++"; exit 1; }
+	@[ "$$(uname -m)" != x86_64 ] || command -v $(ARM_CXX) >/dev/null || { [ "$$(id -u)" = 0 ] \
+	  && command -v apt-get >/dev/null && apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu >/dev/null; } \
+	  || { echo "make test needs $(ARM_CXX) to check write.cpp for ARM: sudo apt-get install g++-aarch64-linux-gnu"; exit 1; }
 
 test: venv browser compiler
 	$(BIN)/python -m pytest

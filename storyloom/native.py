@@ -40,8 +40,10 @@ from .model import LanguageModel, State
 SOURCE = Path(__file__).with_name("write.cpp")
 STALE_LOCK = 600  # seconds: a build takes about 10, so an older lock is a killed build's
 # -fopenmp: q8_linear splits rows over torch's own OpenMP threads (the wheel's libgomp.so.1, which the build
-# links by that name); -ffp-contract=off: no multiply-add fused but those written, so its floats are FBGEMM's
-FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
+# links by that name). Apple's clang has no -fopenmp: on a Mac the product runs on one thread (an Apple Silicon
+# Mac has no q8_linear at all). -ffp-contract=off: no multiply-add fused but those written, so its floats are FBGEMM's.
+OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]
+FLAGS = ["-O3", *OPENMP, "-ffp-contract=off"]
 CHUNK = 64  # tokens a call: streaming stays smooth (about 5 ms of writing), a stop string wastes at most this
 
 
@@ -93,7 +95,12 @@ def read(model: LanguageModel, x: torch.Tensor, state: State | None) -> tuple[to
 
 def level() -> int:
     """How write.cpp's q8_linear runs on this CPU: 2 with AVX-512 VNNI (Intel from Cascade Lake, AMD from
-    Zen 4), 1 with AVX2 and FMA (x86 from 2013), 0 not at all (FBGEMM multiplies)."""
+    Zen 4), 1 with AVX2 and FMA (x86 from 2013), 0 not at all (the quantized engine's packed products multiply:
+    FBGEMM's on x86, QNNPACK's on ARM)."""
+    # q8_linear computes FBGEMM's numbers, so it stands in only where the Python loop multiplies with FBGEMM:
+    # under QNNPACK (ARM's engine, or asked for by name) the loop's products round otherwise.
+    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+        return 0
     return int(torch.ops.storyloom.q8_level())
 
 
@@ -146,7 +153,7 @@ def build() -> bool:
             lock.unlink(missing_ok=True)
         try:
             where.mkdir(parents=True, exist_ok=True)
-            cpp_extension.load(name, [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], build_directory=str(where),
+            cpp_extension.load(name, [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=OPENMP, build_directory=str(where),
                                is_python_module=False, verbose=False)
             _built = True
         except Exception as e:  # no compiler, no ninja, headers missing: the Python loop writes the same text

@@ -17,8 +17,12 @@
 #include <ATen/Parallel.h>
 #include <ATen/native/quantized/PackedParams.h>
 #include <ATen/native/quantized/cpu/QuantUtils.h>
-#include <immintrin.h>
 #include <torch/library.h>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define Q8_X86 1  // the product's kernels are x86 ones; elsewhere (ARM) q8_level() is 0 and FBGEMM's or QNNPACK's
+#include <immintrin.h>  // packed products multiply, so the rest of the loop builds and runs there too
+#endif
 
 #include <cmath>
 #include <cstring>
@@ -35,9 +39,13 @@ using Packed = c10::intrusive_ptr<LinearPackedParamsBase>;
 // 2: AVX-512 VNNI (with BW and VL, which every CPU with VNNI has had so far; checked all the same), 1: AVX2 with
 // FMA (x86 from 2013 on), 0: neither, and FBGEMM multiplies.
 int64_t q8_level() {
+#ifndef Q8_X86
+  return 0;
+#else
   if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
     return 2;
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+#endif
 }
 
 std::vector<at::Tensor> q8_pack(const Packed& p) {
@@ -55,6 +63,7 @@ std::vector<at::Tensor> q8_pack(const Packed& p) {
   return {vnni, colsum, scale, bias ? bias->contiguous().to(at::kFloat) : at::empty({0}, at::kFloat)};
 }
 
+#ifdef Q8_X86
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
 // The 4 bytes of group g of a as one int32, to broadcast (memcpy: a byte array may not be read through an int32*).
@@ -166,10 +175,14 @@ AVX2 static void rows2(const uint8_t* a, const int8_t* w, int64_t G, const int32
     }
   }
 }
+#endif  // Q8_X86
 
 // y (N floats) for x (1, K): what FBGEMM's quantized::linear_dynamic(x, W, reduce_range=true) returns for one row.
 // `level`: q8_level()'s, or lower (the tests check each path this CPU has).
 void q8_into(const at::Tensor& x, const at::Tensor* m, float* y, int64_t level) {
+#ifndef Q8_X86
+  TORCH_CHECK(false, "q8_linear: not on this CPU");  // q8_level() is 0: native.q8 hands the loops no layouts
+#else
   const auto &w = m[0], &colsum = m[1], &scale = m[2], &bias = m[3];
   const int64_t N = colsum.size(0), K = x.size(1), G = w.size(1);
   auto xc = x.contiguous();
@@ -181,6 +194,7 @@ void q8_into(const at::Tensor& x, const at::Tensor* m, float* y, int64_t level) 
     (level == 2 ? rows : rows2)(a.data(), w.data_ptr<int8_t>(), G, colsum.data_ptr<int32_t>(), scale.data_ptr<float>(),
                                 b, qp.zero_point, static_cast<float>(qp.scale), N, y, q0, q1);
   });
+#endif
 }
 
 void q8_into(const at::Tensor& x, const at::Tensor* m, float* y) {

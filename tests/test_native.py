@@ -165,6 +165,52 @@ def test_without_avx2_fbgemm_multiplies_and_the_text_is_the_same(w, monkeypatch)
     assert written(w, True, length=native.CHUNK + 5, seed=8) == fast == written(w, False, length=native.CHUNK + 5, seed=8)
 
 
+@pytest.fixture
+def qnnpack():
+    """The quantized engine of ARM CPUs, which x86 wheels carry too: its products round otherwise than FBGEMM's."""
+    if "qnnpack" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch has no QNNPACK")
+    was = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "qnnpack"
+    yield
+    torch.backends.quantized.engine = was
+
+
+def test_under_arms_engine_the_loop_multiplies_with_it_and_writes_as_python_does(w, qnnpack):
+    """On ARM (QNNPACK) q8_linear, which computes FBGEMM's numbers, must stand aside: the loop then calls the
+    engine's own packed products, as the Python loop does."""
+    assert native.level() == 0
+    if torch.ops.storyloom.q8_level():  # why it must: on x86, where both run, their numbers differ
+        from storyloom.cells import int8_packed
+
+        packed, x = int8_packed(torch.randn(256, 96)), torch.randn(1, 96)
+        q8 = torch.ops.storyloom.q8_linear(x, torch.ops.storyloom.q8_pack(packed), 1)
+        assert not torch.equal(q8, torch.ops.quantized.linear_dynamic(x, packed, True))
+    arm = storyloom.load(w.run.path, device="cpu", decode_precision="int8")  # packed under QNNPACK, as on ARM
+    assert native.loop(arm.model, "int8", arm.device, SampleConfig(), (), 1).weights[4] == []
+    kw = dict(length=3 * native.CHUNK + 5, seed=8, temperature=1.0)
+    assert written(arm, True, **kw) == written(arm, False, **kw)
+
+
+def test_write_cpp_compiles_for_arm():
+    """Its x86 kernels sit behind a preprocessor guard, so ARM machines (Apple Silicon under Linux, Graviton, a
+    Raspberry Pi) build the rest of the loop. CI has no ARM machine: on x86 a cross compiler checks the source
+    against torch's headers (`make test` installs it); on ARM, test_the_loop_builds builds it for real."""
+    import platform
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("not x86: test_the_loop_builds compiles write.cpp on this machine itself")
+    cxx = shutil.which("aarch64-linux-gnu-g++")
+    assert cxx, "no ARM cross compiler to check write.cpp with: apt-get install g++-aarch64-linux-gnu"
+    include = Path(torch.__file__).parent / "include"
+    out = subprocess.run([cxx, "-std=c++20", "-fsyntax-only", *native.FLAGS, f"-I{include}",
+                          f"-I{include / 'torch/csrc/api/include'}", str(native.SOURCE)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 def test_a_model_it_cannot_step_stays_in_python(tmp_path, sonnets):
     (tmp_path / "s.txt").write_text(sonnets)
     for kw in (dict(cell="gru"), dict(input="scalar")):
