@@ -167,7 +167,7 @@ class TrainConfig:
     lr: float = setting(4e-3, "peak AdamW learning rate", "optimisation")
     min_lr_ratio: float = setting(0.05, "the cosine ends at lr times this", "optimisation")
     warmup: int = setting(100, "linear warmup steps", "optimisation")
-    weight_decay: float = setting(0.01, "AdamW decoupled weight decay, on matrices only", "optimisation")
+    weight_decay: float = setting(0.1, "AdamW decoupled weight decay, on matrices only", "optimisation")
     clip: float = setting(1.0, "gradient-norm clipping (0 disables)", "optimisation")
     reset_prob: float = setting(0.01, "chance per stream and batch that its carried state is zeroed", "optimisation")
     evals: int = setting(10, "validation evaluations over the run, at equal steps of progress", "optimisation")
