@@ -12,8 +12,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from storyloom import runtime  # noqa: E402
 
 FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
 
@@ -33,13 +38,6 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return model, flags
 
 
-def isa_cap() -> str | None:
-    """oneDNN's ceiling on the instructions it uses, where one is set: `ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`
-    makes oneDNN (bf16 matmuls, the LSTM kernel) run as on the same CPU without AMX, the way to measure that
-    machine kind on this one. A figure taken so is labelled with it."""
-    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
-
-
 def describe() -> dict:
     """CPU model and vendor, its matrix extensions (AMX or not, and whether oneDNN may use it), cores, GPU,
     torch."""
@@ -47,8 +45,10 @@ def describe() -> dict:
     vendor = "AMD" if "AMD" in model or "authenticamd" in flags else "Intel" if "Intel" in model else model
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    cap = isa_cap()
-    amx = "amx_bf16" in flags and (cap is None or "AMX" in cap.upper() or cap.upper() == "ALL")
+    # `ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16` runs this CPU as one without AMX, the way to measure that machine
+    # kind on this one: a figure taken so records the cap, and says AMX is off
+    cap = runtime.onednn_isa_cap()
+    amx = "amx_bf16" in flags and runtime.onednn_may_use_amx()
     return {"cpu": model, "vendor": vendor, "amx": amx, "cpu_flags": [f for f in FLAGS if f in flags],
             "onednn_max_isa": cap, "cpus": cpus, "gpu": gpu, "torch": torch.__version__, "python": platform.python_version()}
 

@@ -58,10 +58,15 @@ def _cpu_info() -> tuple[str, set[str]]:
     return vendor, flags
 
 
-def _onednn_may_use_amx() -> bool:
-    # ONEDNN_MAX_CPU_ISA (DNNL_ before oneDNN 2.5) caps the instructions oneDNN uses; its names for AMX and
-    # above contain "AMX", and "ALL" lifts the cap.
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+def onednn_isa_cap() -> str | None:
+    """The ceiling set on the instructions oneDNN (bf16 matmuls, the LSTM kernel) uses, None where none is:
+    ONEDNN_MAX_CPU_ISA (DNNL_ before oneDNN 2.5). `AVX512_CORE_BF16` runs an AMX CPU as one without AMX."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
+
+
+def onednn_may_use_amx() -> bool:
+    """Whether a cap leaves oneDNN AMX: the cap's names for AMX and above contain "AMX", and "ALL" lifts it."""
+    cap = (onednn_isa_cap() or "ALL").upper()
     return "AMX" in cap or cap == "ALL"
 
 
@@ -71,7 +76,7 @@ def _cpu_has_native_bf16() -> bool:
     # Intel without AMX (AMX hidden, or oneDNN capped below it): 0.71x, oneDNN's bf16 kernels there run below
     # its fp32 ones, so fp32. Without either, bf16 is emulated and slower: fp32.
     vendor, flags = _cpu_info()
-    if "amx_bf16" in flags and _onednn_may_use_amx():
+    if "amx_bf16" in flags and onednn_may_use_amx():
         return True
     return vendor == "AuthenticAMD" and "avx512_bf16" in flags
 
