@@ -23,26 +23,12 @@ from storyloom import runtime  # noqa: E402
 FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    return model, flags
-
-
 def describe() -> dict:
     """CPU model and vendor, its matrix extensions (AMX or not, and whether oneDNN may use it), cores, GPU,
     torch."""
-    model, flags = _cpuinfo()
-    vendor = "AMD" if "AMD" in model or "authenticamd" in flags else "Intel" if "Intel" in model else model
+    cpu = runtime.cpu_info()
+    model, flags = cpu.model or platform.processor() or platform.machine(), cpu.flags
+    vendor = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(cpu.vendor, model)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     # `ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16` runs this CPU as one without AMX, the way to measure that machine

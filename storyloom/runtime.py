@@ -8,6 +8,7 @@ import random
 import signal
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -42,20 +43,28 @@ def ieee_fp32_on_cuda() -> None:
         torch.backends.cudnn.allow_tf32 = False
 
 
-def _cpu_info() -> tuple[str, set[str]]:
-    """(vendor_id, flags) of the first CPU in /proc/cpuinfo; ("", set()) where there is none."""
-    vendor, flags = "", set()
+class CPU(NamedTuple):
+    """The first CPU in /proc/cpuinfo: vendor_id ("GenuineIntel", "AuthenticAMD"), model name and flags; empty
+    strings and no flags where there is none. `auto` precision reads the vendor and flags, the benchmarks'
+    machine line all three."""
+
+    vendor: str
+    model: str
+    flags: frozenset[str]
+
+
+def cpu_info() -> CPU:
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    vendor = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if key.strip() == "flags":  # the first CPU's record ends its fields of interest
                     break
     except OSError:
         pass
-    return vendor, flags
+    return CPU(fields.get("vendor_id", ""), fields.get("model name", ""), frozenset(fields.get("flags", "").split()))
 
 
 def onednn_isa_cap() -> str | None:
@@ -75,7 +84,7 @@ def _cpu_has_native_bf16() -> bool:
     # AMX tiles: 2.1x fp32 (Intel Sapphire Rapids). AVX512-BF16 on AMD: 1.35-1.6x (EPYC, Zen 4). AVX512-BF16 on
     # Intel without AMX (AMX hidden, or oneDNN capped below it): 0.71x, oneDNN's bf16 kernels there run below
     # its fp32 ones, so fp32. Without either, bf16 is emulated and slower: fp32.
-    vendor, flags = _cpu_info()
+    vendor, _, flags = cpu_info()
     if "amx_bf16" in flags and onednn_may_use_amx():
         return True
     return vendor == "AuthenticAMD" and "avx512_bf16" in flags
