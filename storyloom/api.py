@@ -26,7 +26,6 @@ from .clean import normalize
 from .config import DEFAULT_MINUTES, RESUMABLE, LoadConfig, RunConfig, flag, override
 from .corpus import build, clean_sources
 from .files import read_bytes, sha256
-from .tokenize import CharTokenizer
 from .prepared import load_prepared, prepared_dir, texts
 from .prepared import prepare as prepare_corpus
 from .errors import UserError
@@ -187,12 +186,12 @@ def _based_corpus(sources, cfg: RunConfig, base: Run):
     tok = base.tokenizer()
     if tok.kind != "char":
         return build(docs, cfg.data, tok)  # words and subwords the base lacks follow --unknown
-    own = build(docs, cfg.data).tokenizer  # this text's characters (validation-only ones too)
-    grown = sorted(set(tok.chars) | set(own.chars))
-    if len(grown) > len(tok.chars) and base.config().model.input != "embedding":
-        raise UserError(f"--init {base.path}: this text has {len(grown) - len(tok.chars)} character(s) the base never saw, "
+    corpus = build(docs, cfg.data, grow=tok)  # this text's characters (validation-only ones too) join the base's
+    new = len(corpus.tokenizer) - len(tok)
+    if new and base.config().model.input != "embedding":
+        raise UserError(f"--init {base.path}: this text has {new} character(s) the base never saw, "
                         f"and its {base.config().model.input} input cannot grow; pass --unknown replace or clean them out")
-    return build(docs, cfg.data, CharTokenizer(grown, tok.replacement))
+    return corpus
 
 
 def _grown(base: Run, tok) -> dict:

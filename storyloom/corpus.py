@@ -88,7 +88,11 @@ def with_val_only(tok: CharTokenizer, val_counts: np.ndarray) -> tuple[CharToken
     return (CharTokenizer(tok.chars + list(val_only), tok.replacement) if val_only else tok), val_only
 
 
-def build(docs: list[Document], cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Corpus:
+def build(docs: list[Document], cfg: DataConfig, tokenizer: Tokenizer | None = None,
+          grow: CharTokenizer | None = None) -> Corpus:
+    """The corpus of `docs`, encoded by `tokenizer`, or by one fitted to the training text (at character level
+    with the validation-only characters added). `grow` (fine-tuning a character model): that vocabulary, with the
+    characters the fitted one has and it lacks added, sorted, and its replacement kept."""
     train, val = split(docs, cfg)
     train_text = "".join(t for _, t in train)
     val_text = "".join(t for _, t in val)
@@ -96,6 +100,8 @@ def build(docs: list[Document], cfg: DataConfig, tokenizer: Tokenizer | None = N
     val_only: tuple[str, ...] = ()
     if tokenizer is None and cfg.unknown == "error" and isinstance(tok, CharTokenizer):
         tok, val_only = with_val_only(tok, char_counts(val_text))
+    if grow is not None:
+        tok, val_only = CharTokenizer(sorted(set(grow.chars) | set(tok.chars)), grow.replacement), ()
     # Resuming keeps the run's tokenizer; at word level words the vocabulary dropped are <unk> in training too.
     train_ids = tok.ids(train_text, "replace" if tok.charges_unknown else "error", "the training text")
     scored = tok.scored(val_text, cfg.unknown, "the validation text")

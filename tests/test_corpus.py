@@ -4,6 +4,7 @@ from storyloom.config import DataConfig
 from storyloom.corpus import build
 from storyloom.errors import UserError
 from storyloom.sources import BUNDLED, Document, read
+from storyloom.tokenize import CharTokenizer
 
 
 def test_benchmark_split_matches_the_corpus_readme():
@@ -41,6 +42,21 @@ def test_a_character_only_in_the_validation_text_joins_the_vocabulary_untrained(
     # resuming keeps the run's vocabulary: then an unseen character is the one-line error
     with pytest.raises(UserError, match="validation text.*'z'"):
         build(docs, DataConfig(val_files=("b.txt",)), tokenizer=r.tokenizer)
+
+
+@pytest.mark.parametrize("unknown", ["error", "replace"])
+def test_growing_a_base_vocabulary_equals_fitting_then_encoding_with_the_union(unknown):
+    # The reference is what fine-tuning did before `grow`: fit this text's vocabulary, then build again with the
+    # base's characters and this one's, sorted, the base's replacement kept.
+    base = CharTokenizer(list("abc "), replacement=" ")
+    docs = [Document("a.txt", "aaxx bbyy abc"), Document("b.txt", "abz cx")]
+    cfg = DataConfig(val_files=("b.txt",), unknown=unknown)
+    own = build(docs, cfg).tokenizer
+    want = build(docs, cfg, CharTokenizer(sorted(set(base.chars) | set(own.chars)), base.replacement))
+    got = build(docs, cfg, grow=base)
+    assert got.tokenizer.to_dict() == want.tokenizer.to_dict()
+    assert got.train.tolist() == want.train.tolist() and got.val.tolist() == want.val.tolist()
+    assert got.val_only == () and ("z" in got.tokenizer.chars) == (unknown == "error")
 
 
 def test_training_with_a_validation_only_character_scores_it_and_says_so(tmp_path, sonnets, capsys):
