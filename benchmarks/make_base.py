@@ -12,7 +12,6 @@ The base keeps config.json, vocab.json and metrics.jsonl (its curve), and a mani
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from storyloom.files import MANIFEST, entry, read_bytes, tensor_bytes, write_json  # noqa: E402
+from storyloom.files import read_bytes, tensor_bytes  # noqa: E402
 from storyloom.runs import Run  # noqa: E402
 
 
@@ -31,19 +30,10 @@ def main() -> None:
     ap.add_argument("out")
     a = ap.parse_args()
     run, out = Run.open(a.run), Path(a.out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    manifest = {}
-    for name in ("config.json", "vocab.json", "metrics.jsonl"):
-        data = run.read(name) if name != "metrics.jsonl" else read_bytes(run.file(name))
-        (out / name).write_bytes(data)
-        manifest[name] = entry(data)
+    base = Run.create(out, run.config(), run.tokenizer(), run.info(), overwrite=True)  # config.json, vocab.json
+    base.put("metrics.jsonl", read_bytes(run.file("metrics.jsonl")))
     _, weights = run.weights("best")
-    data = tensor_bytes({k: v.to(torch.bfloat16) for k, v in weights.items()})
-    (out / "best.safetensors").write_bytes(data)
-    manifest["best.safetensors"] = entry(data)
-    write_json(out / MANIFEST, manifest)
+    base.put("best.safetensors", tensor_bytes({k: v.to(torch.bfloat16) for k, v in weights.items()}))
     Run.open(out).weights("best")  # verifies
     print(f"{out}: {sum(p.stat().st_size for p in out.iterdir()) / 1e6:.2f} MB")
 
