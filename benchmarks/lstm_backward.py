@@ -3,6 +3,9 @@
     python benchmarks/lstm_backward.py                 # the default preset's shapes, bf16, eager and compiled
     python benchmarks/lstm_backward.py --no-compile --rounds 3
 
+First it times the recurrence's per-step product on its own: through torch.mm,
+and with the weight packed for oneDNN once beforehand.
+
 The profile (benchmarks/README.md, "Where the time goes") put the gap to the
 roofline in oneDNN's LSTM backward, which runs at about half the rate of its
 own GEMMs. The candidate computes the input projection for the whole sequence
@@ -123,6 +126,31 @@ def candidate(lstm: nn.LSTM, x: torch.Tensor, dtype: torch.dtype, loops=EAGER) -
     return y.transpose(0, 1)
 
 
+def product_times(B: int, H: int, reps: int = 200, rounds: int = 5) -> dict:
+    """The recurrence's per-step products in bf16, microseconds: h (B, H) @ W_hh^T and dZ (B, 4H) @ W_hh, through
+    torch.mm, and through oneDNN with W_hh packed once beforehand (`mkldnn._reorder_linear_weight`, what inductor's
+    freezing does for a linear layer). oneDNN's matmul otherwise repacks the weight at every call; a recurrence
+    multiplies by the same weight T times a batch, so packing it once a batch would pay."""
+    W = (torch.randn(4 * H, H) / H**0.5).bfloat16()
+    h, dz = torch.randn(B, H).bfloat16(), torch.randn(B, 4 * H).bfloat16()
+    WT, packed = W.t().contiguous(), torch.ops.mkldnn._reorder_linear_weight(W, B)
+    packed_back = torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), B)
+    arms = {"forward, torch.mm": lambda: torch.mm(h, WT),
+            "forward, packed": lambda: torch.ops.mkldnn._linear_pointwise(h, packed, None, "none", [], ""),
+            "backward, torch.mm": lambda: torch.mm(dz, W),
+            "backward, packed": lambda: torch.ops.mkldnn._linear_pointwise(dz, packed_back, None, "none", [], "")}
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    for _ in range(rounds):
+        for name, f in arms.items():
+            for _ in range(10):
+                f()
+            t = time.perf_counter()
+            for _ in range(reps):
+                f()
+            times[name].append((time.perf_counter() - t) / reps * 1e6)
+    return {k: round(statistics.median(v), 1) for k, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="default")
@@ -135,6 +163,10 @@ def main() -> None:
         sys.exit(f"--preset {a.preset}: the candidate is one LSTM layer; choose a one-layer LSTM preset")
     B, T, I, H = cfg.train.batch_size, cfg.train.seq_len, cfg.model.input_size, cfg.model.hidden
     emit(kind="config", preset=a.preset, B=B, T=T, I=I, H=H, threads=torch.get_num_threads(), machine=describe())
+    if hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.backends.mkldnn.is_available():
+        us = product_times(B, H)
+        emit(kind="product", precision="bf16", M=B, H=H, microseconds=us,
+             packed_speedup={d: round(us[f"{d}, torch.mm"] / us[f"{d}, packed"], 2) for d in ("forward", "backward")})
     torch.manual_seed(0)
     lstm = nn.LSTM(I, H, 1, batch_first=True)
     x = torch.randn(B, T, I, requires_grad=True)

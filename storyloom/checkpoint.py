@@ -6,6 +6,7 @@ into place, with a manifest):
     model.safetensors    the weights (the model's own state_dict names)
     trainer.safetensors  opt.<i>.<name>   optimizer state of parameter i (AdamW's moments, step)
                          state.<i>        the carried state's tensors, the batch on dim 1
+                         avg.<name>       the weights' moving average (--average): AveragedModel's state_dict
                          rng.torch, rng.numpy, rng.cuda.<device>, rng.resets   random generators
                          rank.<r>.rng.torch, rank.<r>.rng.cuda   those of data-parallel rank r >= 1
     trainer.json         {"format": N, "position": Position, "window": Window,
@@ -75,6 +76,7 @@ class TrainerState:
     rng: tuple[dict[str, torch.Tensor], dict]  # as capture_rng gives it
     world: int = 1  # ranks that trained
     ranks: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # rank r >= 1: {"torch": ..., "cuda": ...}
+    average: dict[str, torch.Tensor] | None = None  # the moving average's state_dict; None: the run keeps none
 
 
 def capture_rng(cuda: list[int] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -108,6 +110,8 @@ def pack(st: TrainerState) -> dict[str, bytes]:
     tensors.update({f"rank.{r}.rng.{k}": v for r, d in st.ranks.items() for k, v in d.items()})
     if st.carried is not None:
         tensors.update({f"state.{i}": s.float() for i, s in enumerate(st.carried)})
+    if st.average is not None:
+        tensors.update({f"avg.{k}": v for k, v in st.average.items()})
     meta = {"position": dataclasses.asdict(st.position), "window": dataclasses.asdict(st.window),
             "param_groups": sd["param_groups"], "rng": st.rng[1], "world": st.world}
     return {"model.safetensors": tensor_bytes(st.model), "trainer.safetensors": tensor_bytes(tensors),
@@ -149,6 +153,7 @@ def unpack(files: dict[str, bytes], where) -> TrainerState:
         if key.startswith("rank."):
             _, r, _, k = key.split(".", 3)
             ranks.setdefault(int(r), {})[k] = v
+    average = {k[4:]: v for k, v in tensors.items() if k.startswith("avg.")} or None
     return TrainerState(position, window, parse_tensors(where / "model.safetensors", files["model.safetensors"]),
                         {"state": state, "param_groups": meta["param_groups"]}, carried or None, rng,
-                        int(meta.get("world", 1)), ranks)
+                        int(meta.get("world", 1)), ranks, average)

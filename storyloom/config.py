@@ -169,6 +169,8 @@ class TrainConfig:
     warmup: int = setting(100, "linear warmup steps", "optimisation")
     weight_decay: float = setting(0.1, "AdamW decoupled weight decay, on matrices only", "optimisation")
     clip: float = setting(1.0, "gradient-norm clipping (0 disables)", "optimisation")
+    average: float = setting(0.1, "evaluate, keep and write with a moving average of the weights over about this share "
+                             "of the steps taken so far (0: the weights as trained)", "optimisation")
     reset_prob: float = setting(0.01, "chance per stream and batch that its carried state is zeroed", "optimisation")
     evals: int = setting(10, "validation evaluations over the run, at equal steps of progress", "optimisation")
     eval_tokens: int = setting(500_000, "evaluations during training read at most this many validation tokens, a fixed "
@@ -205,6 +207,8 @@ class TrainConfig:
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
             raise UserError(f"--lr must be in (0, 1), got {self.lr!r}")
         _fraction(self, "reset_prob")
+        if isinstance(self.average, bool) or not isinstance(self.average, (int, float)) or not 0 <= self.average <= 1:
+            raise UserError(f"--average must be in [0, 1] (0: no average), got {self.average!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise UserError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         _choice(self, "precision", PRECISIONS)
@@ -283,8 +287,8 @@ class GenerateConfig:
 class LoadConfig:
     """How a trained run is opened for writing and scoring."""
 
-    which: str = setting("best", "the weights: best (lowest validation bpc) or last (the newest checkpoint)", "run",
-                         ("best", "last"))
+    which: str = setting("best", "the weights: best (lowest validation bpc; the moving average, with --average) or last "
+                         "(the newest checkpoint's, as trained)", "run", ("best", "last"))
     device: str = setting("auto", "auto (a CUDA GPU when one is visible), cpu or cuda", "run", DEVICES)
     precision: str = setting("fp32", "fp32 (exact), bf16 or auto (bf16 where native)", "run", PRECISIONS)
     threads: int = setting(0, "CPU threads (0: one per physical core, fewer while other processes keep cores busy)", "run")

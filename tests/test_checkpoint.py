@@ -36,6 +36,16 @@ def test_pack_and_unpack_round_trip_everything():
         assert all(torch.equal(back.optimizer["state"][i][k], v) for k, v in s.items())
 
 
+def test_the_weights_moving_average_round_trips_and_is_absent_when_not_kept():
+    st = state()
+    assert checkpoint.unpack(checkpoint.pack(st), Path("ck")).average is None
+    model = torch.nn.Linear(4, 3)
+    st.average = torch.optim.swa_utils.AveragedModel(model).state_dict()
+    back = checkpoint.unpack(checkpoint.pack(st), Path("ck")).average
+    assert set(back) == {"n_averaged", "module.weight", "module.bias"}
+    assert all(torch.equal(back[k], v) for k, v in st.average.items())
+
+
 def test_a_data_parallel_checkpoint_keeps_every_ranks_generators():
     st = state()
     st.world, st.ranks = 3, {1: {"torch": torch.get_rng_state()}, 2: {"torch": torch.zeros(5056, dtype=torch.uint8)}}

@@ -91,6 +91,7 @@ def bad_inputs(tmp_path):
         "negative seq len": (["train", short, "--seq-len", "-3"], "--seq-len"),
         "zero batch size": (["train", short, "--batch-size", "0"], "--batch-size must be a positive integer"),
         "zero learning rate": (["train", short, "--lr", "0"], "--lr must be in (0, 1)"),
+        "average over more than the run": (["train", short, "--average", "1.5"], "--average must be in [0, 1]"),
         "dropout of 1": (["train", short, "--dropout", "1"], "--dropout must be in [0, 1)"),
         "negative epochs": (["train", short, "--epochs", "-1"], "--epochs must be a number >= 0"),
         "minutes not a number": (["train", short, "--minutes", "nan"], "--minutes must be a number >= 0"),
@@ -112,7 +113,7 @@ def bad_inputs(tmp_path):
 
 BAD = ["missing path", "binary file", "undecodable file", "empty text", "directory with no text", "too short for one batch",
        "zero hidden size", "negative layers", "absurd hidden size", "zero seq len", "negative seq len", "zero batch size",
-       "zero learning rate", "dropout of 1", "negative epochs", "minutes not a number", "validation share of 1", "zero keep",
+       "zero learning rate", "average over more than the run", "dropout of 1", "negative epochs", "minutes not a number", "validation share of 1", "zero keep",
        "zero eval tokens", "negative workers",
        "deterministic with minutes", "not a number", "unknown flag", "unknown preset", "resume and overwrite", "not a run",
        "missing run", "a text file as a run", "a pickle as a run"]

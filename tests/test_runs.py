@@ -52,8 +52,15 @@ def test_reloaded_run_gives_identical_logits(run):
     b = storyloom.load(run, which="last", device="cpu")
     x = torch.from_numpy(a.tokenizer.ids("Shall I compare thee").astype("int64"))[None]
     with torch.no_grad():
-        torch.testing.assert_close(a.model(x)[0], b.model(x)[0], rtol=0, atol=0)  # the run ended on its best eval
+        torch.testing.assert_close(a.model(x)[0], storyloom.load(run, device="cpu").model(x)[0], rtol=0, atol=0)
     assert a.model.training is False
+    # The run ended on its best evaluation, which scores the weights' moving average: the best weights are the last
+    # checkpoint's average, and `--which last` its weights as trained.
+    ck = Run.open(run).latest().state()
+    average = {k.removeprefix("module."): v for k, v in ck.average.items() if k.startswith("module.")}
+    for got, want in ((a, average), (b, ck.model)):
+        assert all(torch.equal(got.model.state_dict()[k], v) for k, v in want.items()) and set(want) == set(got.model.state_dict())
+    assert not torch.equal(a.model.state_dict()["head.weight"], b.model.state_dict()["head.weight"])
 
 
 @pytest.mark.parametrize("trained_on", ["dev", "cpu"])

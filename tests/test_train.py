@@ -272,6 +272,50 @@ def test_a_trainer_without_a_run_directory_keeps_everything_in_memory(tmp_path, 
     assert pos.best_bpc == best
 
 
+def test_the_moving_average_matches_a_naive_loop():
+    from torch.optim.swa_utils import AveragedModel
+
+    from storyloom.train import averaging
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    avg = AveragedModel(model, multi_avg_fn=averaging(0.1))
+    seen = []
+    for _ in range(40):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn_like(p))
+        seen.append([p.detach().clone() for p in model.parameters()])
+        avg.update_parameters(model)
+    want = [w.clone() for w in seen[0]]  # the first update copies; the n-th after it moves 1 / (1 + 0.1 n) of the way
+    for n, ws in enumerate(seen[1:], start=1):
+        want = [a + (w - a) / (1 + 0.1 * n) for a, w in zip(want, ws)]
+    for a, w in zip(avg.module.parameters(), want):
+        torch.testing.assert_close(a, w)
+
+
+@pytest.mark.parametrize("average", [0.1, 0.0])
+def test_the_kept_and_evaluated_weights_are_the_average_unless_it_is_off(tmp_path, sonnets, monkeypatch, average):
+    from storyloom.config import DataConfig
+    from storyloom.corpus import build
+    from storyloom.sources import Document
+    from storyloom.train import Trainer
+
+    corpus = build([Document("s.txt", sonnets)], DataConfig())
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=len(corpus.tokenizer), hidden=32, embed=16, layers=1))
+    t = Trainer(model, corpus, TrainConfig(steps=40, seq_len=16, batch_size=4, evals=1, lr=1e-2, average=average))
+    t.fit(show_progress=False)
+    live = model.state_dict()
+    kept = t.store.best  # the one evaluation is the best
+    differs = [not torch.equal(kept[k], v) for k, v in live.items()]
+    assert all(differs) if average else not any(differs)
+    scored = LanguageModel(model.cfg)
+    scored.load_state_dict(kept)
+    bpc = evaluate(scored, corpus.val, streams=16, chars=corpus.val_chars, limit=t.cfg.eval_tokens)["bpc"]
+    assert t.pos.best_bpc == pytest.approx(bpc, rel=1e-6)
+
+
 def test_dynamic_evaluation_scores_before_it_learns_and_leaves_the_model_alone(tmp_path, sonnets):
     from storyloom.config import AdaptConfig
     from storyloom.train import adapt
