@@ -3,8 +3,9 @@
 fit() runs truncated BPTT: B contiguous streams, T steps a batch, the
 state carried (detached) from batch to batch and reset at each epoch. AdamW
 with linear warmup then cosine decay over the run's progress, gradient-norm
-clipping, evaluation at equal steps of progress, early stopping, and
-checkpoints that resume exactly. A step whose loss or gradient is not finite
+clipping, a moving average of the weights (what evaluations score and the
+best weights keep), evaluation at equal steps of progress, early stopping,
+and checkpoints that resume exactly. A step whose loss or gradient is not finite
 is skipped; too many in a row restore the last checkpoint at a lower rate.
 
 A Trainer writes into a store: a run directory (runs.Run), or `Memory`,
