@@ -31,13 +31,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
 from machine import describe  # noqa: E402
-from storyloom.train import evaluate  # noqa: E402
+from storyloom.train import averaging  # noqa: E402
 from sweep import parse_spec  # noqa: E402
 
 
-def decay(kind: str, n: int) -> float:
-    """How much of the average is kept at its n-th update (n >= 1)."""
-    return 1 - 1 / (1 + float(kind[1:]) * n) if kind.startswith("f") else float(kind)
+def updater(kind: str):
+    """An in-place update (averaged, current, n): a share is the trainer's own (`train.averaging`); a fixed decay d
+    moves the average 1 - d of the way each step."""
+    if kind.startswith("f"):
+        return averaging(float(kind[1:]))
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        for a, p in zip(averaged, current):
+            a.lerp_(p, 1 - float(kind))
+
+    return update
 
 
 class Averages:
@@ -45,6 +53,7 @@ class Averages:
 
     def __init__(self, kinds: list[str], marks: set[int]):
         self.kinds, self.marks, self.n = kinds, marks, -1
+        self.updates = {k: updater(k) for k in kinds}
         self.avg: dict[str, list[torch.Tensor]] = {}
         self.rows: list[dict] = []
         self.trainer = None  # the run's, once it has called
@@ -56,9 +65,7 @@ class Averages:
             self.avg = {k: [w.clone() for w in weights] for k in self.kinds}
         else:
             for k, avg in self.avg.items():
-                w = 1 - decay(k, self.n)
-                for a, p in zip(avg, weights):
-                    a.lerp_(p, w)
+                self.updates[k](avg, weights, torch.tensor(self.n))
 
     def __call__(self, trainer) -> None:  # on_step: before step s + 1, with the weights after step s
         self.trainer, s = trainer, trainer.pos.step
@@ -68,15 +75,14 @@ class Averages:
             self.evaluate(trainer)
 
     def evaluate(self, trainer) -> None:
-        c, model = trainer.corpus, trainer.model
+        model = trainer.model
         live = [p.detach().clone() for p in model.parameters()]
         row = {"kind": "evaluation", "step": trainer.pos.step}
         for k, avg in self.avg.items():
             with torch.no_grad():
                 for p, a in zip(model.parameters(), avg):
                     p.copy_(a)
-            row[k] = round(evaluate(model, c.val, trainer.precision, streams=16, chars=c.val_chars,
-                                    extra_nats=c.val_extra_nats, limit=trainer.cfg.eval_tokens)["bpc"], 4)
+            row[k] = round(trainer.validate(model)["bpc"], 4)
         with torch.no_grad():
             for p, w in zip(model.parameters(), live):
                 p.copy_(w)

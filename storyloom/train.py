@@ -449,12 +449,16 @@ class Trainer:
     def evaluation_due(self) -> bool:
         return self.progress() >= min(1.0, (self.pos.evals_done + 1) / self.cfg.evals)
 
+    def validate(self, model: LanguageModel) -> dict:
+        """`model`'s validation score, read as every evaluation during training reads it."""
+        c = self.corpus
+        return evaluate(model, c.val, self.precision, streams=16, chars=c.val_chars, extra_nats=c.val_extra_nats,
+                        limit=self.cfg.eval_tokens, world=self.world)
+
     def evaluate_now(self) -> dict:
         """Validation bpc now (of the average, with --average); keeps those weights as the best when they are the
         best yet."""
-        c = self.corpus
-        r = evaluate(self.scored, c.val, self.precision, streams=16, chars=c.val_chars, extra_nats=c.val_extra_nats,
-                     limit=self.cfg.eval_tokens, world=self.world)
+        r = self.validate(self.scored)
         p = self.pos
         p.evals_done += 1
         p.history.append((p.step, round(p.elapsed, 3), r["bpc"]))
@@ -516,8 +520,8 @@ class Trainer:
             if st.average is not None:
                 self.average.load_state_dict(st.average)
             else:  # a checkpoint of a run without an average (or from before --average): it starts here
-                self.average = AveragedModel(self.model, multi_avg_fn=averaging(self.cfg.average))
-                self.scored = self.average.module
+                self.average.module.load_state_dict(st.model)
+                self.average.n_averaged.zero_()  # so the next update copies the weights, as the first one does
         restore_rng(*st.rng)
         self.pos, self.window = st.position, st.window
         if "rng.resets" in st.rng[0]:

@@ -316,6 +316,27 @@ def test_the_kept_and_evaluated_weights_are_the_average_unless_it_is_off(tmp_pat
     assert t.pos.best_bpc == pytest.approx(bpc, rel=1e-6)
 
 
+def test_a_checkpoint_without_an_average_starts_one_at_the_restored_weights(sonnets):
+    from storyloom.config import DataConfig
+    from storyloom.corpus import build
+    from storyloom.sources import Document
+    from storyloom.train import Trainer
+
+    corpus = build([Document("s.txt", sonnets)], DataConfig())
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=len(corpus.tokenizer), hidden=32, embed=16, layers=1))
+    cfg = dict(seq_len=16, batch_size=4, evals=1, lr=1e-2)
+    plain = Trainer(model, corpus, TrainConfig(steps=10, average=0, **cfg))
+    plain.fit(show_progress=False)
+    assert plain.store.latest().state().average is None
+    t = Trainer(LanguageModel(model.cfg), corpus, TrainConfig(steps=12, average=0.1, **cfg), store=plain.store)
+    t.restore()
+    assert int(t.average.n_averaged) == 0 and t.scored is t.average.module
+    assert all(torch.equal(a, b) for a, b in zip(t.scored.state_dict().values(), model.state_dict().values()))
+    t.fit(show_progress=False)  # its first update copies the weights after step 11; the second moves 1/1.1 of the way
+    assert int(t.average.n_averaged) == 2 and t.pos.step == 12
+
+
 def test_dynamic_evaluation_scores_before_it_learns_and_leaves_the_model_alone(tmp_path, sonnets):
     from storyloom.config import AdaptConfig
     from storyloom.train import adapt
