@@ -30,6 +30,7 @@ import storyloom  # noqa: E402
 from machine import describe  # noqa: E402
 from storyloom import presets  # noqa: E402
 from storyloom.sources import BUNDLED  # noqa: E402
+from sweep import val_text  # noqa: E402
 
 
 def emit(**row) -> None:
@@ -47,8 +48,7 @@ def main() -> None:
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="storyloom-quality-"))
     emit(kind="config", presets=a.presets.split(","), minutes=a.minutes, marks=marks, split=BUNDLED["shakespeare"],
          torch=torch.__version__, threads=torch.get_num_threads(), machine=describe())
-    val_text = storyloom.clean_sources([str(p) for p in sorted((Path(storyloom.__file__).parent / "corpora" / "shakespeare").glob("*.txt"))
-                                        if p.name in BUNDLED["shakespeare"]])
+    text = val_text()
     for name in a.presets.split(","):
         run = storyloom.train(["shakespeare"], out=out / name, preset=name, minutes=a.minutes, evals=max(1, round(a.minutes)),
                               patience=0, progress=False)
@@ -61,7 +61,7 @@ def main() -> None:
             emit(kind="mark", preset=name, minutes=mark, val_bpc=round(r["val_bpc"], 4), step=r["step"], elapsed_s=r["elapsed_s"])
         speeds = [r["chars_per_s"] for r in rows if "chars_per_s" in r]
         cfg = json.loads((run / "config.json").read_text())
-        exact = storyloom.load(run).score(val_text)
+        exact = storyloom.load(run).score(text)
         emit(kind="final", preset=name, val_bpc_exact=round(exact["bpc"], 4), chars=exact["chars"],
              best_val_bpc=round(min(r["val_bpc"] for r in evals), 4), steps=rows[-1]["step"],
              train_chars_per_s=round(sum(speeds) / len(speeds)), params=cfg["info"]["params"],

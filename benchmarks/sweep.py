@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--rescore", action="store_true", help="score the best and the last weights exactly after each run")
     a = ap.parse_args()
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="storyloom-sweep-"))
+    text = val_text() if a.rescore else ""
     print(json.dumps({"kind": "config", "minutes": a.minutes, "evals": a.evals, "specs": a.specs,
                       "machine": describe()}), flush=True)
     for i, spec in enumerate(a.specs):
@@ -66,7 +67,7 @@ def main() -> None:
                               evals=a.evals, patience=0, progress=False, **flags)
         rows = storyloom.api.metrics(run)
         train = [r for r in rows if "train_bpc" in r]
-        exact = {f"val_bpc_exact_{w}": round(storyloom.load(run, which=w).score(val_text())["bpc"], 4)
+        exact = {f"val_bpc_exact_{w}": round(storyloom.load(run, which=w).score(text)["bpc"], 4)
                  for w in ("best", "last")} if a.rescore else {}
         print(json.dumps({
             "spec": spec, "minutes": a.minutes,
