@@ -21,9 +21,7 @@ compiling needs a C++ compiler and takes tens of seconds per shape).
    (exits with status 1 if any relative error exceeds 1e-5), and reports its
    bf16 errors next to oneDNN's own bf16 errors (both against fp32).
 2. Times forward + backward of one batch, arms alternated each round, the
-   median per arm, under bf16 autocast as training runs. One more arm is what
-   training runs: storyloom's LSTM, the same oneDNN kernels called so that the
-   weights' gradients stay in fp32 (`cells.OneDNNLayer`).
+   median per arm, under bf16 autocast as training runs.
 
 Kept in the benchmarks, not the package, while it measures slower
 (benchmarks/README.md, "Training at the roofline"): run it on a new machine
@@ -45,7 +43,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import describe  # noqa: E402
-from storyloom import cells, presets  # noqa: E402
+from storyloom import presets  # noqa: E402
 
 
 def emit(**row) -> None:
@@ -174,19 +172,10 @@ def main() -> None:
     x = torch.randn(B, T, I, requires_grad=True)
     w = torch.randn(B, T, H)
     params = [*lstm.parameters(), x]
-    trained = cells.LSTM(I, H, 1, dropout=0.0)  # storyloom's, sharing lstm's weights
-    for name, p in lstm.named_parameters():
-        setattr(trained, name, p)
 
     def onednn(dtype):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             y, _ = lstm(x)
-        (y.float() * w).sum().backward()
-        return y
-
-    def storyloom_lstm(dtype):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            y, _ = trained(x)
         (y.float() * w).sum().backward()
         return y
 
@@ -205,15 +194,14 @@ def main() -> None:
     ref = grads(onednn, torch.float32)
     errors = {}
     for arm, fn, dtype in (("candidate fp32", ours, torch.float32), ("candidate bf16", ours, torch.bfloat16),
-                           ("oneDNN bf16", onednn, torch.bfloat16), ("storyloom LSTM bf16", storyloom_lstm, torch.bfloat16)):
+                           ("oneDNN bf16", onednn, torch.bfloat16)):
         got = grads(fn, dtype)
         errors[arm] = {n: float((g - r).norm() / r.norm()) for n, g, r in zip(names, got, ref)}
         emit(kind="check", arm=arm, relative_error_against_fp32_nn_lstm={n: f"{e:.2e}" for n, e in errors[arm].items()})
     if max(errors["candidate fp32"].values()) > 1e-5:
         sys.exit("the candidate differs from nn.LSTM in fp32")
 
-    arms = {"oneDNN (nn.LSTM)": onednn, "oneDNN, fp32 weight gradients (storyloom's LSTM, trained)": storyloom_lstm,
-            "candidate, eager": ours}
+    arms = {"oneDNN (nn.LSTM)": onednn, "candidate, eager": ours}
     if a.compile:
         t = time.perf_counter()
         compiled = tuple(torch.compile(f, dynamic=False) for f in EAGER)

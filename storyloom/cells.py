@@ -170,53 +170,8 @@ def init_forget_bias(lstm: nn.Module, H: int, layers: int, value: float = 1.0) -
             getattr(lstm, f"bias_hh_l{l}")[H : 2 * H].zero_()
 
 
-LSTM_MODE = 2  # oneDNN's RNN kernels take the cell as a number: 2 is the LSTM
-
-
-def onednn_bf16_training(lstm: nn.LSTM, e: torch.Tensor) -> bool:
-    """Whether `lstm` on `e` trains through `OneDNNLayer`: a step that keeps a graph, on the CPU under bf16
-    autocast (where `nn.LSTM` itself would call oneDNN's bf16 kernel), with fp32 weights."""
-    return (torch.is_grad_enabled() and e.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and lstm.weight_hh_l0.dtype == torch.float32
-            and lstm.proj_size == 0 and not lstm.bidirectional and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-class OneDNNLayer(torch.autograd.Function):
-    """One LSTM layer through oneDNN's bf16 kernels, as `nn.LSTM` under autocast runs it, with the weights'
-    gradients handed back in fp32.
-
-    Under autocast, `nn.LSTM` casts the fp32 weights to bf16 and oneDNN's backward computes their gradients in
-    fp32; autograd then rounds each gradient to bf16, the dtype of the cast it flows back into, and casts it
-    to fp32 again for the optimizer: two passes over every weight a step, and gradients kept to 8 bits. Calling
-    the same two kernels here skips both. The forward is `nn.LSTM`'s to the bit; a batch of the default
-    preset's shapes trains 8% faster (benchmarks/README.md, "Training at the roofline"). torch offers no way to
-    keep the gradient's precision through autocast, so this is hand-written.
-    """
-
-    @staticmethod
-    def forward(ctx, x, W_ih, W_hh, b_ih, b_hh, h0, c0):
-        """x (T, B, I), time first as oneDNN lays a sequence out; fp32 weights; h0, c0 (B, H)."""
-        H, bf = W_hh.shape[1], torch.bfloat16
-        weights = [w.to(bf) for w in (W_ih, W_hh, b_ih, b_hh)]
-        x, h0, c0 = x.to(bf), h0.to(bf), c0.to(bf)
-        with torch.enable_grad():  # the kernel keeps the workspace its backward reads only with grad mode on
-            h, hT, cT, work = torch.ops.aten.mkldnn_rnn_layer(x, *weights, h0, c0, False, [], LSTM_MODE, H, 1, True,
-                                                              False, False, True)
-        ctx.save_for_backward(x, *weights, h0, c0, h, hT, cT, work)
-        return h, hT, cT  # (T, B, H), (B, H), (B, H), bf16
-
-    @staticmethod
-    def backward(ctx, dh, dhT, dcT):
-        x, W_ih, W_hh, b_ih, b_hh, h0, c0, h, hT, cT, work = ctx.saved_tensors
-        return torch.ops.aten.mkldnn_rnn_layer_backward(
-            x, W_ih, W_hh, b_ih, b_hh, h0, c0, h, hT, cT, None if dh is None else dh.contiguous(), dhT, dcT, False,
-            LSTM_MODE, W_hh.shape[1], 1, True, True, False, [], False, work)  # dx, dW_ih, dW_hh, db_ih, db_hh, dh0, dc0: fp32
-
-
 class LSTM(nn.LSTM):
-    """The default: torch's fused kernel for sequences (trained in bf16 on a CPU through `OneDNNLayer`), a
-    hand-written step for generation."""
+    """The default: torch's fused kernel for sequences, a hand-written step for generation."""
 
     graphable = True  # step() is plain tensor arithmetic on fixed shapes: a CUDA graph can capture it
     precisions = DECODE_PRECISIONS[1:]  # all but auto
@@ -230,19 +185,8 @@ class LSTM(nn.LSTM):
         return z, z.clone()
 
     def forward(self, e: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        if not onednn_bf16_training(self, e):
-            h, (hn, cn) = super().forward(e, state)  # (B, T, H)
-            return h, (hn, cn)
-        h0, c0 = state if state is not None else self.initial_state(e.shape[0], e.device)
-        x, hs, cs = e.transpose(0, 1).contiguous(), [], []  # (T, B, I)
-        for l in range(self.num_layers):
-            if l:
-                x = F.dropout(x, self.dropout, self.training)  # between layers, as nn.LSTM does
-            x, h, c = OneDNNLayer.apply(x, getattr(self, f"weight_ih_l{l}"), getattr(self, f"weight_hh_l{l}"),
-                                        getattr(self, f"bias_ih_l{l}"), getattr(self, f"bias_hh_l{l}"), h0[l], c0[l])
-            hs.append(h)
-            cs.append(c)
-        return x.transpose(0, 1), (torch.stack(hs), torch.stack(cs))  # (B, T, H), (L, B, H) each
+        h, (hn, cn) = super().forward(e, state)  # (B, T, H)
+        return h, (hn, cn)
 
     def read(self, e: torch.Tensor, state: State | None = None, precision: str = "fp32",
              bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[torch.Tensor, State]:

@@ -2,10 +2,8 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 
 import storyloom
-from storyloom import cells
 from storyloom.config import ModelConfig
 from storyloom.model import LanguageModel
 
@@ -36,45 +34,6 @@ def test_reference_lstm_equals_torch_lstm_in_outputs_and_gradients():
     grads = dict(ref.named_parameters())
     for name, p in fast.named_parameters():
         torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-5, atol=1e-5, msg=name)
-
-
-bf16_kernels = pytest.mark.skipif(not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
-                                  reason="oneDNN's bf16 kernels need a CPU with AVX-512")
-
-
-@bf16_kernels
-@pytest.mark.parametrize("B, T, I, H, L", [(4, 9, 6, 16, 1), (3, 5, 7, 8, 2)])
-def test_bf16_training_is_torch_lstms_with_gradients_kept_in_fp32(B, T, I, H, L):
-    # nn.LSTM under autocast rounds every gradient to bf16 on its way back; OneDNNLayer does not, and is otherwise
-    # the same kernels: outputs to the bit, and its gradients rounded to bf16 are nn.LSTM's to the bit.
-    torch.manual_seed(0)
-    m = cells.LSTM(I, H, L, dropout=0.0)
-    x = torch.randn(B, T, I)
-    state = (0.5 * torch.randn(L, B, H), 0.5 * torch.randn(L, B, H))
-
-    def run(forward):
-        m.zero_grad()
-        xg = x.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert cells.onednn_bf16_training(m, xg)
-            h, (hT, cT) = forward(xg, state)
-        (h.float().sin().mean() + hT.float().square().mean() + cT.float().mean()).backward()
-        return (h, hT, cT), [p.grad for p in m.parameters()] + [xg.grad]
-
-    (ours, ours_grads), (torchs, torchs_grads) = run(m.forward), run(lambda xg, s: nn.LSTM.forward(m, xg, s))
-    assert ours[0].shape == (B, T, H) and ours[1].shape == ours[2].shape == (L, B, H)
-    for a, b in zip(ours, torchs):
-        assert a.dtype == b.dtype == torch.bfloat16 and torch.equal(a, b)
-    for a, b in zip(ours_grads, torchs_grads):
-        assert a.dtype == torch.float32 and not torch.equal(a, b)  # finer than bf16
-        assert torch.equal(a.to(torch.bfloat16).float(), b)
-
-
-def test_bf16_training_is_only_for_a_graph_under_cpu_autocast():
-    m, x = cells.LSTM(3, 4, 1, dropout=0.0), torch.randn(2, 3, 3)
-    assert not cells.onednn_bf16_training(m, x)  # no autocast: fp32, torch's own path
-    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
-        assert not cells.onednn_bf16_training(m, x)  # evaluating: no gradients to keep
 
 
 def test_reference_lstm_records_its_gates():
