@@ -248,16 +248,22 @@ def test_threads_default_to_physical_cores(monkeypatch):
     assert runtime.physical_cores() == 2
 
 
-def test_a_trainer_without_a_run_directory_keeps_everything_in_memory(tmp_path, sonnets, monkeypatch):
+def sonnet_trainer_inputs(sonnets):
+    """The sonnets as a corpus, and a tiny one-layer LSTM for it from seed 0: what the Trainer tests train."""
     from storyloom.config import DataConfig
     from storyloom.corpus import build
     from storyloom.sources import Document
+
+    corpus = build([Document("s.txt", sonnets)], DataConfig())
+    torch.manual_seed(0)
+    return corpus, LanguageModel(ModelConfig(vocab_size=len(corpus.tokenizer), hidden=32, embed=16, layers=1))
+
+
+def test_a_trainer_without_a_run_directory_keeps_everything_in_memory(tmp_path, sonnets, monkeypatch):
     from storyloom.train import Memory, Trainer
 
     monkeypatch.chdir(tmp_path)
-    corpus = build([Document("s.txt", sonnets)], DataConfig())
-    torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(vocab_size=len(corpus.tokenizer), hidden=32, embed=16, layers=1))
+    corpus, model = sonnet_trainer_inputs(sonnets)
     cfg = TrainConfig(steps=30, seq_len=16, batch_size=4, evals=2, log_every=5, checkpoint_every=10)
     calls = []
     t = Trainer(model, corpus, cfg, on_step=lambda tr: calls.append(tr.pos.step))
@@ -296,14 +302,9 @@ def test_the_moving_average_matches_a_naive_loop():
 
 @pytest.mark.parametrize("average", [0.1, 0.0])
 def test_the_kept_and_evaluated_weights_are_the_average_unless_it_is_off(tmp_path, sonnets, monkeypatch, average):
-    from storyloom.config import DataConfig
-    from storyloom.corpus import build
-    from storyloom.sources import Document
     from storyloom.train import Trainer
 
-    corpus = build([Document("s.txt", sonnets)], DataConfig())
-    torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(vocab_size=len(corpus.tokenizer), hidden=32, embed=16, layers=1))
+    corpus, model = sonnet_trainer_inputs(sonnets)
     t = Trainer(model, corpus, TrainConfig(steps=40, seq_len=16, batch_size=4, evals=1, lr=1e-2, average=average))
     t.fit(show_progress=False)
     live = model.state_dict()
@@ -317,14 +318,9 @@ def test_the_kept_and_evaluated_weights_are_the_average_unless_it_is_off(tmp_pat
 
 
 def test_a_checkpoint_without_an_average_starts_one_at_the_restored_weights(sonnets):
-    from storyloom.config import DataConfig
-    from storyloom.corpus import build
-    from storyloom.sources import Document
     from storyloom.train import Trainer
 
-    corpus = build([Document("s.txt", sonnets)], DataConfig())
-    torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(vocab_size=len(corpus.tokenizer), hidden=32, embed=16, layers=1))
+    corpus, model = sonnet_trainer_inputs(sonnets)
     cfg = dict(seq_len=16, batch_size=4, evals=1, lr=1e-2)
     plain = Trainer(model, corpus, TrainConfig(steps=10, average=0, **cfg))
     plain.fit(show_progress=False)
