@@ -40,14 +40,23 @@ def describe() -> dict:
 
 
 def label(d: dict | None = None) -> str:
-    """A short name for tables: "Intel Xeon, AMX", "AMD EPYC", "NVIDIA H200"."""
+    """A short name for tables: "Intel Xeon, AMX", "AMD EPYC, AVX2 only", "NVIDIA H200". Without AMX it names
+    the widest vector instructions, since two AMD EPYCs (Zen 3: AVX2; Zen 4: AVX512-BF16) differ more than
+    their names do."""
     d = d or describe()
     if d["gpu"]:
         return d["gpu"]
     name = "AMD EPYC" if d["vendor"] == "AMD" else "Intel Xeon"
-    cap = d.get("onednn_max_isa")
-    amx = "AMX" if d["amx"] else f"AMX off (oneDNN capped at {cap})" if cap and "amx_bf16" in d["cpu_flags"] else "no AMX"
-    return f"{name}, {amx}, {d['cpus']} cores"
+    cap, flags = d.get("onednn_max_isa"), d["cpu_flags"]
+    widest = ("AVX512-BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags
+              else "AVX2 only" if "avx2" in flags else "no AVX2")
+    if d["amx"]:
+        isa = "AMX"
+    elif cap and "amx_bf16" in flags:
+        isa = f"AMX off (oneDNN capped at {cap})"
+    else:  # no AMD CPU has AMX, so only an Intel one says it lacks it
+        isa = widest if d["vendor"] == "AMD" else f"{widest}, no AMX"
+    return f"{name}, {isa}, {d['cpus']} cores"
 
 
 if __name__ == "__main__":

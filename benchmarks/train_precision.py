@@ -45,6 +45,9 @@ def child(seconds: float, rounds: int, preset: str) -> None:
     d = describe()
     auto = runtime.resolve_precision("auto", torch.device("cpu"))
     emit(kind="config", preset=preset, seconds=seconds, rounds=rounds, auto=auto, machine=d, label=label(d))
+    if not runtime.bf16_lstm_runs(torch.device("cpu")):  # no AVX-512 or AMX: there is no bf16 arm to time
+        return emit(kind="summary", label=label(d), onednn_max_isa=d["onednn_max_isa"], bf16="no bf16 LSTM kernel",
+                    faster="fp32", auto=auto)
     out = Path(tempfile.mkdtemp(prefix="storyloom-precision-"))
     got: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for r in range(rounds):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -99,9 +100,30 @@ def native_bf16(dev: torch.device) -> bool:
     return _cpu_has_native_bf16()
 
 
+@functools.cache
+def bf16_lstm_runs(dev: torch.device) -> bool:
+    """Whether this device's LSTM kernel takes bf16 at all. oneDNN's has no bf16 form without AVX-512 or AMX
+    (AMD Zen 3, Intel before Skylake-X, or ONEDNN_MAX_CPU_ISA=AVX2) and fails to build its primitive deep in the
+    first step. Asking the kernel itself, once, is the one test that matches what training and scoring call."""
+    with torch.random.fork_rng(devices=[]):  # the probe's weights must not move the seeded stream of whoever asks
+        lstm = torch.nn.LSTM(1, 1).to(dev)
+    try:
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 1, 1, device=dev))
+    except RuntimeError:
+        return False
+    return True
+
+
 def resolve_precision(precision: str, dev: torch.device) -> str:
     if precision == "auto":
         return "bf16" if native_bf16(dev) else "fp32"
+    if precision == "bf16" and not bf16_lstm_runs(dev):
+        where = (f"this GPU ({torch.cuda.get_device_name(dev)}, cuDNN {torch.backends.cudnn.version()})"
+                 if dev.type == "cuda" else f"this CPU ({cpu_info().model or 'unknown model'})")
+        need = "cuDNN 9.13 or newer" if dev.type == "cuda" else "AVX-512 or AMX, which oneDNN's bf16 needs"
+        raise UserError(f"--precision bf16: {where} has no bf16 LSTM kernel (that needs {need}); "
+                        "use --precision fp32, or auto, which picks bf16 only where it is native")
     return precision
 
 

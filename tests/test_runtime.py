@@ -34,7 +34,29 @@ def test_auto_precision_on_a_cpu_is_bf16_only_where_it_trains_faster(monkeypatch
     else:
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
     assert runtime.resolve_precision("auto", torch.device("cpu")) == want
-    assert runtime.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked by name, always given
+    monkeypatch.setattr(runtime, "bf16_lstm_runs", lambda dev: True)
+    assert runtime.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked by name, given where it runs
+
+
+def test_bf16_asked_by_name_where_the_lstm_kernel_has_none_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(runtime, "bf16_lstm_runs", lambda dev: False)
+    monkeypatch.setattr(runtime, "cpu_info", lambda: runtime.CPU("AuthenticAMD", "AMD EPYC 7B13", frozenset({"avx2"})))
+    with pytest.raises(UserError, match=r"--precision bf16: this CPU \(AMD EPYC 7B13\) .*--precision fp32"):
+        runtime.resolve_precision("bf16", torch.device("cpu"))
+    assert runtime.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def test_the_bf16_lstm_probe_agrees_with_the_kernel_on_this_machine():
+    # AMX and AVX-512 machines run a bf16 LSTM; AVX2-only ones (AMD Zen 3) refuse it: whichever this is, the probe
+    # must say what nn.LSTM under autocast then does.
+    lstm, x = torch.nn.LSTM(8, 16, batch_first=True), torch.randn(2, 5, 8)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(x)
+        runs = True
+    except RuntimeError:
+        runs = False
+    assert runtime.bf16_lstm_runs(torch.device("cpu")) is runs
 
 
 def test_cpu_info_reads_this_machines_vendor_model_and_flags():

@@ -2,10 +2,12 @@
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,23 +102,36 @@ def _kill_world_at_random_step(tmp_path, text, flags) -> int:
     return storyloom.status(tmp_path / "part")["step"]
 
 
-def test_fault_sigkill_the_world_then_resume_equals_the_uninterrupted_world(tmp_path, text):
-    flags = ["--steps", "60", "--checkpoint-every", "5", *TINY]
-    full = _torchrun(2, "train", text, "--out", tmp_path / "full", *flags)
-    _ok(full)
-    killed_at = _kill_world_at_random_step(tmp_path, text, flags)
+KILL_FLAGS = ["--steps", "60", "--checkpoint-every", "5", *TINY]
+
+
+@pytest.fixture(scope="module")
+def killed_world(tmp_path_factory, sonnets) -> tuple[Path, int]:
+    """A world of 2 SIGKILLed at a random step, made once (each launch of a world costs seconds of imports): each
+    test resumes its own copy of the run."""
+    d = tmp_path_factory.mktemp("killed")
+    (d / "s.txt").write_text(sonnets)
+    killed_at = _kill_world_at_random_step(d, d / "s.txt", KILL_FLAGS)
     assert killed_at < 60
+    return d / "part", killed_at
+
+
+def test_fault_sigkill_the_world_then_resume_equals_the_uninterrupted_world(tmp_path, killed_world):
+    part, killed_at = killed_world
+    full = _torchrun(2, "train", part.parent / "s.txt", "--out", tmp_path / "full", *KILL_FLAGS)
+    shutil.copytree(part, tmp_path / "part")
+    _ok(full)
     resumed = _torchrun(2, "train", "--resume", tmp_path / "part", "--no-progress")
     _ok(resumed)
     assert _rows(tmp_path / "part") == _rows(tmp_path / "full"), f"checkpoint at step {killed_at}"
 
 
-def test_resume_on_another_world_size_reshards_the_streams(tmp_path, text):
+def test_resume_on_another_world_size_reshards_the_streams(tmp_path, killed_world):
     """A world-2 checkpoint resumed by one process: the same training as one process all along (dropout off)."""
-    flags = ["--steps", "60", "--checkpoint-every", "5", *TINY]
-    one = _one("train", text, "--out", tmp_path / "one", *flags)
+    part, _ = killed_world
+    one = _one("train", part.parent / "s.txt", "--out", tmp_path / "one", *KILL_FLAGS)
+    shutil.copytree(part, tmp_path / "part")
     _ok(one)
-    _kill_world_at_random_step(tmp_path, text, flags)
     resumed = _one("train", "--resume", tmp_path / "part", "--no-progress")
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
@@ -215,7 +230,7 @@ def test_train_help_shows_the_torchrun_launch(capsys):
 def test_a_torchrun_world_of_1_on_the_device_trains_as_one_process(tmp_path, text, dev):
     """The process group and DDP themselves (nccl on a GPU, gloo on the CPU) change nothing: a world of 1 equals a plain run."""
     flags = ["--steps", "20", *TINY, "--device", dev]
-    _ok(_torchrun(1, "train", text, "--out", tmp_path / "t", *flags))
-    _ok(_one("train", text, "--out", tmp_path / "p", *flags))
+    world, plain = _torchrun(1, "train", text, "--out", tmp_path / "t", *flags), _one("train", text, "--out", tmp_path / "p", *flags)
+    _ok(world), _ok(plain)
     assert Run.open(tmp_path / "t").info()["device"].startswith(dev)
     _close(_rows(tmp_path / "p"), _rows(tmp_path / "t"), 1e-5)
