@@ -1,5 +1,6 @@
 """Data-parallel training (world.py): a world of 2 CPU processes on gloo, launched by torchrun or by hand."""
 
+import contextlib
 import os
 import random
 import shutil
@@ -89,6 +90,25 @@ def test_a_world_of_2_trains_as_one_process_does(tmp_path, text):
     assert abs(m.score(text.read_text()[:2000])["bpc"] - storyloom.load(tmp_path / "one").score(text.read_text()[:2000])["bpc"]) < 1e-3
 
 
+def _children(pid: int) -> list[int]:
+    """The processes pid started (Linux's /proc): torchrun puts each rank in a process group of its own."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(d.name))
+        except (OSError, ValueError, IndexError):  # gone while we looked
+            pass
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
 def _kill_world_at_random_step(tmp_path, text, flags) -> int:
     target = random.randrange(8, 50)
     part = _torchrun(2, "train", text, "--out", tmp_path / "part", *flags, start_new_session=True)
@@ -97,8 +117,17 @@ def _kill_world_at_random_step(tmp_path, text, flags) -> int:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= target:
             break
         time.sleep(0.005)
-    os.killpg(part.pid, signal.SIGKILL)  # torchrun and every rank at once, as a lost machine would
+    # torchrun and every rank at once, as a lost machine would. Killing torchrun's group alone left the ranks
+    # (each in a group of its own) writing for a moment after it, so each is killed, and awaited, by name.
+    ranks = _children(part.pid)
+    for pid in ranks:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    os.killpg(part.pid, signal.SIGKILL)
     part.wait(timeout=30)
+    while time.time() < deadline + 30 and not all(_gone(pid) for pid in ranks):
+        time.sleep(0.01)
+    assert len(ranks) == 2 and all(_gone(pid) for pid in ranks), ranks
     return storyloom.status(tmp_path / "part")["step"]
 
 
