@@ -129,6 +129,16 @@ def credit_span(body: str) -> tuple[int, tuple[int, int] | None]:
 # Control characters other than newline and tab: old Gutenberg files end with DOS's end-of-file mark \x1a, some
 # hold form feeds or stray NULs. None is writing; each would be a character the model must learn.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# An ASCII text's bytes with every byte but those controls deleted: what is left is the controls it holds.
+# bytes.translate does that 5x faster than the regex searches (17 against 89 ms for 14 MB on an AMD EPYC, where
+# the search was half of `prepare`'s time).
+_NOT_CONTROL = bytes(b for b in range(128) if not (b <= 0x08 or 0x0B <= b <= 0x1F or b == 0x7F))
+
+
+def _has_control(text: str) -> bool:
+    if text.isascii():
+        return bool(text.encode("ascii").translate(None, _NOT_CONTROL))
+    return _CONTROL.search(text) is not None
 
 
 def normalize(text: str, first: bool = True) -> str:
@@ -137,7 +147,7 @@ def normalize(text: str, first: bool = True) -> str:
         text = text.removeprefix("\ufeff")
     if "\r" in text:  # a search is ~4x faster than the two replaces that are usually no-ops
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if _CONTROL.search(text):  # a search (~470 MB/s) first: most texts have none
+    if _has_control(text):  # a search first: most texts have none
         text = _CONTROL.sub("", text)
     return unicodedata.normalize("NFC", text)
 

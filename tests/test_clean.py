@@ -1,3 +1,5 @@
+import unicodedata
+
 import pytest
 
 from storyloom.clean import clean, normalize, strip_gutenberg
@@ -40,6 +42,16 @@ def test_marker_words_late_in_a_body_are_not_a_header():
 def test_bom_newlines_and_nfc():
     raw = "\ufeffcafe\u0301\r\nline two\rline three\n"
     assert normalize(raw) == "caf\u00e9\nline two\nline three\n"
+
+
+@pytest.mark.parametrize("tail", ["", "\u00e9"], ids=["ascii", "not-ascii"])  # a fast path for ASCII texts, a regex else
+def test_every_control_character_goes_and_every_other_stays(tail):
+    for cp in range(0x180):
+        c = chr(cp)
+        want = "" if (cp <= 0x08 or 0x0B <= cp <= 0x1F or 0x7F <= cp <= 0x9F) and c != "\r" else c
+        if c == "\r":
+            want = "\n"
+        assert normalize(f"a{c}b{tail}", first=False) == unicodedata.normalize("NFC", f"a{want}b{tail}"), hex(cp)
 
 
 def test_control_characters_go_but_newlines_and_tabs_stay():
