@@ -45,7 +45,8 @@ class Position:
     epoch: int = 0
     batch: int = 0  # next batch index within the epoch
     elapsed: float = 0.0  # wall-clock seconds spent so far, across resumes
-    evals_done: int = 0
+    evals_done: int = 0  # of --evals' evenly spaced points, those passed (evaluated, or dropped for time)
+    eval_s: float = 0.0  # of elapsed, the seconds spent evaluating
     best_bpc: float = float("inf")
     bad_evals: int = 0  # evaluations since the best one
     history: list = field(default_factory=list)  # (step, elapsed, val_bpc) per evaluation

@@ -172,7 +172,8 @@ class TrainConfig:
     average: float = setting(0.1, "evaluate, keep and write with a moving average of the weights over about this share "
                              "of the steps taken so far (0: the weights as trained)", "optimisation")
     reset_prob: float = setting(0.01, "chance per stream and batch that its carried state is zeroed", "optimisation")
-    evals: int = setting(10, "validation evaluations over the run, at equal steps of progress", "optimisation")
+    evals: int = setting(10, "validation evaluations over the run, at equal steps of progress (a --minutes run drops "
+                               "those that would take over a quarter of its time)", "optimisation")
     eval_tokens: int = setting(500_000, "evaluations during training read at most this many validation tokens, a fixed "
                                "sample spread over the text (`storyloom eval` reads all)", "optimisation")
     log_every: int = setting(20, "steps between rows of metrics.jsonl", "optimisation")

@@ -1,5 +1,6 @@
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -392,3 +393,35 @@ def test_memorising_is_said_once_on_stderr(tmp_path, sonnets, capsys):
     assert err.count("the model is memorising its training text") == 1
     rows = storyloom.api.metrics(tmp_path / "r")
     assert min(r["train_bpc"] for r in rows if "train_bpc" in r) < min(r["val_bpc"] for r in rows if "val_bpc" in r) - 0.3
+
+
+@pytest.mark.parametrize("limit", ["minutes", "steps"])
+def test_slow_evaluations_keep_to_their_share_of_a_timed_run_and_all_happen_in_a_counted_one(sonnets, monkeypatch, limit):
+    """On a slow machine an evaluation can outlast the gap between two; a timed run then drops evaluation points
+    rather than spend its time evaluating. A run limited by steps keeps every point, so it stays deterministic."""
+    from storyloom.train import EVAL_SHARE, Trainer
+
+    corpus, model = sonnet_trainer_inputs(sonnets)
+    real, took = Trainer.validate, []
+
+    def slow(self, m):
+        t = time.perf_counter()
+        time.sleep(0.25)  # each evaluation a tenth of the 2.5 s run, as 10 evaluations in it would be back to back
+        r = real(self, m)
+        took.append(time.perf_counter() - t)
+        return r
+
+    monkeypatch.setattr(Trainer, "validate", slow)
+    cfg = TrainConfig(seq_len=16, batch_size=4, evals=10, log_every=1000,
+                      **({"minutes": 2.5 / 60} if limit == "minutes" else {"steps": 30}))
+    t = Trainer(model, corpus, cfg)
+    pos = t.fit(show_progress=False)
+    vals = [r for r in t.store.metrics() if "val_bpc" in r]
+    assert len(vals) == len(took) == len(pos.history)
+    if limit == "steps":
+        assert [r["step"] for r in vals] == [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
+        return
+    during = sum(took[:-1]) if vals[-1]["step"] == pos.step else sum(took)  # the last, after training, is outside
+    assert during <= EVAL_SHARE * pos.elapsed + max(took), (took, pos.elapsed)
+    assert 2 <= len(vals) < 10 and pos.step > 3 * len(vals)  # it trained between them
+    assert pos.evals_done == 10 and pos.eval_s > 0
