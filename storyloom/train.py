@@ -564,7 +564,7 @@ class Trainer:
                             f"{self.store.path}; retrain with a lower --lr or a smaller --clip")
         self.restore()
         # Time, faults and recoveries are the run's history, not the checkpoint's.
-        self.pos.elapsed, self.pos.skipped = now.elapsed, now.skipped
+        self.pos.elapsed, self.pos.eval_s, self.pos.skipped = now.elapsed, now.eval_s, now.skipped
         self.pos.recoveries, self.pos.lr_scale, self.pos.bad_streak = now.recoveries + 1, now.lr_scale / 2, 0
         if self.world.main:
             self.store.append_metrics(self.row(event="restored after non-finite steps", skipped=now.skipped,
