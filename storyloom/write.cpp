@@ -155,7 +155,6 @@ AVX2 static void rows2(const uint8_t* a, const int8_t* w, int64_t G, const int32
                        const float* bias, int32_t zp, float s, int64_t N, float* y, int64_t q0, int64_t q1) {
   const __m256i ones = _mm256_set1_epi16(1), z = _mm256_set1_epi32(zp);
   const __m256 vs = _mm256_set1_ps(s);
-  alignas(32) int32_t sums[8];
   for (int64_t q = q0; q < q1; ++q) {
     const int8_t* p = w + q * 4 * G * 64;
     __m256i acc[8];
@@ -167,21 +166,15 @@ AVX2 static void rows2(const uint8_t* a, const int8_t* w, int64_t G, const int32
         acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_maddubs_epi16(av, wv), ones));
       }
     }
-    for (int r = 0; r < 8; ++r) {
-      const int64_t j0 = q * 64 + r * 8;
-      if (j0 + 8 <= N) {  // the scalar steps below, 8 rows at once: on AMD Zen 3 they were half the product's time
-        const __m256i raw = _mm256_sub_epi32(acc[r], _mm256_mullo_epi32(z, _mm256_loadu_si256(
-                                                                   reinterpret_cast<const __m256i*>(colsum + j0))));
-        const __m256 mult = _mm256_mul_ps(vs, _mm256_loadu_ps(scale + j0));
-        _mm256_storeu_ps(y + j0, bias ? _mm256_fmadd_ps(_mm256_cvtepi32_ps(raw), mult, _mm256_loadu_ps(bias + j0))
-                                      : _mm256_mul_ps(_mm256_cvtepi32_ps(raw), mult));
-        continue;
-      }
-      _mm256_store_si256(reinterpret_cast<__m256i*>(sums), acc[r]);
-      for (int64_t j = j0, e = std::min(j0 + 8, N); j < e; ++j) {
-        const float raw = static_cast<float>(sums[j - j0] - zp * colsum[j]), mult = s * scale[j];
-        y[j] = bias ? std::fma(raw, mult, bias[j]) : raw * mult;
-      }
+    for (int r = 0; r < 8; ++r) {  // as the VNNI form ends: 8 rows at once, the last ones masked at N
+      const int64_t j = q * 64 + r * 8;
+      if (j >= N) break;
+      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(std::min<int64_t>(N - j, 8))),
+                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      const __m256i raw = _mm256_sub_epi32(acc[r], _mm256_mullo_epi32(z, _mm256_maskload_epi32(colsum + j, m)));
+      const __m256 mult = _mm256_mul_ps(vs, _mm256_maskload_ps(scale + j, m));
+      _mm256_maskstore_ps(y + j, m, bias ? _mm256_fmadd_ps(_mm256_cvtepi32_ps(raw), mult, _mm256_maskload_ps(bias + j, m))
+                                         : _mm256_mul_ps(_mm256_cvtepi32_ps(raw), mult));
     }
   }
 }
