@@ -90,23 +90,23 @@ def test_a_world_of_2_trains_as_one_process_does(tmp_path, text):
     assert abs(m.score(text.read_text()[:2000])["bpc"] - storyloom.load(tmp_path / "one").score(text.read_text()[:2000])["bpc"]) < 1e-3
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat's fields after the command's name (state, parent, ...); None for a process gone."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _children(pid: int) -> list[int]:
     """The processes pid started (Linux's /proc): torchrun puts each rank in a process group of its own."""
-    found = []
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(d.name))
-        except (OSError, ValueError, IndexError):  # gone while we looked
-            pass
-    return found
+    return [int(d.name) for d in Path("/proc").iterdir()
+            if d.name.isdigit() and (f := _stat(d.name)) is not None and int(f[1]) == pid]
 
 
 def _gone(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
+    f = _stat(pid)
+    return f is None or f[0] in ("Z", "X")
 
 
 def _kill_world_at_random_step(tmp_path, text, flags) -> int:
