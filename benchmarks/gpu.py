@@ -1,4 +1,4 @@
-"""Every GPU check of storyloom in one run of at most 5 minutes: tests, training speed, quality, writing speed.
+"""Every GPU check of storyloom in one run of about 7 minutes: tests, training speed, quality, writing speed.
 
     python benchmarks/gpu.py --out results/           # on a machine with an NVIDIA GPU
     python benchmarks/gpu.py --only speed,writing     # some sections (env always runs)
@@ -17,7 +17,7 @@ to OUT/gpu.jsonl, and the test log to OUT/pytest-cuda.log):
 - speed (30 s each): the `default` preset through `storyloom.train`, and the
   same model in a plain `nn.LSTM` loop (benchmarks/train_speed.py's), both
   bf16: characters/s and model TFLOP/s (3 x (2*4H(I+H) per layer + 2HV) per
-  character) against a bf16 GEMM-mix roofline of the run's own shapes
+  character) against a GEMM-mix roofline (bf16, or fp32 where the run trains in fp32) of the run's own shapes
   (benchmarks/roofline.py's list), each timed here alone (synchronised, best of 3).
 - quality (2 minutes): the `gpu` preset on the benchmark split (or each
   `--quality-spec`, as `storyloom compare` SPECs, one after another); val bpc
@@ -28,6 +28,9 @@ to OUT/gpu.jsonl, and the test log to OUT/pytest-cuda.log):
   with the eager step, the first character after a 1,000-character prompt,
   and `--num 256` aggregate characters/s, for the quality run and the
   default-preset run.
+- average (about 2 minutes): the `default` preset for 3/4 of --speed-seconds each with the trainer's
+  moving-average update, with torch's AveragedModel.update_parameters in its place, and with no average;
+  alternated, twice.
 - ddp: `benchmarks/scale.py` on the GPU(s): a plain process against a
   torchrun world of 1 (nccl, DDP) and, with more GPUs, a world of each count.
 """
@@ -61,7 +64,7 @@ from machine import describe  # noqa: E402
 from roofline import model_gemms  # noqa: E402
 from train_speed import PlainLoop  # noqa: E402
 
-SECTIONS = ("tests", "probe", "speed", "quality", "writing", "ddp")
+SECTIONS = ("tests", "probe", "speed", "quality", "writing", "average", "ddp")
 V = 84  # characters in the bundled corpus
 DEV = "cuda"  # --device
 
@@ -112,8 +115,9 @@ def env(log: Log) -> str:
 def tests(log: Log, out: Path) -> None:
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "pytest", "-m", "device", "-q", "-p", "no:cacheprovider", "-rf"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "STORYLOOM_DEVICE": DEV, "PYTHONPATH": str(ROOT)})
+                       cwd=ROOT, capture_output=True, text=True, timeout=200,
+                       env={**os.environ, "STORYLOOM_DEVICE": DEV,
+                            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
     (out / f"pytest-{DEV}.log").write_text(r.stdout + r.stderr)
     lines = (r.stdout + r.stderr).strip().splitlines()
     failed = [ln[len("FAILED "):] for ln in lines if ln.startswith("FAILED ")]
@@ -121,9 +125,9 @@ def tests(log: Log, out: Path) -> None:
         seconds=round(time.perf_counter() - t, 1))
 
 
-# -- the machine: bf16 GEMMs at the run's shapes ------------------------------
-def gemm_tflops(M: int, K: int, N: int) -> float:
-    a, b = torch.randn(M, K, device=DEV, dtype=torch.bfloat16), torch.randn(K, N, device=DEV, dtype=torch.bfloat16)
+# -- the machine: GEMMs at the run's shapes, in its precision ------------------------------
+def gemm_tflops(M: int, K: int, N: int, dtype: torch.dtype) -> float:
+    a, b = torch.randn(M, K, device=DEV, dtype=dtype), torch.randn(K, N, device=DEV, dtype=dtype)
     for _ in range(3):
         a @ b
     reps = max(10, min(2000, int((2e11 if DEV == "cuda" else 2e9) / (2 * M * K * N))))
@@ -156,17 +160,19 @@ def flops_per_char(spec: str) -> float:
     return 3 * (sum(2 * 4 * H * ((I if l == 0 else H) + H) for l in range(L)) + 2 * H * V)
 
 
-def roofline(log: Log, spec: str) -> float:
-    """TFLOP/s of one training step's GEMMs at their measured bf16 rates: the model's arithmetic limit here."""
+def roofline(log: Log, spec: str, precision: str) -> float:
+    """TFLOP/s of one training step's GEMMs at their measured rates in the run's precision (fp32 where the LSTM has
+    no bf16 kernel, and where bf16 products would only be emulated): the model's arithmetic limit here."""
     B, T, I, H, L = shapes(spec)
     seconds = flops = 0.0
     for name, M, K, N, times in model_gemms(B, T, I, H, V, L):
-        rate = gemm_tflops(M, K, N)
+        rate = gemm_tflops(M, K, N, torch.bfloat16 if precision == "bf16" else torch.float32)
         log(kind="gemm", spec=spec, gemm=name, M=M, K=K, N=N, tflops=round(rate, 2))
         seconds += times * 2 * M * K * N / (rate * 1e12)
         flops += times * 2 * M * K * N
     tf = flops / seconds / 1e12
-    log(kind="roofline", spec=spec, tflops=round(tf, 2), note="the step's bf16 GEMMs at their measured rates")
+    log(kind="roofline", spec=spec, precision=precision, tflops=round(tf, 2),
+        note=f"the step's {precision} GEMMs at their measured rates")
     return tf
 
 
@@ -222,7 +228,7 @@ def trained_speed(run: Path, warm: float = 0.25) -> dict:
 
 
 def speed(log: Log, prep: Path, work: Path, precision: str, seconds: float) -> Path:
-    roof = roofline(log, "default")
+    roof = roofline(log, "default", precision)
     run = storyloom.train([str(prep)], out=work / "default", preset="default", minutes=seconds / 60, evals=1, patience=0,
                           precision=precision, device=DEV, progress=False, log_every=10)
     s = trained_speed(run)
@@ -249,7 +255,7 @@ def speed(log: Log, prep: Path, work: Path, precision: str, seconds: float) -> P
 
 
 def quality(log: Log, prep: Path, work: Path, precision: str, minutes: float, spec: str) -> Path:
-    roof = roofline(log, spec)
+    roof = roofline(log, spec, precision)
     name, overrides = parse_spec(spec)
     t = time.perf_counter()
     run = storyloom.train([str(prep)], out=work / re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec), preset=name, minutes=minutes,
@@ -312,6 +318,26 @@ def writing(log: Log, runs: dict[str, Path], length: int = 2000) -> None:
             sample=a[:120])
 
 
+def average(log: Log, prep: Path, work: Path, precision: str, seconds: float, rounds: int = 2) -> None:
+    """What the weights' moving average costs a training step: the `default` preset with the trainer's update
+    (train.update_average), with torch's AveragedModel.update_parameters in its place, and with no average;
+    alternated, `rounds` times."""
+    tr = sys.modules["storyloom.train"]  # the module: `storyloom.train`, the attribute, is the API's function
+    ours = tr.update_average
+    try:
+        for r in range(rounds):
+            for i, (arm, share) in enumerate((("update_average", 0.1), ("AveragedModel.update_parameters", 0.1),
+                                              ("none", 0.0))):
+                tr.update_average = ours if arm != "AveragedModel.update_parameters" else (lambda a, m: a.update_parameters(m))
+                run = storyloom.train([str(prep)], out=work / f"average-{r}-{i}", preset="default",
+                                      minutes=seconds / 60, evals=1, patience=0, average=share, precision=precision,
+                                      device=DEV, progress=False, log_every=10)
+                log(kind="average", arm=arm, average=share, round=r, seconds=seconds, **trained_speed(run),
+                    best_val_bpc=round(storyloom.status(run)["best_bpc"], 4))
+    finally:
+        tr.update_average = ours
+
+
 def ddp(log: Log, seconds: float) -> None:
     gpus = torch.cuda.device_count() if DEV == "cuda" else 2
     worlds = ",".join(str(w) for w in (1, 2, 4, 8) if w <= gpus)
@@ -368,6 +394,8 @@ def main() -> None:
                     runs["default (1 step)"] = storyloom.train([str(prep)], out=work / "w", steps=1, evals=1, device=DEV,
                                                                progress=False)
                 writing(log, runs)
+            elif name == "average":
+                average(log, prep, work, precision, a.speed_seconds * 3 / 4)
             elif name == "ddp":
                 ddp(log, a.speed_seconds)
         except Exception as e:  # one broken section must not hide the others' figures

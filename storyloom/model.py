@@ -172,3 +172,13 @@ def detach(state: State) -> State:
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def flatten(model: nn.Module) -> nn.Module:
+    """`model` with each cuDNN recurrent cell's weights back in one buffer. A deep copy (the weights' moving average,
+    dynamic evaluation's copy) clones each weight on its own, and cuDNN then copies them into one buffer at every
+    call, with a warning. A no-op on the CPU."""
+    for m in model.modules():
+        if isinstance(m, nn.RNNBase):
+            m.flatten_parameters()
+    return model

@@ -155,9 +155,10 @@ def test_a_lone_stream_is_written_natively_and_the_same(run, settings, monkeypat
             s = Stream(m, m.encode("Shall I"), cfg, (), 7, length)
             engine.submit([s])
             deadline = time.time() + 30
-            while s.finish is None and time.time() < deadline:
+            while (s.finish is None or engine.active or engine.state is not None) and time.time() < deadline:
+                # the engine thread drops its row just after it sets `finish`
                 time.sleep(0.005)
-            assert not engine.active and engine.state is None  # its row is gone once it ends
+            assert s.finish is not None and not engine.active and engine.state is None  # its row is gone once it ends
             return s
         finally:
             engine.close()
@@ -229,12 +230,17 @@ def test_many_writers_are_written_together(server):
     assert "storyloom_first_char_seconds_bucket" in metrics and "storyloom_active_streams" in metrics
 
 
-def test_a_client_that_leaves_frees_its_stream(server):
+def test_a_client_that_leaves_frees_its_stream(server, monkeypatch):
     engine = server.app.state.engines["sonnets"]
+    # The engine waits after each token until the client has left: unheld, a loaded machine could let it write all
+    # 2000 tokens before the client reads the first, and the stream would end by its length, not by the leaving.
+    left, add = threading.Event(), storyloom.serve.Stream.add
+    monkeypatch.setattr(storyloom.serve.Stream, "add", lambda self, *a: add(self, *a) or left.wait(10))
     with httpx.stream("POST", server.url + "/v1/completions", json={"prompt": "O", "max_tokens": 2000, "stream": True},
                       timeout=30) as r:
         next(r.iter_lines())
         assert len(engine.active) == 1
+    left.set()
     deadline = time.time() + 10
     while engine.active and time.time() < deadline:
         time.sleep(0.01)

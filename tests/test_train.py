@@ -1,6 +1,7 @@
 
 import math
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -80,6 +81,23 @@ def test_state_is_carried_across_batches_and_reset_each_epoch(tmp_path, sonnets)
     per_epoch = len(seen) // 2
     assert seen[0] == (0, True) and seen[per_epoch] == (1, True)
     assert all(not fresh for i, (_, fresh) in enumerate(seen) if i not in (0, per_epoch))
+
+
+def test_the_copies_a_run_makes_keep_each_lstms_weights_in_one_buffer(tmp_path, sonnets, dev):
+    """cuDNN wants an LSTM's weights in one buffer, and otherwise copies them into one at every call, with a warning.
+    The weights' moving average (what evaluations score) and dynamic evaluation's copy are deep copies, which clone
+    each weight on its own: both are put back in one buffer. (The CPU has no such buffer: this checks a GPU.)"""
+    from storyloom.config import AdaptConfig
+
+    (tmp_path / "s.txt").write_text(sonnets[:6000])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=4, progress=False, device=dev,
+                              **TINY)
+        m = storyloom.load(run, device=dev)
+        m.score(sonnets[:600], dynamic=True, adapting=AdaptConfig(segment=32))
+    assert Run(run).config().train.average  # the default keeps the moving average
+    assert not [str(w.message) for w in seen if "contiguous chunk" in str(w.message)]
 
 
 def test_parallel_evaluation_matches_one_stream(dev):
@@ -290,23 +308,27 @@ def test_a_trainer_without_a_run_directory_keeps_everything_in_memory(tmp_path, 
 def test_the_moving_average_matches_a_naive_loop():
     from torch.optim.swa_utils import AveragedModel
 
-    from storyloom.train import averaging
+    from storyloom.train import averaging, update_average
 
     torch.manual_seed(0)
     model = torch.nn.Linear(5, 3)
-    avg = AveragedModel(model, multi_avg_fn=averaging(0.1))
+    torchs, ours = (AveragedModel(model, multi_avg_fn=averaging(0.1)) for _ in range(2))
     seen = []
     for _ in range(40):
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(torch.randn_like(p))
         seen.append([p.detach().clone() for p in model.parameters()])
-        avg.update_parameters(model)
+        torchs.update_parameters(model)  # what the trainer's update_average stands in for
+        update_average(ours, model)
     want = [w.clone() for w in seen[0]]  # the first update copies; the n-th after it moves 1 / (1 + 0.1 n) of the way
     for n, ws in enumerate(seen[1:], start=1):
         want = [a + (w - a) / (1 + 0.1 * n) for a, w in zip(want, ws)]
-    for a, w in zip(avg.module.parameters(), want):
-        torch.testing.assert_close(a, w)
+    for avg in (torchs, ours):
+        assert int(avg.n_averaged) == 40
+        for a, w in zip(avg.module.parameters(), want):
+            torch.testing.assert_close(a, w)
+    assert all(torch.equal(a, b) for a, b in zip(torchs.module.parameters(), ours.module.parameters()))
 
 
 @pytest.mark.parametrize("average", [0.1, 0.0])
