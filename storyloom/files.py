@@ -45,6 +45,44 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
+class Filled:
+    """A file that other processes fill in place, its manifest entry made as they go. Told how far from its start
+    the file is final (`upto`), it hashes that stretch and writes it back to disk while the rest is still being
+    written; `close` makes it durable and returns its entry. Hashing and writing back a 1 GB train.bin at the end
+    took 2.3 s of a 1 GB prepare on 2 AMD Zen 3 cores (benchmarks/README.md)."""
+
+    WRITE_BACK = 64 << 20  # bytes between syncs
+
+    def __init__(self, path: Path):
+        self.fd, self.hash, self.done, self.synced = os.open(path, os.O_RDWR), hashlib.sha256(), 0, 0
+
+    def upto(self, end: int) -> None:
+        while self.done < end:
+            block = os.pread(self.fd, min(end - self.done, 1 << 24), self.done)
+            if not block:
+                raise OSError(f"{end - self.done} bytes short of what the workers wrote: the file was changed")
+            self.hash.update(block)
+            self.done += len(block)
+        if self.done - self.synced >= self.WRITE_BACK:
+            os.fdatasync(self.fd)
+            self.synced = self.done
+
+    def close(self) -> dict:
+        """Durable, closed, and its manifest entry: the whole file must have been passed to `upto`."""
+        try:
+            if self.done != os.fstat(self.fd).st_size:
+                raise OSError(f"hashed {self.done} bytes of {os.fstat(self.fd).st_size}")
+            os.fsync(self.fd)
+            return {"sha256": self.hash.hexdigest(), "bytes": self.done}
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

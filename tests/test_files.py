@@ -77,3 +77,27 @@ def test_tensor_bytes_copies_shared_tensors():
     assert torch.equal(back["a"], w) and torch.equal(back["b"], w)
     with pytest.raises(UserError, match="t: damaged weights file"):
         files.parse_tensors("t", b"not safetensors")
+
+
+def test_a_filled_file_is_hashed_as_it_is_filled_in_any_stretches(tmp_path):
+    """Filled's entry is the whole file's, however its writers' progress arrives (other processes write in place)."""
+    data = os.urandom(300_000)
+    path = tmp_path / "t.bin"
+    path.write_bytes(bytes(len(data)))
+    f = files.Filled(path)
+    f.WRITE_BACK = 50_000  # several write-backs on the way
+    for end in (0, 1, 70_000, 70_000, 250_001, len(data)):
+        with open(path, "r+b") as w:  # a writer fills up to `end`, then says so
+            w.write(data[:end])
+        f.upto(end)
+    assert f.close() == files.entry(path=path) == {"sha256": files.sha256(data), "bytes": len(data)}
+
+
+def test_a_filled_file_not_hashed_to_its_end_has_no_entry(tmp_path):
+    path = tmp_path / "t.bin"
+    path.write_bytes(b"x" * 1000)
+    f = files.Filled(path)
+    f.upto(999)
+    with pytest.raises(OSError, match="hashed 999 bytes of 1000"):
+        f.close()
+    assert f.fd == -1  # closed all the same
