@@ -13,7 +13,9 @@
    core): wall-clock seconds of the whole command, start-up included, MB/s
    of input text, and peak RSS of the largest process. Then the same for the
    library concatenated into ONE file (as enwik9 or a joined library comes),
-   which prepare reads in pieces.
+   which prepare reads in pieces; and that file once more through the API
+   (`storyloom.prepare`), timed inside its process, so the command's start
+   (the interpreter and the package's imports) shows apart.
 3. Runs `storyloom train PREP --steps N` and reports its peak RSS, its
    wall-clock time, and its training speed.
 4. With `--levels word,bpe`: prepares the one file at those levels, streamed
@@ -47,6 +49,15 @@ from machine import describe  # noqa: E402
 
 # Word and BPE levels as `storyloom prepare` did them before it streamed: the whole text read, fitted and encoded
 # in memory, the ids written out.
+# The one file prepared by the API in a process of its own, timed inside it: what the command costs without the
+# interpreter's start and the package's imports (torch among them, which prepare never uses).
+INSIDE = """import sys, time
+import storyloom
+t = time.perf_counter()
+storyloom.prepare([sys.argv[1]], sys.argv[2], progress=False)
+print(f"inside_s={time.perf_counter() - t}")
+"""
+
 IN_MEMORY = """import sys
 from storyloom.config import DataConfig
 from storyloom.corpus import build
@@ -163,6 +174,13 @@ def main() -> None:
                 emit(kind="prepare", source=what, workers=workers or "one per core", wall_s=round(wall, 2),
                      mb_per_s=round(speeds[workers], 1), peak_rss_mb=round(peak), output=line)
             emit(kind="prepare_ratio", source=what, parallel_over_one_worker=round(speeds[0] / speeds[1], 2))
+            if what == "one file":
+                shutil.rmtree(work / "prep", ignore_errors=True)
+                wall, peak, line = peak_rss_mb([sys.executable, "-c", INSIDE, str(source), str(work / "prep")])
+                inside = float(line.split("=")[1])
+                emit(kind="prepare", source=what, workers="one per core", path="storyloom.prepare, timed inside Python",
+                     wall_s=round(inside, 2), mb_per_s=round(nbytes / 1e6 / inside, 1), start_s=round(wall - inside, 2),
+                     peak_rss_mb=round(peak))
         meta = json.loads((work / "prep" / "prepared.json").read_text())
         run = work / "run"
         wall, peak, line = peak_rss_mb(cli + ["train", str(work / "prep"), "--out", str(run), "--steps", str(a.steps),
