@@ -4,6 +4,11 @@
 a machine without one fails test_the_loop_builds, naming the fix, instead of skipping what it cannot check.
 """
 
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,6 +19,27 @@ from storyloom.config import SampleConfig
 from conftest import TINY
 
 PROMPT = "Shall I compare thee to a summer's day?\n"
+
+
+ARM_CXX = "aarch64-linux-gnu-g++"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def arm_check(tmp_path_factory):
+    """test_write_cpp_compiles_for_arm's compiler, started with the module: it runs for 10-20 s on one core beside
+    the tests here (which use one), and the test, the module's last, waits for it. None where it cannot run."""
+    if platform.machine() not in ("x86_64", "AMD64") or not shutil.which(ARM_CXX):
+        yield None
+        return
+    include = Path(torch.__file__).parent / "include"
+    log = tmp_path_factory.mktemp("arm") / "g++.log"
+    with open(log, "w") as f:
+        p = subprocess.Popen([ARM_CXX, "-std=c++20", "-fsyntax-only", *native.FLAGS, f"-I{include}",
+                              f"-I{include / 'torch/csrc/api/include'}", str(native.SOURCE)], stdout=f, stderr=f)
+    yield p, log
+    if p.poll() is None:
+        p.kill()
+    p.wait()
 
 
 @pytest.fixture(scope="module")
@@ -192,25 +218,6 @@ def test_under_arms_engine_the_loop_multiplies_with_it_and_writes_as_python_does
     assert written(arm, True, **kw) == written(arm, False, **kw)
 
 
-def test_write_cpp_compiles_for_arm():
-    """Its x86 kernels sit behind a preprocessor guard, so ARM machines (Apple Silicon under Linux, Graviton, a
-    Raspberry Pi) build the rest of the loop. CI has no ARM machine: on x86 a cross compiler checks the source
-    against torch's headers (`make test` installs it); on ARM, test_the_loop_builds builds it for real."""
-    import platform
-    import shutil
-    import subprocess
-    from pathlib import Path
-
-    if platform.machine() not in ("x86_64", "AMD64"):
-        pytest.skip("not x86: test_the_loop_builds compiles write.cpp on this machine itself")
-    cxx = shutil.which("aarch64-linux-gnu-g++")
-    assert cxx, "no ARM cross compiler to check write.cpp with: apt-get install g++-aarch64-linux-gnu"
-    include = Path(torch.__file__).parent / "include"
-    out = subprocess.run([cxx, "-std=c++20", "-fsyntax-only", *native.FLAGS, f"-I{include}",
-                          f"-I{include / 'torch/csrc/api/include'}", str(native.SOURCE)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-
-
 def test_a_model_it_cannot_step_stays_in_python(tmp_path, sonnets):
     (tmp_path / "s.txt").write_text(sonnets)
     for kw in (dict(cell="gru"), dict(input="scalar")):
@@ -286,3 +293,14 @@ def test_fault_a_build_killed_while_linking_is_built_again(monkeypatch, tmp_path
     (tmp_path / built[0] / f"{built[0]}.so").write_bytes(b"\x7fELF cut short")  # what a killed link leaves
     monkeypatch.setattr(native, "_built", None)
     assert native.build() and len(built) == 2  # not loadable: built again, not an error
+
+
+def test_write_cpp_compiles_for_arm(arm_check):
+    """Its x86 kernels sit behind a preprocessor guard, so ARM machines (Apple Silicon under Linux, Graviton, a
+    Raspberry Pi) build the rest of the loop. CI has no ARM machine: on x86 a cross compiler checks the source
+    against torch's headers (`make test` installs it); on ARM, test_the_loop_builds builds it for real."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("not x86: test_the_loop_builds compiles write.cpp on this machine itself")
+    assert arm_check, "no ARM cross compiler to check write.cpp with: apt-get install g++-aarch64-linux-gnu"
+    p, log = arm_check
+    assert p.wait(timeout=600) == 0, log.read_text()[-3000:]
