@@ -131,7 +131,8 @@ def test_a_small_text_trains_with_dropout_and_says_so_but_a_fine_tuned_or_resume
     ft = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "ft", init=run, steps=2, progress=False, threads=1)
     assert "small text" not in capsys.readouterr().err  # steps given, and dropout is the base's
     assert storyloom.load(ft).config.model.dropout == presets.SMALL_TEXT_DROPOUT  # the base's, as it was
-    short = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "short", progress=False, **TINY)  # no limit given
+    (tmp_path / "t.txt").write_text(sonnets[:4000])  # its passes in a fifth of the steps
+    short = storyloom.train([str(tmp_path / "t.txt")], out=tmp_path / "short", progress=False, **TINY)  # no limit given
     assert f"at most {presets.SMALL_TEXT_PASSES} passes" in capsys.readouterr().err
     assert storyloom.load(short).config.train.epochs == presets.SMALL_TEXT_PASSES
     assert storyloom.status(short)["stopped"] == "limit" and storyloom.status(short)["epoch"] >= presets.SMALL_TEXT_PASSES - 1
