@@ -311,7 +311,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tok
 // the recurrent product through q8_linear. Each layer's input carries cells.LSTM.read's two pinning columns:
 // `bounds` at layer 0, -1 and 1 above. Returns the top layer's outputs (T, H) and the state after them.
 // The same kernels as LSTMCell's calls, entered directly (at::cpu::) into buffers made once: at a dozen calls a
-// character, dispatch and allocation were most of a read's time.
+// character, dispatch and allocation were most of a read's time. Its additions and products are plain loops, which
+// round as ATen's kernels do (one IEEE operation each); sigmoid and tanh stay ATen's.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> read_tokens(
     at::Tensor e, const c10::List<Packed>& W_ih, const std::vector<at::Tensor>& q8_hh, at::Tensor h0,
     at::Tensor c0, double lo, double hi) {
@@ -324,21 +325,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> read_tokens(
     auto xs = W_ih.get(l)->apply_dynamic(at::cat({inp, pins}, 1), /*reduce_range=*/true).split(1);  // T x (1, 4H)
     auto out = at::empty({T, H}, at::kFloat);
     auto hrow = out.split(1);  // T x (1, H): each step's h is written where the layer's output keeps it
-    auto gates = at::empty({1, 4 * H}, at::kFloat), c = c0[l].clone(), fc = at::empty_like(c), ig = at::empty_like(c),
-         tc = at::empty_like(c);
+    auto gates = at::empty({1, 4 * H}, at::kFloat), c = c0[l].clone(), tc = at::empty_like(c);
     auto chunked = gates.unsafe_chunk(4, 1);  // i, f, g, o
+    float *z = gates.data_ptr<float>(), *cp = c.data_ptr<float>(), *tcp = tc.data_ptr<float>();
     at::Tensor h = h0[l];
     for (int64_t t = 0; t < T; ++t) {
-      q8_into(h, &q8_hh[4 * l], gates.data_ptr<float>());
-      at::cpu::add_(gates, xs[t]);
+      q8_into(h, &q8_hh[4 * l], z);
+      const float* x = xs[t].data_ptr<float>();
+      for (int64_t k = 0; k < 4 * H; ++k) z[k] += x[k];
       at::cpu::sigmoid_(chunked[0]), at::cpu::sigmoid_(chunked[1]), at::cpu::tanh_(chunked[2]);
       at::cpu::sigmoid_(chunked[3]);
-      at::cpu::mul_out(fc, chunked[1], c);  // C_t = f C_{t-1} + i g
-      at::cpu::mul_out(ig, chunked[0], chunked[2]);
-      at::cpu::add_(fc, ig);
-      std::swap(c, fc);
+      // C_t = f C_{t-1} + i g, in LSTMCell's three roundings (FLAGS keeps the compiler from fusing them)
+      for (int64_t k = 0; k < H; ++k) {
+        const float fc = z[H + k] * cp[k], ig = z[k] * z[2 * H + k];
+        cp[k] = fc + ig;
+      }
       at::cpu::tanh_out(tc, c);  // h_t = o tanh(C_t)
-      at::cpu::mul_out(hrow[t], chunked[3], tc);
+      float* hp = hrow[t].data_ptr<float>();
+      for (int64_t k = 0; k < H; ++k) hp[k] = z[3 * H + k] * tcp[k];
       h = hrow[t];
     }
     hs.push_back(h);
