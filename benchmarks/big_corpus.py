@@ -47,8 +47,6 @@ sys.path.insert(0, str(ROOT))
 from storyloom.sources import bundled_files  # noqa: E402
 from machine import describe  # noqa: E402
 
-# Word and BPE levels as `storyloom prepare` did them before it streamed: the whole text read, fitted and encoded
-# in memory, the ids written out.
 # The one file prepared by the API in a process of its own, timed inside it: what the command costs without the
 # interpreter's start and the package's imports (torch among them, which prepare never uses).
 INSIDE = """import sys, time
@@ -58,6 +56,8 @@ storyloom.prepare([sys.argv[1]], sys.argv[2], progress=False)
 print(f"inside_s={time.perf_counter() - t}")
 """
 
+# Word and BPE levels as `storyloom prepare` did them before it streamed: the whole text read, fitted and encoded
+# in memory, the ids written out.
 IN_MEMORY = """import sys
 from storyloom.config import DataConfig
 from storyloom.corpus import build

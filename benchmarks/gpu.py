@@ -29,8 +29,8 @@ to OUT/gpu.jsonl, and the test log to OUT/pytest-cuda.log):
   and `--num 256` aggregate characters/s, for the quality run and the
   default-preset run.
 - average (about 2 minutes): the `default` preset for 3/4 of --speed-seconds each with the trainer's
-  moving-average update, with torch's AveragedModel.update_parameters in its place, and with no average;
-  alternated, twice.
+  moving-average update, with the update it replaced (torch's AveragedModel.update_parameters), and with no
+  average; alternated, twice.
 - ddp: `benchmarks/scale.py` on the GPU(s): a plain process against a
   torchrun world of 1 (nccl, DDP) and, with more GPUs, a world of each count.
 """
@@ -318,17 +318,30 @@ def writing(log: Log, runs: dict[str, Path], length: int = 2000) -> None:
             sample=a[:120])
 
 
+def update_before(average, model) -> None:
+    """The update as the trainer made it before train.update_average: torch's AveragedModel.update_parameters, over
+    the ninth session's in-place update, which weighed the step on the count's device (no wait for the GPU)."""
+
+    def update(averaged, current, n):
+        w = (0.1 * n.to(averaged[0].dtype) + 1).reciprocal()
+        for a, p in zip(averaged, current):
+            a.lerp_(p, w)
+
+    average.multi_avg_fn = update
+    average.update_parameters(model)
+
+
 def average(log: Log, prep: Path, work: Path, precision: str, seconds: float, rounds: int = 2) -> None:
     """What the weights' moving average costs a training step: the `default` preset with the trainer's update
-    (train.update_average), with torch's AveragedModel.update_parameters in its place, and with no average;
-    alternated, `rounds` times."""
+    (train.update_average), with the update it replaced (update_before), and with no average; alternated, `rounds`
+    times."""
     tr = sys.modules["storyloom.train"]  # the module: `storyloom.train`, the attribute, is the API's function
     ours = tr.update_average
     try:
         for r in range(rounds):
             for i, (arm, share) in enumerate((("update_average", 0.1), ("AveragedModel.update_parameters", 0.1),
                                               ("none", 0.0))):
-                tr.update_average = ours if arm != "AveragedModel.update_parameters" else (lambda a, m: a.update_parameters(m))
+                tr.update_average = ours if arm != "AveragedModel.update_parameters" else update_before
                 run = storyloom.train([str(prep)], out=work / f"average-{r}-{i}", preset="default",
                                       minutes=seconds / 60, evals=1, patience=0, average=share, precision=precision,
                                       device=DEV, progress=False, log_every=10)

@@ -196,7 +196,7 @@ def averaging(share: float):
 def update_average(average: AveragedModel, model: torch.nn.Module) -> None:
     """`average.update_parameters(model)` with the count read on the host, where AveragedModel keeps it. Torch's own
     moves the count to the GPU and regroups the tensors in Python at every step: on an H100 that cost the default
-    preset 9-18% of its characters a second against no average; on a CPU a step is too long to show it."""
+    preset 9-12% of its characters a second against no average; on a CPU a step is too long to show it."""
     n = int(average.n_averaged)
     with torch.no_grad():
         averaged, current = list(average.module.parameters()), list(model.parameters())

@@ -22,13 +22,14 @@ PROMPT = "Shall I compare thee to a summer's day?\n"
 
 
 ARM_CXX = "aarch64-linux-gnu-g++"
+X86 = platform.machine() in ("x86_64", "AMD64")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def arm_check(tmp_path_factory):
     """test_write_cpp_compiles_for_arm's compiler, started with the module: it runs for 10-20 s on one core beside
     the tests here (which use one), and the test, the module's last, waits for it. None where it cannot run."""
-    if platform.machine() not in ("x86_64", "AMD64") or not shutil.which(ARM_CXX):
+    if not X86 or not shutil.which(ARM_CXX):
         yield None
         return
     include = Path(torch.__file__).parent / "include"
@@ -299,7 +300,7 @@ def test_write_cpp_compiles_for_arm(arm_check):
     """Its x86 kernels sit behind a preprocessor guard, so ARM machines (Apple Silicon under Linux, Graviton, a
     Raspberry Pi) build the rest of the loop. CI has no ARM machine: on x86 a cross compiler checks the source
     against torch's headers (`make test` installs it); on ARM, test_the_loop_builds builds it for real."""
-    if platform.machine() not in ("x86_64", "AMD64"):
+    if not X86:
         pytest.skip("not x86: test_the_loop_builds compiles write.cpp on this machine itself")
     assert arm_check, "no ARM cross compiler to check write.cpp with: apt-get install g++-aarch64-linux-gnu"
     p, log = arm_check
