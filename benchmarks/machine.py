@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from storyloom import runtime  # noqa: E402
+from storyloom import cpu, runtime  # noqa: E402
 
 FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
 
@@ -26,9 +26,9 @@ FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2"
 def describe() -> dict:
     """CPU model and vendor, its matrix extensions (AMX or not, and whether oneDNN may use it), cores, GPU,
     torch."""
-    cpu = runtime.cpu_info()
-    model, flags = cpu.model or platform.processor() or platform.machine(), cpu.flags
-    vendor = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(cpu.vendor, model)
+    info = cpu.cpu_info()
+    model, flags = info.model or platform.processor() or platform.machine(), info.flags
+    vendor = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(info.vendor, model)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     # `ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16` runs this CPU as one without AMX, the way to measure that machine

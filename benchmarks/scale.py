@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from machine import describe  # noqa: E402
 from storyloom import presets  # noqa: E402
-from storyloom.runtime import physical_cores  # noqa: E402
+from storyloom.cpu import physical_cores  # noqa: E402
 
 
 def launch(world: int, torchrun: bool, prepared: Path, out: Path, a, threads: int, batch: int) -> dict:

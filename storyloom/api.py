@@ -8,7 +8,8 @@
 
 This module orchestrates: it turns settings into configs, sources into a
 corpus, and a corpus into a trained run. Writing with a run lives in
-writer.py (`Writer`, `Session`), re-exported here.
+writer.py (`Writer`, `Session`) and preparing a corpus in prepared.py
+(`prepare`), both re-exported here.
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ from . import presets
 from .batches import Batches
 from .clean import normalize
 from .config import DEFAULT_MINUTES, RESUMABLE, LoadConfig, RunConfig, flag, override
-from .corpus import build, clean_sources
+from .corpus import benchmark_split, build, clean_sources, note_val_only
+from .cpu import physical_cores
 from .files import read_bytes, sha256
-from .prepared import load_prepared, prepared_dir, texts
-from .prepared import prepare as prepare_corpus
+from .prepared import load_prepared, prepare, prepared_dir, texts
 from .errors import UserError
 from .model import LanguageModel, n_params
 from .novelty import Index, codepoints, report
 from .runs import Run, base_path
-from .runtime import device, physical_cores, resolve_precision, seed_everything, set_deterministic, set_threads
-from .sources import BUNDLED, is_bundled, locate, read
+from .runtime import device, resolve_precision, seed_everything, set_deterministic, set_threads
+from .sources import read
 from .train import Trainer
 from .world import World
 from .writer import Session, Writer, draw_seed, save_samples
@@ -46,10 +47,7 @@ LIMITS = ("steps", "epochs", "minutes")  # a new limit given to --resume replace
 
 def _configure(sources, preset: str, flags: dict) -> RunConfig:
     cfg = presets.build(preset, flags)
-    bundled = is_bundled(list(sources))
-    if bundled and flags.get("val_files") is None and flags.get("val_fraction") is None:
-        # The bundled corpus always trains on its fixed benchmark split unless told otherwise.
-        cfg.data.val_files = BUNDLED[bundled]
+    cfg.data = benchmark_split(sources, cfg.data, flags)
     if not cfg.train.limited:
         cfg.train.minutes = DEFAULT_MINUTES
     # Paths are stored absolute so --resume finds them from any directory.
@@ -90,14 +88,6 @@ def train(sources=(), *, out: str | Path | None = None, preset: str = "default",
     return path
 
 
-def _note_val_only(val_only) -> None:
-    if val_only:
-        shown = " ".join(repr(c) for c in val_only[:10]) + (" ..." if len(val_only) > 10 else "")
-        print(f"storyloom: note: {len(val_only)} character(s) appear only in the validation text ({shown}): added to "
-              "the vocabulary but never trained on, so validation scores them at the small probability an untrained "
-              "character gets", file=sys.stderr)
-
-
 def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, preset: str, out, overwrite: bool,
            progress: bool, on_step, base: Run | None = None) -> Path:
     tc, resume = cfg.train, run is not None
@@ -111,7 +101,7 @@ def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, 
 
     corpus = world.together(read, "reading the text")
     if world.main:
-        _note_val_only(corpus.val_only)
+        note_val_only(corpus.val_only)
     cfg.model.vocab_size = len(corpus.tokenizer)
     if not resume:
         note = presets.small_text(cfg, corpus.train_chars, set(flags), fine_tune=base is not None)
@@ -248,21 +238,6 @@ def _corpus(sources, cfg: RunConfig, tokenizer, flags: dict, preset: str):
                         f"level; run storyloom prepare --level {cfg.data.level}, or choose another preset")
     cfg.data = data
     return corpus
-
-
-def prepare(sources, out: str | Path, workers: int = 0, progress: bool = True, **flags) -> dict:
-    """Clean, split and encode sources once into `out` for `train([out])`: the data flags of `train` apply.
-
-    Memory stays near one file's size (a large file's piece's: 16 MB) whatever the corpus's: at character level
-    the files are read twice (count, then encode), one at a time per process, on `workers` processes (0: one per
-    physical core); at word and BPE level twice in order (fit the tokenizer, then encode).
-    """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise UserError(f"--workers must be >= 0 (0: one per core), got {workers}")
-    data = _configure(sources, "default", {k: v for k, v in flags.items() if v is not None}).data
-    meta = prepare_corpus(locate(sources), data, out, sources, workers=workers or physical_cores(), progress=progress)
-    _note_val_only(meta["val_only"])
-    return meta
 
 
 def status(path: str | Path) -> dict:

@@ -5,6 +5,10 @@ help text, choices and type are declared there once), so a flag cannot be
 parsed and then dropped. main(argv) returns the exit code. A UserError
 becomes one line on stderr and exit code 2; anything else is a bug and keeps
 its traceback.
+
+Torch takes 2-3 s to import. The commands that need it import the API (and
+what else they use) when they run, so --help, presets, clean and prepare
+start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -17,15 +21,17 @@ import shlex
 import shutil
 import sys
 
-from . import api, plots, presets
-from .compare import compare
+from typing import TYPE_CHECKING
+
+from . import presets
 from .config import (UNKNOWN, AdaptConfig, DataConfig, GenerateConfig, LoadConfig, ModelConfig, SampleConfig, ServeConfig, TrainConfig, flag,
                      settings)
-from .cowrite import run_session
-from .errors import UserError
-from .experiments import EXPERIMENTS, run_experiment
-from .inspection import inspect_text
-from .world import RankLost, env_rank
+from .corpus import clean_sources
+from .errors import RankLost, UserError
+from .prepared import prepare
+
+if TYPE_CHECKING:
+    from .writer import Writer
 
 RUN_CONFIGS = (ModelConfig, DataConfig, TrainConfig)
 COMPARE_FIXED = ("steps", "epochs", "minutes")  # compare gives every spec the same --minutes, and no other limit
@@ -201,7 +207,7 @@ def _compare_parser(sub) -> None:
 
 def _experiment_parser(sub) -> None:
     x = sub.add_parser("experiment", help="measure the seeds' claims: long-range (memory across K steps) or gradients")
-    x.add_argument("name", choices=tuple(EXPERIMENTS), metavar="NAME", help="long-range or gradients")
+    x.add_argument("name", metavar="NAME", help="long-range or gradients")  # run_experiment refuses any other
     x.add_argument("--out", required=True, help="directory for the plots, results.json and report.md")
     x.add_argument("--steps", type=int, help="training steps per model (long-range default 1000, gradients default 300)")
     x.add_argument("--threads", type=int, default=0)
@@ -245,6 +251,9 @@ def _presets_parser(sub) -> None:
 
 
 def cmd_train(a) -> int:
+    from . import api
+    from .world import env_rank
+
     path = api.train(a.sources, out=a.out, preset=a.preset, resume=a.resume, init=a.init, overwrite=a.overwrite,
                      progress=not a.no_progress, **given(a, *RUN_CONFIGS))
     if env_rank():  # torchrun started this command once per rank: rank 0 reports
@@ -264,14 +273,16 @@ def cmd_train(a) -> int:
     return 0
 
 
-def _load(a) -> api.Writer:
+def _load(a) -> Writer:
+    from . import api
+
     opts = config(a, LoadConfig)
     return api.load(a.run, opts.which, opts.device, opts.precision, opts.threads, opts.decode_precision)
 
 
 def cmd_eval(a) -> int:
     m = _load(a)
-    text = api.clean_sources(a.texts, encoding=a.encoding)
+    text = clean_sources(a.texts, encoding=a.encoding)
     r = m.score(text, unknown=a.unknown, dynamic=a.dynamic, adapting=config(a, AdaptConfig))
     if a.json:
         print(json.dumps(r))
@@ -286,11 +297,13 @@ def cmd_eval(a) -> int:
     return 0
 
 
-def _writing(a, m: api.Writer) -> tuple[SampleConfig, int]:
+def _writing(a, m: Writer) -> tuple[SampleConfig, int]:
     """The sampling settings, checked before anything is written, and the seed (drawn if none was given)."""
+    from .writer import draw_seed
+
     sampling = config(a, SampleConfig)
     m.banned(sampling.ban, a.unknown)  # characters to ban that the run never saw: one clear line now
-    return sampling, api.draw_seed(a.seed)
+    return sampling, draw_seed(a.seed)
 
 
 def _show_seed(a, seed: int) -> None:
@@ -300,6 +313,8 @@ def _show_seed(a, seed: int) -> None:
 
 
 def cmd_generate(a) -> int:
+    from . import api
+
     gen = config(a, GenerateConfig)
     m = _load(a)
     sampling, seed = _writing(a, m)
@@ -357,15 +372,19 @@ def _show_novelty(r: dict) -> None:
 
 
 def cmd_write(a) -> int:
+    from .cowrite import run_session
+
     length = config(a, GenerateConfig).length
     m = _load(a)
-    story = api.clean_sources([a.story]) if a.story else ""
+    story = clean_sources([a.story]) if a.story else ""
     sampling, seed = _writing(a, m)
     _show_seed(a, seed)
     return run_session(m, story, length, seed, sampling, a.unknown, sys.stdin, sys.stdout)
 
 
 def cmd_compare(a) -> int:
+    from .compare import compare
+
     out = compare(a.specs, a.source, minutes=a.minutes, out=a.out, overwrite=a.overwrite, progress=not a.no_progress,
                   command="storyloom " + shlex.join(a.argv), **given(a, *RUN_CONFIGS, skip=COMPARE_FIXED))
     print(f"report: {out / 'report.md'}  curves: {out / 'curves.png'}")
@@ -373,12 +392,16 @@ def cmd_compare(a) -> int:
 
 
 def cmd_experiment(a) -> int:
+    from .experiments import run_experiment
+
     out = run_experiment(a.name, a.out, steps=a.steps, threads=a.threads)
     print(f"report: {out}/report.md")
     return 0
 
 
 def cmd_inspect(a) -> int:
+    from .inspection import inspect_text
+
     r = inspect_text(a.run, a.texts, a.out, chars=a.chars, offset=a.offset, unit=a.unit, which=a.which, encoding=a.encoding)
     top = r["ranked"][0] if r["ranked"] else None
     print(f"wrote {a.out}" + (f"; best-correlated: unit {top['unit']} with {top['feature']} (r = {top['r']:+.2f})" if top else ""))
@@ -386,6 +409,8 @@ def cmd_inspect(a) -> int:
 
 
 def cmd_plot(a) -> int:
+    from . import api, plots
+
     runs = [(str(r), api.metrics(r)) for r in a.runs]
     plots.run_curves(runs, a.out)
     print(f"wrote {a.out}")
@@ -393,14 +418,14 @@ def cmd_plot(a) -> int:
 
 
 def cmd_prepare(a) -> int:
-    meta = api.prepare(a.sources, a.out, workers=a.workers, **given(a, DataConfig))
+    meta = prepare(a.sources, a.out, workers=a.workers, **given(a, DataConfig))
     print(f"{meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens ({meta['dtype']}) in {a.out}; "
           f"train with: {invocation()} train {shlex.quote(str(a.out))}")
     return 0
 
 
 def cmd_clean(a) -> int:
-    sys.stdout.write(api.clean_sources(a.sources, lowercase=a.lowercase, encoding=a.encoding))
+    sys.stdout.write(clean_sources(a.sources, lowercase=a.lowercase, encoding=a.encoding))
     return 0
 
 
@@ -411,6 +436,8 @@ def cmd_presets(a) -> int:
 
 
 def cmd_info(a) -> int:
+    from . import api
+
     d = api.load(a.run, device="cpu").info()
     if a.json:
         print(json.dumps(d))
@@ -449,7 +476,7 @@ def _size(n: int) -> str:
 
 
 def cmd_serve(a) -> int:
-    from . import serve  # FastAPI loads only for this command: every other one starts faster without it
+    from . import serve
 
     serve.serve(a.runs, config(a, ServeConfig), config(a, LoadConfig), a.unknown)
     return 0

@@ -7,14 +7,15 @@ overlap their neighbours in the training text, so they leak.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from .clean import clean
-from .config import DataConfig
+from .config import DataConfig, override
 from .errors import UserError
-from .sources import Document, read
+from .sources import BUNDLED, Document, is_bundled, read
 from .tokenize import CharTokenizer, Tokenizer, char_counts, fit
 
 
@@ -63,6 +64,14 @@ def roles(name: str, cfg: DataConfig) -> tuple[bool, bool]:
     return name not in cfg.val_files, name in cfg.val_files
 
 
+def benchmark_split(sources, cfg: DataConfig, given: dict) -> DataConfig:
+    """The bundled corpus always trains on its fixed benchmark split unless told otherwise (`given`: the flags given)."""
+    bundled = is_bundled(list(sources))
+    if bundled and given.get("val_files") is None and given.get("val_fraction") is None:
+        return override(cfg, val_files=BUNDLED[bundled])
+    return cfg
+
+
 def split(docs: list[Document], cfg: DataConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Cleaned (name, text) pairs for training and for validation."""
     parts = [(d.name, *split_one(d, cfg)) for d in docs]  # names may repeat (same file name in two folders)
@@ -86,6 +95,14 @@ def with_val_only(tok: CharTokenizer, val_counts: np.ndarray) -> tuple[CharToken
     known = set(tok.chars)
     val_only = tuple(ch for ch in map(chr, np.flatnonzero(val_counts)) if ch not in known)
     return (CharTokenizer(tok.chars + list(val_only), tok.replacement) if val_only else tok), val_only
+
+
+def note_val_only(val_only) -> None:
+    if val_only:
+        shown = " ".join(repr(c) for c in val_only[:10]) + (" ..." if len(val_only) > 10 else "")
+        print(f"storyloom: note: {len(val_only)} character(s) appear only in the validation text ({shown}): added to "
+              "the vocabulary but never trained on, so validation scores them at the small probability an untrained "
+              "character gets", file=sys.stderr)
 
 
 def build(docs: list[Document], cfg: DataConfig, tokenizer: Tokenizer | None = None,

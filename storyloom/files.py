@@ -19,13 +19,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = 1  # what this storyloom writes; it reads every format up to this one
 MANIFEST = "manifest.json"
@@ -120,7 +121,11 @@ def write_json(path: Path, obj: dict) -> None:
     write_atomic(path, dumps(obj))
 
 
+# The two tensor functions import safetensors' torch half where they run: it imports torch (2-3 s), and
+# `storyloom prepare`, which writes no tensors, starts without it.
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save as st_save
+
     # safetensors refuses tensors that share memory (a tied head and embedding): save copies.
     return st_save({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()})
 
@@ -165,6 +170,8 @@ def parse_json(path: Path, data: bytes):
 
 
 def parse_tensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load as st_load
+
     try:
         return st_load(data)
     except (SafetensorError, ValueError, OSError, RuntimeError) as e:

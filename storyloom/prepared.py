@@ -32,12 +32,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from . import presets
 from .clean import body_start, credit_span, end_lines, normalize, opening_is_whole, start_lines
 from .config import DataConfig
-from .corpus import Corpus, check_split, roles, split, split_one, with_val_only
+from .corpus import Corpus, benchmark_split, check_split, note_val_only, roles, split, split_one, with_val_only
+from .cpu import physical_cores
 from .errors import UserError
 from .files import MANIFEST, Filled, dumps, entry, fsync_dir, parse_json, read_bytes, read_manifest, verify, write_atomic, write_json
-from .sources import Document, decode, load, read
+from .sources import Document, decode, load, locate, read
 from .tokenize import CharTokenizer, Rejoin, Tokenizer, char_counts, fit_pieces, from_dict
 
 PREPARED = "prepared.json"
@@ -461,13 +463,29 @@ def _prepare_tokens(jobs: list, cfg: DataConfig, out: Path, workers: int, progre
             "val_only": []}
 
 
-def prepare(jobs: list, cfg: DataConfig, out: str | Path, sources=(), workers: int = 0, progress: bool = True,
-            piece_bytes: int = PIECE_BYTES) -> dict:
+def prepare(sources, out: str | Path, workers: int = 0, progress: bool = True, **flags) -> dict:
+    """Clean, split and encode sources once into `out` for `train([out])`: the data flags of `train` apply.
+
+    Memory stays near one file's size (a large file's piece's: 16 MB) whatever the corpus's: at character level
+    the files are read twice (count, then encode), one at a time per process, on `workers` processes (0: one per
+    physical core); at word and BPE level twice in order (fit the tokenizer, then encode).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise UserError(f"--workers must be >= 0 (0: one per core), got {workers}")
+    given = {k: v for k, v in flags.items() if v is not None}
+    data = benchmark_split(sources, presets.build("default", given).data, given)
+    meta = prepare_corpus(locate(sources), data, out, sources, workers=workers or physical_cores(), progress=progress)
+    note_val_only(meta["val_only"])
+    return meta
+
+
+def prepare_corpus(jobs: list, cfg: DataConfig, out: str | Path, sources=(), workers: int = 0, progress: bool = True,
+                   piece_bytes: int = PIECE_BYTES) -> dict:
     """Clean, split and encode once: train.bin and val.bin (raw ids in the smallest unsigned type), vocab.json, prepared.json.
 
     jobs are source files (as sources.locate gives them) or documents
     already read. workers: processes for the passes that run in parallel (character level's, and the first pass
-    over a large file at every level; api.prepare passes one per physical core).
+    over a large file at every level; `prepare` passes one per physical core).
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / PREPARED).is_file():

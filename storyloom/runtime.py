@@ -9,12 +9,12 @@ import random
 import signal
 import threading
 import time
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .config import DEVICES
+from .cpu import cpu_info, physical_cores
 from .errors import UserError
 
 
@@ -42,30 +42,6 @@ def ieee_fp32_on_cuda() -> None:
         rnn.fp32_precision = "ieee"
     else:
         torch.backends.cudnn.allow_tf32 = False
-
-
-class CPU(NamedTuple):
-    """The first CPU in /proc/cpuinfo: vendor_id ("GenuineIntel", "AuthenticAMD"), model name and flags; empty
-    strings and no flags where there is none. `auto` precision reads the vendor and flags, the benchmarks'
-    machine line all three."""
-
-    vendor: str
-    model: str
-    flags: frozenset[str]
-
-
-def cpu_info() -> CPU:
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-                if key.strip() == "flags":  # the first CPU's record ends its fields of interest
-                    break
-    except OSError:
-        pass
-    return CPU(fields.get("vendor_id", ""), fields.get("model name", ""), frozenset(fields.get("flags", "").split()))
 
 
 def onednn_isa_cap() -> str | None:
@@ -132,19 +108,6 @@ def autocast(precision: str, dev: torch.device):
     if precision != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(dev.type, dtype=torch.bfloat16)
-
-
-def physical_cores() -> int:
-    """Cores this process may run on, counting a core's hyperthreads once."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    cores = set()
-    for c in cpus:
-        try:
-            with open(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list") as f:
-                cores.add(f.read().strip())
-        except OSError:  # no sysfs topology (not Linux, or a container hiding it): count logical CPUs
-            return len(cpus)
-    return max(len(cores), 1)
 
 
 def set_threads(n: int = 0) -> int:

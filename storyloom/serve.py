@@ -44,9 +44,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import native
 from .config import DataConfig, LoadConfig, SampleConfig, ServeConfig
+from .cpu import physical_cores
 from .decoding import Decoder, Stops, next_words
 from .errors import UserError
-from .runtime import physical_cores, stop_signals
+from .runtime import stop_signals
 from .sampling import draw, shape_logits
 from .writer import Writer, draw_seed
 

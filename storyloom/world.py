@@ -23,16 +23,12 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from .errors import RankLost, UserError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 LOST_MARKS = ("gloo", "NCCL", "Connection", "connection", "Timed out", "timed out", "Socket", "socket")
-
-
-class RankLost(Exception):
-    """A collective failed or timed out: another rank died or the network broke. Not the user's input: exit 1."""
 
 
 def launched() -> bool:

@@ -99,6 +99,7 @@ def bad_inputs(tmp_path):
         "zero keep": (["train", short, "--keep", "0"], "--keep must be a positive integer"),
         "zero eval tokens": (["train", short, "--eval-tokens", "0"], "--eval-tokens must be a positive integer"),
         "negative workers": (["prepare", short, "--out", tmp_path / "prep", "--workers", "-1"], "--workers must be >= 0"),
+        "unknown experiment": (["experiment", "nope", "--out", tmp_path / "x"], "no experiment 'nope'; choose one of: long-range"),
         "deterministic with minutes": (["train", short, "--deterministic", "--minutes", "1"], "--deterministic needs --steps"),
         "not a number": (["train", short, "--hidden", "many"], "invalid int value: 'many'"),
         "unknown flag": (["train", short, "--hiden", "3"], "unrecognized arguments: --hiden"),
@@ -114,7 +115,7 @@ def bad_inputs(tmp_path):
 BAD = ["missing path", "binary file", "undecodable file", "empty text", "directory with no text", "too short for one batch",
        "zero hidden size", "negative layers", "absurd hidden size", "zero seq len", "negative seq len", "zero batch size",
        "zero learning rate", "average over more than the run", "dropout of 1", "negative epochs", "minutes not a number", "validation share of 1", "zero keep",
-       "zero eval tokens", "negative workers",
+       "zero eval tokens", "negative workers", "unknown experiment",
        "deterministic with minutes", "not a number", "unknown flag", "unknown preset", "resume and overwrite", "not a run",
        "missing run", "a text file as a run", "a pickle as a run"]
 
@@ -154,6 +155,28 @@ def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "storyloom", "presets"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert r.returncode == 0 and "default" in r.stdout
+
+
+def test_help_presets_clean_and_prepare_start_without_torch(tmp_path):
+    # Torch takes 2-3 s to import: these commands never need it, so they must not load it (cli.py).
+    book = tmp_path / "book.txt"
+    book.write_text("It was the best of times, it was the worst of times.\n" * 200)
+    script = f"""
+import contextlib, io, sys
+from storyloom.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    codes = [main(["presets"]), main(["clean", {str(book)!r}]), main(["prepare", {str(book)!r}, "--out", {str(tmp_path / "prep")!r},
+             "--val-fraction", "0.1", "--workers", "1"])]
+    try:
+        main(["--help"])
+    except SystemExit as e:
+        codes.append(e.code)
+print(codes, sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[0, 0, 0, 0] []"
+    assert (tmp_path / "prep" / "prepared.json").is_file()
 
 
 def test_write_through_piped_input(trained, capsys, monkeypatch, tmp_path):

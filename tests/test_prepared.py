@@ -137,7 +137,7 @@ LINES = ["It was a dark night; the rain fell.", "cafe\u0301 au lait, d\u00e9j\u0
 
 def prepare_both(tmp_path, files: dict[str, str], piece_bytes: int, workers: int = 2, **data):
     from storyloom.config import DataConfig
-    from storyloom.prepared import prepare
+    from storyloom.prepared import prepare_corpus
     from storyloom.sources import locate
 
     src = tmp_path / "src"
@@ -145,8 +145,8 @@ def prepare_both(tmp_path, files: dict[str, str], piece_bytes: int, workers: int
     for name, text in files.items():
         (src / name).write_bytes(text.encode("utf-8"))
     cfg = DataConfig(**data)
-    whole = prepare(locate([str(src)]), cfg, tmp_path / "whole", progress=False, workers=workers)
-    pieces = prepare(locate([str(src)]), cfg, tmp_path / "pieces", progress=False, workers=workers, piece_bytes=piece_bytes)
+    whole = prepare_corpus(locate([str(src)]), cfg, tmp_path / "whole", progress=False, workers=workers)
+    pieces = prepare_corpus(locate([str(src)]), cfg, tmp_path / "pieces", progress=False, workers=workers, piece_bytes=piece_bytes)
     for name in ("train.bin", "val.bin", "vocab.json"):
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "pieces" / name).read_bytes(), name
     assert {k: v for k, v in whole.items() if k != "sources"} == {k: v for k, v in pieces.items() if k != "sources"}
@@ -186,12 +186,12 @@ def test_pieces_split_after_newlines_and_cover_the_file(tmp_path):
 
 def test_an_undecodable_byte_in_a_piece_names_its_offset_in_the_file(tmp_path):
     from storyloom.config import DataConfig
-    from storyloom.prepared import prepare
+    from storyloom.prepared import prepare_corpus
     from storyloom.sources import locate
 
     (tmp_path / "bad.txt").write_bytes(b"good line\n" * 50 + b"caf\xe9\n" + b"more\n" * 50)
     with pytest.raises(UserError, match=r"bad.txt: not valid utf-8 text \(byte 0xe9 at offset 503\)"):
-        prepare(locate([str(tmp_path / "bad.txt")]), DataConfig(), tmp_path / "out", progress=False, piece_bytes=64)
+        prepare_corpus(locate([str(tmp_path / "bad.txt")]), DataConfig(), tmp_path / "out", progress=False, piece_bytes=64)
 
 
 # -- word and BPE levels stream too: a file or piece at a time, the ids of the whole text --------------------
@@ -201,7 +201,7 @@ def prepare_vs_build(tmp_path, files: dict[str, str], piece_bytes: int, **data):
     import numpy as np
 
     from storyloom.config import DataConfig
-    from storyloom.prepared import load_prepared, prepare
+    from storyloom.prepared import load_prepared, prepare_corpus
     from storyloom.sources import locate
 
     src = tmp_path / "src"
@@ -209,7 +209,7 @@ def prepare_vs_build(tmp_path, files: dict[str, str], piece_bytes: int, **data):
     for name, text in files.items():
         (src / name).write_bytes(text.encode("utf-8"))
     cfg = DataConfig(**{"vocab_size": 300, "max_vocab": 60, **data})
-    meta = prepare(locate([str(src)]), cfg, tmp_path / "prep", progress=False, workers=2, piece_bytes=piece_bytes)
+    meta = prepare_corpus(locate([str(src)]), cfg, tmp_path / "prep", progress=False, workers=2, piece_bytes=piece_bytes)
     c, _ = load_prepared(tmp_path / "prep")
     direct = build(read([str(src)]), cfg)  # everything in memory at once: the reference
     assert np.array_equal(c.train, direct.train) and np.array_equal(c.val, direct.val)

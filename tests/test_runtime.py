@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from storyloom import runtime
+from storyloom import cpu, runtime
 from storyloom.errors import UserError
 
 
@@ -27,7 +27,7 @@ def test_auto_precision_on_cuda_needs_a_cudnn_that_runs_lstms_in_bf16(monkeypatc
     ("", set(), None, "fp32"),  # no /proc/cpuinfo
 ])
 def test_auto_precision_on_a_cpu_is_bf16_only_where_it_trains_faster(monkeypatch, vendor, flags, cap, want):
-    monkeypatch.setattr(runtime, "cpu_info", lambda: runtime.CPU(vendor, "", frozenset(flags)))
+    monkeypatch.setattr(runtime, "cpu_info", lambda: cpu.CPU(vendor, "", frozenset(flags)))
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     if cap is None:
         monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
@@ -40,7 +40,7 @@ def test_auto_precision_on_a_cpu_is_bf16_only_where_it_trains_faster(monkeypatch
 
 def test_bf16_asked_by_name_where_the_lstm_kernel_has_none_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(runtime, "bf16_lstm_runs", lambda dev: False)
-    monkeypatch.setattr(runtime, "cpu_info", lambda: runtime.CPU("AuthenticAMD", "AMD EPYC 7B13", frozenset({"avx2"})))
+    monkeypatch.setattr(runtime, "cpu_info", lambda: cpu.CPU("AuthenticAMD", "AMD EPYC 7B13", frozenset({"avx2"})))
     with pytest.raises(UserError, match=r"--precision bf16: this CPU \(AMD EPYC 7B13\) .*--precision fp32"):
         runtime.resolve_precision("bf16", torch.device("cpu"))
     assert runtime.resolve_precision("fp32", torch.device("cpu")) == "fp32"
@@ -57,35 +57,6 @@ def test_the_bf16_lstm_probe_agrees_with_the_kernel_on_this_machine():
     except RuntimeError:
         runs = False
     assert runtime.bf16_lstm_runs(torch.device("cpu")) is runs
-
-
-def test_cpu_info_reads_this_machines_vendor_model_and_flags():
-    cpu = runtime.cpu_info()
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        assert cpu == ("", "", frozenset())
-        return
-    first = text.split("\n\n")[0]  # the first CPU's record
-    assert f"vendor_id\t: {cpu.vendor}" in first or not cpu.vendor
-    assert f": {cpu.model}\n" in first or not cpu.model
-    flags = next((line.split(":", 1)[1].split() for line in first.splitlines() if line.startswith("flags")), [])
-    assert cpu.flags == frozenset(flags)
-
-
-def test_cpu_info_parses_a_record(tmp_path, monkeypatch):
-    record = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n"
-              "flags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nvendor_id\t: Other\nflags\t\t: fpu\n")
-    real = open
-
-    def fake_open(path, *a, **k):
-        if path == "/proc/cpuinfo":
-            (tmp_path / "cpuinfo").write_text(record)
-            return real(tmp_path / "cpuinfo", *a, **k)
-        return real(path, *a, **k)
-
-    monkeypatch.setattr("builtins.open", fake_open)
-    assert runtime.cpu_info() == ("AuthenticAMD", "AMD EPYC 9R14 96-Core Processor", frozenset({"fpu", "avx2", "avx512_bf16"}))
 
 
 def test_device_names_are_checked():

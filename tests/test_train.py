@@ -256,25 +256,6 @@ def test_fault_endless_nans_stop_with_the_last_good_checkpoint(tmp_path, sonnets
     assert storyloom.status(tmp_path / "r")["step"] == 10
 
 
-def test_threads_default_to_physical_cores(monkeypatch):
-    from storyloom import runtime
-
-    # Four logical CPUs, two per core: two threads.
-    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda _: {0, 1, 2, 3})
-    siblings = {0: "0,2", 2: "0,2", 1: "1,3", 3: "1,3"}
-    real_open = open
-
-    def fake_open(path, *a, **k):
-        if str(path).startswith("/sys/devices/system/cpu/"):
-            import io
-
-            return io.StringIO(siblings[int(str(path).split("/cpu")[2].split("/")[0])] + "\n")
-        return real_open(path, *a, **k)
-
-    monkeypatch.setattr("builtins.open", fake_open)
-    assert runtime.physical_cores() == 2
-
-
 def sonnet_trainer_inputs(sonnets):
     """The sonnets as a corpus, and a tiny one-layer LSTM for it from seed 0: what the Trainer tests train."""
     from storyloom.config import DataConfig

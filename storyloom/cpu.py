@@ -1,0 +1,45 @@
+"""The CPU this process runs on, read from the operating system: its vendor, model and flags, and its physical
+cores. Nothing here imports torch, so `storyloom prepare` (which sizes its pool of workers by the cores) starts
+without it."""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+
+class CPU(NamedTuple):
+    """The first CPU in /proc/cpuinfo: vendor_id ("GenuineIntel", "AuthenticAMD"), model name and flags; empty
+    strings and no flags where there is none. `auto` precision reads the vendor and flags, the benchmarks'
+    machine line all three."""
+
+    vendor: str
+    model: str
+    flags: frozenset[str]
+
+
+def cpu_info() -> CPU:
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if key.strip() == "flags":  # the first CPU's record ends its fields of interest
+                    break
+    except OSError:
+        pass
+    return CPU(fields.get("vendor_id", ""), fields.get("model name", ""), frozenset(fields.get("flags", "").split()))
+
+
+def physical_cores() -> int:
+    """Cores this process may run on, counting a core's hyperthreads once."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for c in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list") as f:
+                cores.add(f.read().strip())
+        except OSError:  # no sysfs topology (not Linux, or a container hiding it): count logical CPUs
+            return len(cpus)
+    return max(len(cores), 1)
