@@ -77,6 +77,10 @@ class Folds(Protocol):
         """The int8 read's weights as native.py's read takes them: per layer W_ih (with two zero columns for
         `read`'s pinning constants) and W_hh, FBGEMM-packed with their biases."""
 
+    def read_inputs(self, e: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+        """Layer 0's int8 input products of rows e (N, I) -> (N, 4H), each what `read` gives that row inside any
+        prompt (its pins fix the quantisation): of a lookup's every row, the native read's table."""
+
     def step(self, e: torch.Tensor | None, state: State, z0: torch.Tensor | None = None,
              precision: str = "fp32") -> tuple[torch.Tensor, State]: ...
 
@@ -241,6 +245,10 @@ class LSTM(nn.LSTM):
         layer FBGEMM's packed W_ih with its two zero pinning columns, and W_hh, each with its bias inside."""
         packs = self._read_packs()
         return [ih for ih, _, _, _ in packs], [hh for _, hh, _, _ in packs]
+
+    def read_inputs(self, e: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+        pins = e.new_tensor(bounds, dtype=torch.float).expand(e.shape[0], 2)
+        return torch.ops.quantized.linear_dynamic(torch.cat([e.float(), pins], 1), self._read_packs()[0][0], True)
 
     def activations(self, e: torch.Tensor) -> dict:
         """Read through the reference LSTM loaded with these weights: the fused kernel does not expose its gates."""

@@ -98,12 +98,17 @@ class LanguageModel(nn.Module):
         "Batch-1 writing"), one cached lookup a step and no module calls."""
 
         def build():
-            lookup = {nn.Embedding: lambda: self.inp.weight, OneHot: lambda: torch.eye(self.cfg.vocab_size)}.get(type(self.inp))
-            table = self.cell.fold(lookup()).detach() if lookup is not None and self.folds else None
+            lookup = self._lookup()
+            table = self.cell.fold(lookup).detach() if lookup is not None and self.folds else None
             P = None if self.proj is None else self.proj.weight.detach().t().contiguous()  # (H, E)
             return table, self.head.weight.detach().t().contiguous(), self.head.bias.detach(), P  # W^T (H or E, V)
 
         return cached(self, "_step_cache", build)
+
+    def _lookup(self) -> torch.Tensor | None:
+        """The input encoding of every token (V, I) where it is a lookup (an embedding, a one-hot identity); else None."""
+        lookup = {nn.Embedding: lambda: self.inp.weight, OneHot: lambda: torch.eye(self.cfg.vocab_size)}.get(type(self.inp))
+        return None if lookup is None else lookup().detach()
 
     def native_weights(self) -> tuple | None:
         """(table, the cell's packed layers, projection W^T or None, head W^T, head bias) for the native writing
@@ -113,9 +118,14 @@ class LanguageModel(nn.Module):
         return None if layers is None else (table, *layers, P, W, b)
 
     def native_read_weights(self) -> tuple | None:
-        """(W_ih packs, W_hh packs, the input's bounds) for native.py's int8 read of a prompt, which reads as
-        `read` does (cell.read_packs); else None."""
-        return (*self.cell.read_packs(), self._bounds()) if self.folds else None
+        """(layer 0's int8 input products of every token (V, 4H), or None where the input is no lookup; W_ih packs,
+        W_hh packs, the input's bounds) for native.py's int8 read of a prompt, which reads as `read` does
+        (cell.read_packs, cell.read_inputs); else None. Cached until a parameter changes."""
+        if not self.folds:
+            return None
+        lookup = self._lookup()
+        table = None if lookup is None else cached(self, "_read_table", lambda: self.cell.read_inputs(lookup, self._bounds()))
+        return (table, *self.cell.read_packs(), self._bounds())
 
     def step(self, x: torch.Tensor, state: State, precision: str = "fp32") -> tuple[torch.Tensor, State]:
         """forward() for one time step, x (B,) -> logits (B, V), in eval mode, without gradients. `precision`: how

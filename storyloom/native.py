@@ -86,10 +86,14 @@ def read(model: LanguageModel, x: torch.Tensor, state: State | None) -> tuple[to
     weights = model.native_read_weights()
     if weights is None:
         return None
-    W_ih, W_hh, (lo, hi) = weights
+    table, W_ih, W_hh, bounds = weights
+    if table is None:  # an input that is no lookup: this prompt's own input products, in order
+        table, ids = model.cell.read_inputs(model.inp(x)[0], bounds), torch.arange(x.shape[1])
+    else:
+        ids = x[0]
     h0, c0 = state if state is not None else model.cell.initial_state(1, x.device)
-    h, hn, cn = torch.ops.storyloom.read_tokens(model.inp(x)[0], W_ih, q8(model, "_q8_read", W_hh), h0.float(),
-                                                c0.float(), lo, hi)  # (T, H), (L, 1, H) each
+    h, hn, cn = torch.ops.storyloom.read_tokens(table, ids, W_ih, q8(model, "_q8_read", W_hh), h0.float(),
+                                                c0.float())  # (T, H), (L, 1, H) each
     return model.out(h[None]), (hn, cn)
 
 

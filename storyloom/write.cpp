@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUFunctions.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/native/quantized/PackedParams.h>
 #include <ATen/native/quantized/cpu/QuantUtils.h>
 #include <torch/library.h>
@@ -182,16 +183,15 @@ AVX2 static void rows2(const uint8_t* a, const int8_t* w, int64_t G, const int32
 
 // y (N floats) for x (1, K): what FBGEMM's quantized::linear_dynamic(x, W, reduce_range=true) returns for one row.
 // `level`: q8_level()'s, or lower (the tests check each path this CPU has).
-void q8_into(const at::Tensor& x, const at::Tensor* m, float* y, int64_t level) {
+void q8_into(const float* x, int64_t K, const at::Tensor* m, float* y, int64_t level) {
 #ifndef Q8_X86
   TORCH_CHECK(false, "q8_linear: not on this CPU");  // q8_level() is 0: native.q8 hands the loops no layouts
 #else
   const auto &w = m[0], &colsum = m[1], &scale = m[2], &bias = m[3];
-  const int64_t N = colsum.size(0), K = x.size(1), G = w.size(1);
-  auto xc = x.contiguous();
+  const int64_t N = colsum.size(0), G = w.size(1);
   std::vector<uint8_t> a(4 * G, 0);
   quant_utils::TensorQuantizationParams qp;
-  (level == 2 ? quantise : quantise2)(xc.data_ptr<float>(), K, a.data(), qp);
+  (level == 2 ? quantise : quantise2)(x, K, a.data(), qp);
   const float* b = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
   at::parallel_for(0, w.size(0) / 4, 4, [&](int64_t q0, int64_t q1) {
     (level == 2 ? rows : rows2)(a.data(), w.data_ptr<int8_t>(), G, colsum.data_ptr<int32_t>(), scale.data_ptr<float>(),
@@ -200,15 +200,19 @@ void q8_into(const at::Tensor& x, const at::Tensor* m, float* y, int64_t level) 
 #endif
 }
 
-void q8_into(const at::Tensor& x, const at::Tensor* m, float* y) {
+void q8_into(const float* x, int64_t K, const at::Tensor* m, float* y) {
   static const int64_t level = q8_level();
-  q8_into(x, m, y, level);
+  q8_into(x, K, m, y, level);
+}
+
+void q8_into(const at::Tensor& x, const at::Tensor* m, float* y) {
+  q8_into(x.contiguous().data_ptr<float>(), x.size(1), m, y);
 }
 
 at::Tensor q8_linear(const at::Tensor& x, const std::vector<at::Tensor>& m, int64_t level) {
   TORCH_CHECK(level >= 1 && level <= q8_level(), "q8_linear: this CPU has no level ", level);
   auto y = at::empty({1, m[1].size(0)}, at::kFloat);
-  q8_into(x, m.data(), y.data_ptr<float>(), level);
+  q8_into(x.contiguous().data_ptr<float>(), x.size(1), m.data(), y.data_ptr<float>(), level);
   return y;
 }
 
@@ -306,46 +310,97 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tok
   return {ids, at::stack(h), at::stack(c), logits, recent};
 }
 
-// cells.LSTM.read in int8 for one stream, e (T, I) from state (h0, c0) (L, 1, H) each: what torch.quantized_lstm
-// computes (ATen's FullLayer over LSTMCell, input products of the whole piece at once), operation for operation,
-// the recurrent product through q8_linear. Each layer's input carries cells.LSTM.read's two pinning columns:
-// `bounds` at layer 0, -1 and 1 above. Returns the top layer's outputs (T, H) and the state after them.
-// The same kernels as LSTMCell's calls, entered directly (at::cpu::) into buffers made once: at a dozen calls a
-// character, dispatch and allocation were most of a read's time. Its additions and products are plain loops, which
-// round as ATen's kernels do (one IEEE operation each); sigmoid and tanh stay ATen's.
+// ---- the int8 read of a prompt ---------------------------------------------------------------------------------
+// An LSTM cell's gates as ATen computes them, without ATen's per-call cost (about 2 us a call, four calls a
+// character): where ATen's kernels are its AVX2 ones, sigmoid is 1 / (1 + exp(0 - x)) over SLEEF's expf, 8 lanes
+// at a time from each gate's start (Vectorized<float>'s sigmoid; a tail shorter than 16 goes to its scalar loop,
+// so only a hidden size that is a multiple of 16 is done here), and tanh is MKL's vmsTanh, which ATen's tanh calls.
+// Both libraries are inside libtorch_cpu; declared weak, so a torch built without them still loads this file
+// and its reads take ATen's calls.
+extern "C" {
+__attribute__((weak)) void vmsTanh(int n, const float* a, float* r, unsigned long long mode);
+}
+#ifdef Q8_X86
+extern "C" __attribute__((weak)) __m256 Sleef_expf8_u10(__m256);
+
+AVX2 static void sigmoid8(float* p, int64_t n) {
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+  for (int64_t k = 0; k < n; k += 8) {
+    const __m256 e = Sleef_expf8_u10(_mm256_sub_ps(zero, _mm256_loadu_ps(p + k)));
+    _mm256_storeu_ps(p + k, _mm256_div_ps(one, _mm256_add_ps(e, one)));
+  }
+}
+#endif
+
+static const unsigned long long VML_MODE = 0x2 | 0x140000 | 0x100;  // VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE: ATen's
+
+static bool own_gates(int64_t H) {
+#ifdef Q8_X86
+  static const bool ok = at::get_cpu_capability() == "AVX2" && vmsTanh != nullptr &&
+                         Sleef_expf8_u10 != nullptr;
+  return ok && H % 16 == 0;
+#else
+  return false;
+#endif
+}
+
+// cells.LSTM.read in int8 for one stream from state (h0, c0) (L, 1, H) each: what torch.quantized_lstm computes
+// (ATen's FullLayer over LSTMCell), operation for operation, the recurrent product through q8_linear. Layer 0's
+// input products are rows of `table` (V, 4H), one per token of `ids` (T,): cells.LSTM.read_inputs of every token
+// the input can take, each row what FBGEMM gives it inside a whole prompt, since `read`'s pinning columns fix the
+// quantisation of every prompt to the same range. Above layer 0 a layer's inputs are the outputs below, multiplied
+// as one matrix with their pins, -1 and 1. Returns the top layer's outputs (T, H) and the state after them.
+// Additions and products are plain loops, which round as ATen's kernels do (one IEEE operation each); no tensor
+// is made a character: at a dozen calls a character, dispatch and allocation were most of a read's time.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> read_tokens(
-    at::Tensor e, const c10::List<Packed>& W_ih, const std::vector<at::Tensor>& q8_hh, at::Tensor h0,
-    at::Tensor c0, double lo, double hi) {
+    at::Tensor table, at::Tensor ids, const c10::List<Packed>& W_ih, const std::vector<at::Tensor>& q8_hh, at::Tensor h0,
+    at::Tensor c0) {
   at::NoGradGuard no_grad;
-  const int64_t L = h0.size(0), T = e.size(0), H = h0.size(2);
+  const int64_t L = h0.size(0), T = ids.size(0), H = h0.size(2);
+  const bool own = own_gates(H);
+  auto id = ids.to(at::kLong).contiguous();
+  const int64_t* idp = id.data_ptr<int64_t>();
+  table = table.contiguous();
   std::vector<at::Tensor> hs, cs;
-  at::Tensor inp = e.to(at::kFloat);
+  at::Tensor inp;
   for (int64_t l = 0; l < L; ++l) {
-    auto pins = at::tensor({l == 0 ? lo : -1.0, l == 0 ? hi : 1.0}, at::kFloat).expand({T, 2});
-    auto xs = W_ih.get(l)->apply_dynamic(at::cat({inp, pins}, 1), /*reduce_range=*/true).split(1);  // T x (1, 4H)
+    at::Tensor xs;  // (T, 4H) the layer's input products, for l > 0
+    if (l > 0) {
+      auto pins = at::tensor({-1.0, 1.0}, at::kFloat).expand({T, 2});
+      xs = W_ih.get(l)->apply_dynamic(at::cat({inp, pins}, 1), /*reduce_range=*/true).contiguous();
+    }
+    const float* xp = l > 0 ? xs.data_ptr<float>() : table.data_ptr<float>();
     auto out = at::empty({T, H}, at::kFloat);
-    auto hrow = out.split(1);  // T x (1, H): each step's h is written where the layer's output keeps it
     auto gates = at::empty({1, 4 * H}, at::kFloat), c = c0[l].clone(), tc = at::empty_like(c);
     auto chunked = gates.unsafe_chunk(4, 1);  // i, f, g, o
-    float *z = gates.data_ptr<float>(), *cp = c.data_ptr<float>(), *tcp = tc.data_ptr<float>();
-    at::Tensor h = h0[l];
+    float *z = gates.data_ptr<float>(), *cp = c.data_ptr<float>(), *tcp = tc.data_ptr<float>(), *op = out.data_ptr<float>();
+    auto h_in = h0[l].contiguous();
+    const float* h = h_in.data_ptr<float>();
     for (int64_t t = 0; t < T; ++t) {
-      q8_into(h, &q8_hh[4 * l], z);
-      const float* x = xs[t].data_ptr<float>();
+      q8_into(h, H, &q8_hh[4 * l], z);
+      const float* x = xp + (l > 0 ? t : idp[t]) * 4 * H;
       for (int64_t k = 0; k < 4 * H; ++k) z[k] += x[k];
-      at::cpu::sigmoid_(chunked[0]), at::cpu::sigmoid_(chunked[1]), at::cpu::tanh_(chunked[2]);
-      at::cpu::sigmoid_(chunked[3]);
+#ifdef Q8_X86
+      if (own) {
+        sigmoid8(z, H), sigmoid8(z + H, H), vmsTanh(H, z + 2 * H, z + 2 * H, VML_MODE), sigmoid8(z + 3 * H, H);
+      } else
+#endif
+      {
+        at::cpu::sigmoid_(chunked[0]), at::cpu::sigmoid_(chunked[1]), at::cpu::tanh_(chunked[2]);
+        at::cpu::sigmoid_(chunked[3]);
+      }
       // C_t = f C_{t-1} + i g, in LSTMCell's three roundings (FLAGS keeps the compiler from fusing them)
       for (int64_t k = 0; k < H; ++k) {
         const float fc = z[H + k] * cp[k], ig = z[k] * z[2 * H + k];
         cp[k] = fc + ig;
       }
-      at::cpu::tanh_out(tc, c);  // h_t = o tanh(C_t)
-      float* hp = hrow[t].data_ptr<float>();
+      if (own) vmsTanh(H, cp, tcp, VML_MODE);  // h_t = o tanh(C_t)
+      else at::cpu::tanh_out(tc, c);
+      float* hp = op + t * H;  // each step's h is written where the layer's output keeps it
       for (int64_t k = 0; k < H; ++k) hp[k] = z[3 * H + k] * tcp[k];
-      h = hrow[t];
+      h = hp;
     }
-    hs.push_back(h);
+    hs.push_back(T > 0 ? out[T - 1].unsqueeze(0) : h_in);
     cs.push_back(c);
     inp = out;
   }
@@ -359,8 +414,8 @@ TORCH_LIBRARY(storyloom, m) {
         "int window, float temperature, int top_k, float top_p, Generator? gen) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
         &write_tokens);
-  m.def("read_tokens(Tensor e, __torch__.torch.classes.quantized.LinearPackedParamsBase[] W_ih, Tensor[] q8_hh, "
-        "Tensor h0, Tensor c0, float lo, float hi) -> (Tensor, Tensor, Tensor)",
+  m.def("read_tokens(Tensor table, Tensor ids, __torch__.torch.classes.quantized.LinearPackedParamsBase[] W_ih, "
+        "Tensor[] q8_hh, Tensor h0, Tensor c0) -> (Tensor, Tensor, Tensor)",
         &read_tokens);
   m.def("q8_pack(__torch__.torch.classes.quantized.LinearPackedParamsBase W) -> Tensor[]", &q8_pack);
   m.def("q8_linear(Tensor x, Tensor[] m, int level) -> Tensor", &q8_linear);
