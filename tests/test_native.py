@@ -173,6 +173,22 @@ def test_the_native_read_reads_what_model_read_reads_whole_or_cut(tmp_path, sonn
         assert native.read(model, x.expand(2, -1), None) is None  # several streams: model.read reads them
 
 
+@needs_q8
+def test_a_vocabulary_too_large_for_a_table_reads_its_prompts_own_input_products(tmp_path, sonnets, monkeypatch):
+    from storyloom import model as model_module
+
+    (tmp_path / "s.txt").write_text(sonnets)
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "run", steps=5, progress=False, device="cpu", **TINY)
+    model = storyloom.load(run, device="cpu", decode_precision="int8").model
+    x = torch.randint(0, model.cfg.vocab_size, (1, 50), generator=torch.Generator().manual_seed(4))
+    assert model.native_read_weights()[0] is not None
+    monkeypatch.setattr(model_module, "READ_TABLE_BYTES", 16 * model.cfg.hidden * model.cfg.vocab_size - 1)
+    assert model.native_read_weights()[0] is None
+    with torch.inference_mode():
+        (l1, s1), (l2, s2) = model.read(x, None, "int8"), native.read(model, x, None)
+    assert torch.equal(l1, l2) and all(torch.equal(a, b) for a, b in zip(s1, s2))
+
+
 def test_the_loop_shares_torchs_openmp_runtime():
     """write.cpp splits q8_linear's rows with OpenMP: linked against a second libgomp, the process would hold two
     thread teams fighting over the cores (the serve engines' slowdown that "One OpenMP team" describes)."""
