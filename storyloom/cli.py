@@ -199,7 +199,7 @@ def _compare_parser(sub) -> None:
     cp.add_argument("--source", action="append", default=[], metavar="SOURCE",
                     help="training text, as for train (repeatable; default: the bundled corpus and its benchmark split)")
     cp.add_argument("--overwrite", action="store_true", help="replace runs left in --out by an earlier compare")
-    cp.add_argument("--no-progress", action="store_true")
+    cp.add_argument("--no-progress", action="store_true", help="no progress bar")
     groups = {}
     for cls in RUN_CONFIGS:
         add_settings(cp, cls, skip=COMPARE_FIXED, groups=groups)
@@ -237,6 +237,7 @@ def _prepare_parser(sub) -> None:
     pr.add_argument("--out", required=True, help="directory for train.bin, val.bin, vocab.json and prepared.json")
     pr.add_argument("--workers", type=int, default=0,
                     help="processes for character level, and for laying out a large file at every level (0: one per core)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_settings(pr, DataConfig)
 
 
@@ -418,7 +419,7 @@ def cmd_plot(a) -> int:
 
 
 def cmd_prepare(a) -> int:
-    meta = prepare(a.sources, a.out, workers=a.workers, **given(a, DataConfig))
+    meta = prepare(a.sources, a.out, workers=a.workers, progress=not a.no_progress, **given(a, DataConfig))
     print(f"{meta['train_tokens']:,} training and {meta['val_tokens']:,} validation tokens ({meta['dtype']}) in {a.out}; "
           f"train with: {invocation()} train {shlex.quote(str(a.out))}")
     return 0

@@ -166,7 +166,7 @@ import contextlib, io, sys
 from storyloom.cli import main
 with contextlib.redirect_stdout(io.StringIO()):
     codes = [main(["presets"]), main(["clean", {str(book)!r}]), main(["prepare", {str(book)!r}, "--out", {str(tmp_path / "prep")!r},
-             "--val-fraction", "0.1", "--workers", "1"])]
+             "--val-fraction", "0.1", "--workers", "1", "--no-progress"])]
     try:
         main(["--help"])
     except SystemExit as e:
@@ -177,6 +177,17 @@ print(codes, sorted(m for m in sys.modules if m == "torch" or m.startswith("torc
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[0, 0, 0, 0] []"
     assert (tmp_path / "prep" / "prepared.json").is_file()
+
+
+@pytest.mark.parametrize("flag, shown", [([], True), (["--no-progress"], False)])
+def test_prepare_passes_no_progress_to_the_api(tmp_path, capsys, monkeypatch, flag, shown):
+    # tqdm hides its bars where stderr is no terminal, as under pytest, so what is checked is what the API is asked.
+    from storyloom import cli
+
+    asked = {}
+    monkeypatch.setattr(cli, "prepare", lambda *a, **k: asked.update(k) or {"train_tokens": 1, "val_tokens": 1, "dtype": "uint8"})
+    code, _, _ = run_cli(capsys, "prepare", "book.txt", "--out", tmp_path / "p", *flag)
+    assert code == 0 and asked["progress"] is shown
 
 
 def test_write_through_piped_input(trained, capsys, monkeypatch, tmp_path):
