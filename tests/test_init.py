@@ -17,26 +17,19 @@ def run_fresh(script: str) -> str:
     return r.stdout.strip()
 
 
-def test_importing_storyloom_loads_no_torch_until_a_name_needs_it():
-    out = run_fresh("import sys, storyloom\n"
+def test_torch_loads_only_when_a_name_needs_it_and_train_compare_novelty_stay_functions():
+    # One new Python (a torch import each): the light names first; then the modules train.py, compare.py and
+    # novelty.py load before anything asks for the names, which must still be the functions.
+    out = run_fresh("import sys, types, storyloom\n"
                     "print('torch' in sys.modules, end=' ')\n"
                     "storyloom.prepare, storyloom.clean_sources, storyloom.ModelConfig, storyloom.UserError\n"
                     "print('torch' in sys.modules, end=' ')\n"
-                    "storyloom.load\n"
-                    "print('torch' in sys.modules)")
-    assert out == "False False True"
-
-
-def test_train_compare_and_novelty_stay_functions_whichever_module_loads_first():
-    # The modules train.py, compare.py and novelty.py load before anything asks for the names: the functions win.
-    out = run_fresh("import sys, types\n"
                     "from storyloom.train import Trainer\n"
                     "import storyloom.compare, storyloom.novelty, storyloom.api\n"
-                    "import storyloom\n"
-                    "print(storyloom.train is storyloom.api.train, storyloom.novelty is storyloom.api.novelty,\n"
+                    "print('torch' in sys.modules, storyloom.train is storyloom.api.train, storyloom.novelty is storyloom.api.novelty,\n"
                     "      storyloom.compare is sys.modules['storyloom.compare'].compare, storyloom.compare.compare is storyloom.compare,\n"
                     "      isinstance(sys.modules['storyloom.train'], types.ModuleType))")
-    assert out == "True True True True True"
+    assert out == "False False True True True True True True"
 
 
 def test_every_name_in_all_is_the_api_and_others_are_not_invented():
