@@ -316,7 +316,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tok
 // at a time from each gate's start (Vectorized<float>'s sigmoid; a tail shorter than 16 goes to its scalar loop,
 // so only a hidden size that is a multiple of 16 is done here), and tanh is MKL's vmsTanh, which ATen's tanh calls.
 // Both libraries are inside libtorch_cpu; declared weak, so a torch built without them still loads this file
-// and its reads take ATen's calls.
+// and its reads take ATen's calls, as they do where a check at first use finds other numbers than ATen's.
 extern "C" {
 __attribute__((weak)) void vmsTanh(int n, const float* a, float* r, unsigned long long mode);
 }
@@ -334,10 +334,22 @@ AVX2 static void sigmoid8(float* p, int64_t n) {
 
 static const unsigned long long VML_MODE = 0x2 | 0x140000 | 0x100;  // VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE: ATen's
 
-static bool own_gates(int64_t H) {
 #ifdef Q8_X86
-  static const bool ok = at::get_cpu_capability() == "AVX2" && vmsTanh != nullptr &&
-                         Sleef_expf8_u10 != nullptr;
+// Whether this torch's sigmoid and tanh are what sigmoid8 and vmsTanh compute, on 4,096 values over the range where
+// they are not yet 0, 1 or -1: checked once, so a torch whose kernels changed gets its own calls, not other numbers.
+static bool same_as_aten() {
+  auto x = at::linspace(-30.0, 30.0, 4096, at::kFloat) * at::linspace(0.999, 1.001, 4096, at::kFloat);
+  auto s = x.clone(), t = x.clone(), want_s = x.sigmoid(), want_t = x.tanh();
+  sigmoid8(s.data_ptr<float>(), s.numel());
+  vmsTanh(static_cast<int>(t.numel()), t.data_ptr<float>(), t.data_ptr<float>(), VML_MODE);
+  return at::equal(s, want_s) && at::equal(t, want_t);
+}
+#endif
+
+bool own_gates(int64_t H) {
+#ifdef Q8_X86
+  static const bool ok = at::get_cpu_capability() == "AVX2" && vmsTanh != nullptr && Sleef_expf8_u10 != nullptr &&
+                         same_as_aten();
   return ok && H % 16 == 0;
 #else
   return false;
@@ -420,4 +432,5 @@ TORCH_LIBRARY(storyloom, m) {
   m.def("q8_pack(__torch__.torch.classes.quantized.LinearPackedParamsBase W) -> Tensor[]", &q8_pack);
   m.def("q8_linear(Tensor x, Tensor[] m, int level) -> Tensor", &q8_linear);
   m.def("q8_level() -> int", &q8_level);
+  m.def("own_gates(int H) -> bool", &own_gates);
 }

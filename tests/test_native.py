@@ -174,6 +174,15 @@ def test_the_native_read_reads_what_model_read_reads_whole_or_cut(tmp_path, sonn
 
 
 @needs_q8
+def test_the_read_computes_its_own_gates_where_atens_kernels_are_avx2():
+    # Where they are, the first character after a long prompt comes about 10% sooner; a check at first use against
+    # ATen's numbers (write.cpp's same_as_aten) must not have turned them off unseen.
+    avx2 = torch.backends.cpu.get_cpu_capability() == "AVX2" and torch.backends.mkl.is_available()
+    assert torch.ops.storyloom.own_gates(32) == avx2
+    assert not torch.ops.storyloom.own_gates(24)  # ATen ends a gate not a multiple of 16 long with its scalar loop
+
+
+@needs_q8
 def test_a_vocabulary_too_large_for_a_table_reads_its_prompts_own_input_products(tmp_path, sonnets, monkeypatch):
     from storyloom import model as model_module
 
