@@ -372,7 +372,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> read_tokens(
   const bool own = own_gates(H);
   auto id = ids.to(at::kLong).contiguous();
   const int64_t* idp = id.data_ptr<int64_t>();
-  table = table.contiguous();
+  table = table.to(at::kFloat).contiguous();
+  TORCH_CHECK(table.dim() == 2 && table.size(1) == 4 * H, "read_tokens: the table must be (V, 4H)");
+  TORCH_CHECK(T == 0 || (id.min().item<int64_t>() >= 0 && id.max().item<int64_t>() < table.size(0)),
+              "read_tokens: a token id outside the table's ", table.size(0), " rows");
   std::vector<at::Tensor> hs, cs;
   at::Tensor inp;
   for (int64_t l = 0; l < L; ++l) {

@@ -183,7 +183,7 @@ def test_the_read_computes_its_own_gates_where_atens_kernels_are_avx2():
 
 
 @needs_q8
-def test_a_vocabulary_too_large_for_a_table_reads_its_prompts_own_input_products(tmp_path, sonnets, monkeypatch):
+def test_the_read_table_is_bounded_in_size_and_in_the_ids_it_takes(tmp_path, sonnets, monkeypatch):
     from storyloom import model as model_module
 
     (tmp_path / "s.txt").write_text(sonnets)
@@ -191,6 +191,11 @@ def test_a_vocabulary_too_large_for_a_table_reads_its_prompts_own_input_products
     model = storyloom.load(run, device="cpu", decode_precision="int8").model
     x = torch.randint(0, model.cfg.vocab_size, (1, 50), generator=torch.Generator().manual_seed(4))
     assert model.native_read_weights()[0] is not None
+    table, W_ih, W_hh, _ = model.native_read_weights()
+    h0, c0 = model.cell.initial_state(1)
+    with pytest.raises(RuntimeError, match="a token id outside the table's"):  # never a read past its end
+        torch.ops.storyloom.read_tokens(table, torch.tensor([0, model.cfg.vocab_size]), W_ih, native.q8(model, "_q8_read", W_hh),
+                                        h0, c0)
     monkeypatch.setattr(model_module, "READ_TABLE_BYTES", 16 * model.cfg.hidden * model.cfg.vocab_size - 1)
     assert model.native_read_weights()[0] is None
     with torch.inference_mode():
