@@ -216,101 +216,7 @@ at::Tensor q8_linear(const at::Tensor& x, const std::vector<at::Tensor>& m, int6
   return y;
 }
 
-// sampling.shape_logits for one row: ban, repetition penalty, temperature, top-k, top-p, in that order.
-at::Tensor shape(at::Tensor l, const at::Tensor& banned, const at::Tensor& recent, double penalty, double temperature,
-                 int64_t top_k, double top_p) {
-  const float inf = std::numeric_limits<float>::infinity();
-  if (banned.numel() > 0) l = l.clone().index_fill_(1, banned, -inf);
-  if (penalty != 1.0 && recent.numel() > 0) {
-    auto seen = at::zeros_like(l, at::kBool).scatter_(1, recent, true);
-    l = at::where(seen, at::where(l > 0, l / penalty, l * penalty), l);
-  }
-  if (temperature > 0 && temperature != 1.0) l = l / temperature;
-  if (top_k > 0 && top_k < l.size(-1)) {
-    auto kth = std::get<0>(l.topk(top_k, -1)).slice(1, top_k - 1, top_k);
-    l = l.masked_fill(l < kth, -inf);
-  }
-  if (top_p < 1.0) {
-    auto [sorted, order] = l.sort(-1, /*descending=*/true);
-    auto probs = sorted.softmax(-1);
-    auto drop = at::zeros_like(probs, at::kBool).scatter_(1, order, (probs.cumsum(-1) - probs) >= top_p);
-    l = l.masked_fill(drop, -inf);
-  }
-  return l;
-}
-
-// n tokens from (h0, c0, logits) after a prompt: draw one, step on it, and again. Returns the ids (n,), the state and
-// logits after the last step, and the recent ids the penalty looks back over, so a caller can go on where it stopped.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tokens(
-    at::Tensor table,     // (V, 4H): W_ih x + b_ih + b_hh of every token x (LSTM.fold)
-    const Packed& W_hh,   // layer 0's W_hh^T as FBGEMM's packed int8 weights (cells.Matrix)
-    const c10::List<Packed>& W_up,  // each layer above: [W_ih | W_hh]^T, packed likewise
-    const std::vector<at::Tensor>& b_up,  // and its b_ih + b_hh (4H,)
-    const std::vector<at::Tensor>& q8,  // these matrices for q8_linear (q8_pack), 4 tensors each; empty: FBGEMM
-    const std::optional<at::Tensor>& P,  // (H, E): the projection before a tied head, if any
-    at::Tensor head_wT,   // (H or E, V)
-    at::Tensor head_b,    // (V,)
-    at::Tensor h0,        // (L, 1, H)
-    at::Tensor c0,        // (L, 1, H)
-    at::Tensor logits,    // (1, V)
-    int64_t n,
-    at::Tensor banned,    // (k,) ids never drawn
-    at::Tensor recent,    // (1, <= window) the last ids, for the repetition penalty
-    double penalty, int64_t window, double temperature, int64_t top_k, double top_p,  // top_k 0: every token
-    std::optional<at::Generator> gen) {
-  at::NoGradGuard no_grad;
-  const int64_t L = h0.size(0), H = h0.size(2), V = logits.size(1);
-  // The state and every intermediate in buffers made once, the kernels entered directly (at::cpu::): the same
-  // kernels as the Python loop's calls, without a dispatch and an allocation each.
-  std::vector<at::Tensor> h, c, z, s, g, fc, tc;
-  for (int64_t l = 0; l < L; ++l) {
-    h.push_back(h0[l].clone()), c.push_back(c0[l].clone());  // (1, H): the caller's state stays as it was
-    z.push_back(at::empty({1, 4 * H}, at::kFloat)), s.push_back(at::empty({1, 4 * H}, at::kFloat));
-    g.push_back(at::empty({1, H}, at::kFloat)), fc.push_back(at::empty({1, H}, at::kFloat));
-    tc.push_back(at::empty({1, H}, at::kFloat));
-  }
-  auto head_out = at::empty({1, V}, at::kFloat);
-  auto ids = at::empty({n}, at::kLong);
-  auto out = ids.accessor<int64_t, 1>();
-  for (int64_t t = 0; t < n; ++t) {
-    auto l = shape(logits, banned, recent, penalty, temperature, top_k, top_p);
-    int64_t i;
-    if (temperature == 0) {
-      i = l.argmax(-1).item<int64_t>();
-    } else {  // sampling.draw, one row: u * total into the cumulative sum, guarded at its float edges
-      auto p = l[0].softmax(-1);
-      auto cdf = p.cumsum(-1);
-      auto found = at::searchsorted(cdf, at::rand({1}, gen, at::kFloat).mul_(cdf[-1]));
-      i = std::min(found.item<int64_t>(), V - 1);
-      if (p[i].item<float>() == 0) i = l[0].argmax().item<int64_t>();
-    }
-    out[t] = i;
-    auto id = ids.narrow(0, t, 1);  // (1,)
-    if (window > 0) {
-      recent = at::cat({recent, id.view({1, 1})}, 1);
-      recent = recent.slice(1, std::max<int64_t>(recent.size(1) - window, 0));
-    }
-    // cells.LSTM.step with z0 = table[i] at layer 0 (LanguageModel.step), then the head
-    for (int64_t l = 0; l < L; ++l) {
-      auto x = l == 0 ? h[0] : at::cat({h[l - 1], h[l]}, 1);
-      const Packed& W = l == 0 ? W_hh : W_up.get(l - 1);
-      if (q8.empty()) z[l].copy_(W->apply_dynamic(x, /*reduce_range=*/true));
-      else q8_into(x, &q8[4 * l], z[l].data_ptr<float>());
-      at::cpu::add_(z[l], l == 0 ? table.narrow(0, i, 1) : b_up[l - 1]);
-      at::cpu::sigmoid_out(s[l], z[l]);
-      at::cpu::tanh_out(g[l], z[l].slice(1, 2 * H, 3 * H));  // candidate C~_t
-      at::cpu::mul_out(fc[l], s[l].slice(1, H, 2 * H), c[l]);  // C_t = f C_{t-1} + i C~_t
-      at::cpu::addcmul_out(c[l], fc[l], s[l].slice(1, 0, H), g[l]);
-      at::cpu::tanh_out(tc[l], c[l]);  // h_t = o tanh(C_t)
-      at::cpu::mul_out(h[l], s[l].slice(1, 3 * H, 4 * H), tc[l]);
-    }
-    at::cpu::addmm_out(head_out, head_b, P ? at::matmul(h[L - 1], *P) : h[L - 1], head_wT);
-    logits = head_out;
-  }
-  return {ids, at::stack(h), at::stack(c), logits, recent};
-}
-
-// ---- the int8 read of a prompt ---------------------------------------------------------------------------------
+// ---- an LSTM cell as ATen computes it ---------------------------------------------------------------------------
 // An LSTM cell's gates as ATen computes them, without ATen's per-call cost (about 2 us a call, four calls a
 // character): where ATen's kernels are its AVX2 ones, sigmoid is 1 / (1 + exp(0 - x)) over SLEEF's expf, 8 lanes
 // at a time from each gate's start (Vectorized<float>'s sigmoid; a tail shorter than 16 goes to its scalar loop,
@@ -356,6 +262,152 @@ bool own_gates(int64_t H) {
 #endif
 }
 
+// How ATen's addcmul (the writing step's C_t = f C_{t-1} + i g) rounds here: 1 where it is one fused multiply-add
+// (its AVX2 kernel, compiled with FMA contraction), 2 where a product then a sum, 0 where neither (ATen's calls).
+static int addcmul_form() {
+  auto a = at::linspace(-3.0, 3.0, 4096, at::kFloat), b = at::linspace(2.0, -2.5, 4096, at::kFloat).sin(),
+       c = at::linspace(-1.0, 1.0, 4096, at::kFloat).exp();
+  auto want = at::addcmul(a, b, c), fused = at::empty_like(a), plain = at::empty_like(a);
+  const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>(), *cp = c.data_ptr<float>();
+  for (int64_t k = 0; k < a.numel(); ++k) {
+    fused.data_ptr<float>()[k] = std::fma(bp[k], cp[k], ap[k]);
+    const float bc = bp[k] * cp[k];
+    plain.data_ptr<float>()[k] = ap[k] + bc;
+  }
+  return at::equal(want, fused) ? 1 : at::equal(want, plain) ? 2 : 0;
+}
+
+#ifdef Q8_X86
+// C = f C + i g for the gates s (i, f, ...) and g: f C rounded, then i g added as addcmul adds it (addcmul_form).
+AVX2 static void update_cell(const float* s, const float* g, float* c, int64_t H, bool fused) {
+  if (fused) {
+    for (int64_t k = 0; k < H; ++k) c[k] = std::fma(s[k], g[k], s[H + k] * c[k]);
+  } else {
+    for (int64_t k = 0; k < H; ++k) {
+      const float fc = s[H + k] * c[k], ig = s[k] * g[k];
+      c[k] = fc + ig;
+    }
+  }
+}
+#endif
+
+// The writing step's cell without ATen's seven calls a layer, where own_gates holds for its whole gate vector
+// (its sigmoid is one call over all 4H, so 4H must be whole 16-lane blocks) and addcmul's rounding is known.
+int64_t own_cell(int64_t H) {
+  static const int form = own_gates(16) ? addcmul_form() : 0;
+  return H % 4 == 0 ? form : 0;
+}
+
+// sampling.shape_logits for one row: ban, repetition penalty, temperature, top-k, top-p, in that order.
+at::Tensor shape(at::Tensor l, const at::Tensor& banned, const at::Tensor& recent, double penalty, double temperature,
+                 int64_t top_k, double top_p) {
+  const float inf = std::numeric_limits<float>::infinity();
+  if (banned.numel() > 0) l = l.clone().index_fill_(1, banned, -inf);
+  if (penalty != 1.0 && recent.numel() > 0) {
+    auto seen = at::zeros_like(l, at::kBool).scatter_(1, recent, true);
+    l = at::where(seen, at::where(l > 0, l / penalty, l * penalty), l);
+  }
+  if (temperature > 0 && temperature != 1.0) l = l / temperature;
+  if (top_k > 0 && top_k < l.size(-1)) {
+    auto kth = std::get<0>(l.topk(top_k, -1)).slice(1, top_k - 1, top_k);
+    l = l.masked_fill(l < kth, -inf);
+  }
+  if (top_p < 1.0) {
+    auto [sorted, order] = l.sort(-1, /*descending=*/true);
+    auto probs = sorted.softmax(-1);
+    auto drop = at::zeros_like(probs, at::kBool).scatter_(1, order, (probs.cumsum(-1) - probs) >= top_p);
+    l = l.masked_fill(drop, -inf);
+  }
+  return l;
+}
+
+// n tokens from (h0, c0, logits) after a prompt: draw one, step on it, and again. Returns the ids (n,), the state and
+// logits after the last step, and the recent ids the penalty looks back over, so a caller can go on where it stopped.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> write_tokens(
+    at::Tensor table,     // (V, 4H): W_ih x + b_ih + b_hh of every token x (LSTM.fold)
+    const Packed& W_hh,   // layer 0's W_hh^T as FBGEMM's packed int8 weights (cells.Matrix)
+    const c10::List<Packed>& W_up,  // each layer above: [W_ih | W_hh]^T, packed likewise
+    const std::vector<at::Tensor>& b_up,  // and its b_ih + b_hh (4H,)
+    const std::vector<at::Tensor>& q8,  // these matrices for q8_linear (q8_pack), 4 tensors each; empty: FBGEMM
+    const std::optional<at::Tensor>& P,  // (H, E): the projection before a tied head, if any
+    at::Tensor head_wT,   // (H or E, V)
+    at::Tensor head_b,    // (V,)
+    at::Tensor h0,        // (L, 1, H)
+    at::Tensor c0,        // (L, 1, H)
+    at::Tensor logits,    // (1, V)
+    int64_t n,
+    at::Tensor banned,    // (k,) ids never drawn
+    at::Tensor recent,    // (1, <= window) the last ids, for the repetition penalty
+    double penalty, int64_t window, double temperature, int64_t top_k, double top_p,  // top_k 0: every token
+    std::optional<at::Generator> gen) {
+  at::NoGradGuard no_grad;
+  const int64_t L = h0.size(0), H = h0.size(2), V = logits.size(1);
+  const int64_t cell = own_cell(H);
+  // The state and every intermediate in buffers made once, the kernels entered directly (at::cpu::): the same
+  // kernels as the Python loop's calls, without a dispatch and an allocation each.
+  std::vector<at::Tensor> h, c, z, s, g, fc, tc;
+  for (int64_t l = 0; l < L; ++l) {
+    h.push_back(h0[l].clone()), c.push_back(c0[l].clone());  // (1, H): the caller's state stays as it was
+    z.push_back(at::empty({1, 4 * H}, at::kFloat)), s.push_back(at::empty({1, 4 * H}, at::kFloat));
+    g.push_back(at::empty({1, H}, at::kFloat)), fc.push_back(at::empty({1, H}, at::kFloat));
+    tc.push_back(at::empty({1, H}, at::kFloat));
+  }
+  auto head_out = at::empty({1, V}, at::kFloat);
+  auto ids = at::empty({n}, at::kLong);
+  auto out = ids.accessor<int64_t, 1>();
+  for (int64_t t = 0; t < n; ++t) {
+    auto l = shape(logits, banned, recent, penalty, temperature, top_k, top_p);
+    int64_t i;
+    if (temperature == 0) {
+      i = l.argmax(-1).item<int64_t>();
+    } else {  // sampling.draw, one row: u * total into the cumulative sum, guarded at its float edges
+      auto p = l[0].softmax(-1);
+      auto cdf = p.cumsum(-1);
+      auto found = at::searchsorted(cdf, at::rand({1}, gen, at::kFloat).mul_(cdf[-1]));
+      i = std::min(found.item<int64_t>(), V - 1);
+      if (p[i].item<float>() == 0) i = l[0].argmax().item<int64_t>();
+    }
+    out[t] = i;
+    auto id = ids.narrow(0, t, 1);  // (1,)
+    if (window > 0) {
+      recent = at::cat({recent, id.view({1, 1})}, 1);
+      recent = recent.slice(1, std::max<int64_t>(recent.size(1) - window, 0));
+    }
+    // cells.LSTM.step with z0 = table[i] at layer 0 (LanguageModel.step), then the head
+    for (int64_t l = 0; l < L; ++l) {
+      auto x = l == 0 ? h[0] : at::cat({h[l - 1], h[l]}, 1);
+      const Packed& W = l == 0 ? W_hh : W_up.get(l - 1);
+      if (q8.empty()) z[l].copy_(W->apply_dynamic(x, /*reduce_range=*/true));
+      else q8_into(x, &q8[4 * l], z[l].data_ptr<float>());
+#ifdef Q8_X86
+      if (cell) {  // the same roundings as the seven calls below (own_cell)
+        float *zp = z[l].data_ptr<float>(), *sp = s[l].data_ptr<float>(), *gp = g[l].data_ptr<float>(),
+              *cp = c[l].data_ptr<float>(), *tp = tc[l].data_ptr<float>(), *hp = h[l].data_ptr<float>();
+        const float* add = l == 0 ? table.data_ptr<float>() + i * 4 * H : b_up[l - 1].data_ptr<float>();
+        for (int64_t k = 0; k < 4 * H; ++k) sp[k] = zp[k] += add[k];
+        sigmoid8(sp, 4 * H);
+        vmsTanh(H, zp + 2 * H, gp, VML_MODE);  // candidate C~_t
+        update_cell(sp, gp, cp, H, cell == 1);  // C_t = f C_{t-1} + i C~_t
+        vmsTanh(H, cp, tp, VML_MODE);  // h_t = o tanh(C_t)
+        for (int64_t k = 0; k < H; ++k) hp[k] = sp[3 * H + k] * tp[k];
+        continue;
+      }
+#endif
+      at::cpu::add_(z[l], l == 0 ? table.narrow(0, i, 1) : b_up[l - 1]);
+      at::cpu::sigmoid_out(s[l], z[l]);
+      at::cpu::tanh_out(g[l], z[l].slice(1, 2 * H, 3 * H));  // candidate C~_t
+      at::cpu::mul_out(fc[l], s[l].slice(1, H, 2 * H), c[l]);  // C_t = f C_{t-1} + i C~_t
+      at::cpu::addcmul_out(c[l], fc[l], s[l].slice(1, 0, H), g[l]);
+      at::cpu::tanh_out(tc[l], c[l]);  // h_t = o tanh(C_t)
+      at::cpu::mul_out(h[l], s[l].slice(1, 3 * H, 4 * H), tc[l]);
+    }
+    at::cpu::addmm_out(head_out, head_b, P ? at::matmul(h[L - 1], *P) : h[L - 1], head_wT);
+    logits = head_out;
+  }
+  return {ids, at::stack(h), at::stack(c), logits, recent};
+}
+
+// ---- the int8 read of a prompt ---------------------------------------------------------------------------------
 // cells.LSTM.read in int8 for one stream from state (h0, c0) (L, 1, H) each: what torch.quantized_lstm computes
 // (ATen's FullLayer over LSTMCell), operation for operation, the recurrent product through q8_linear. Layer 0's
 // input products are rows of `table` (V, 4H), one per token of `ids` (T,): cells.LSTM.read_inputs of every token
@@ -436,4 +488,5 @@ TORCH_LIBRARY(storyloom, m) {
   m.def("q8_linear(Tensor x, Tensor[] m, int level) -> Tensor", &q8_linear);
   m.def("q8_level() -> int", &q8_level);
   m.def("own_gates(int H) -> bool", &own_gates);
+  m.def("own_cell(int H) -> int", &own_cell);
 }
