@@ -41,5 +41,8 @@ class Package(types.ModuleType):
         super().__setattr__(name, value)
         return value
 
+    def __dir__(self) -> list[str]:  # tab completion lists the API before any of it has loaded
+        return sorted(set(super().__dir__()) | set(HOMES))
+
 
 sys.modules[__name__].__class__ = Package

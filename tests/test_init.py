@@ -21,6 +21,7 @@ def test_torch_loads_only_when_a_name_needs_it_and_train_compare_novelty_stay_fu
     # One new Python (a torch import each): the light names first; then the modules train.py, compare.py and
     # novelty.py load before anything asks for the names, which must still be the functions.
     out = run_fresh("import sys, types, storyloom\n"
+                    "assert {'train', 'load', 'prepare', 'Writer', 'compare', 'UserError'} <= set(dir(storyloom))\n"
                     "print('torch' in sys.modules, end=' ')\n"
                     "storyloom.prepare, storyloom.clean_sources, storyloom.ModelConfig, storyloom.UserError\n"
                     "print('torch' in sys.modules, end=' ')\n"
