@@ -128,11 +128,13 @@ class LanguageModel(nn.Module):
         (cell.read_packs, cell.read_inputs); else None. Cached until a parameter changes."""
         if not self.folds:
             return None
-        lookup = self._lookup()
-        if lookup is not None and lookup.shape[0] * 16 * self.cfg.hidden > READ_TABLE_BYTES:
-            lookup = None
-        table = None if lookup is None else cached(self, "_read_table", lambda: self.cell.read_inputs(lookup, self._bounds()))
-        return (table, *self.cell.read_packs(), self._bounds())
+
+        def build():  # the lookup is made here, not at every read: a one-hot input's is a fresh V x V identity
+            lookup = self._lookup()
+            return None if lookup is None else self.cell.read_inputs(lookup, self._bounds())
+
+        fits = self.cfg.vocab_size * 16 * self.cfg.hidden <= READ_TABLE_BYTES  # V rows of 4H floats
+        return (cached(self, "_read_table", build) if fits else None, *self.cell.read_packs(), self._bounds())
 
     def step(self, x: torch.Tensor, state: State, precision: str = "fp32") -> tuple[torch.Tensor, State]:
         """forward() for one time step, x (B,) -> logits (B, V), in eval mode, without gradients. `precision`: how
