@@ -222,10 +222,21 @@ at::Tensor q8_linear(const at::Tensor& x, const std::vector<at::Tensor>& m, int6
 // at a time from each gate's start (Vectorized<float>'s sigmoid; a tail shorter than 16 goes to its scalar loop,
 // so only a hidden size that is a multiple of 16 is done here), and tanh is MKL's vmsTanh, which ATen's tanh calls.
 // Both libraries are inside libtorch_cpu; declared weak, so a torch built without them still loads this file
-// and its reads take ATen's calls, as they do where a check at first use finds other numbers than ATen's.
+// and its reads and writes take ATen's calls, as they do where a check at first use finds other numbers than ATen's.
 extern "C" {
 __attribute__((weak)) void vmsTanh(int n, const float* a, float* r, unsigned long long mode);
 }
+static const unsigned long long VML_MODE = 0x2 | 0x140000 | 0x100;  // VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE: ATen's
+
+// C = f C + i g for the gates s (i, f, ...) and the candidate g, in LSTMCell's three roundings: f C and i g each
+// rounded, then their sum (FLAGS keeps the compiler from fusing them).
+static inline void update_cell_plain(const float* s, const float* g, float* c, int64_t H) {
+  for (int64_t k = 0; k < H; ++k) {
+    const float fc = s[H + k] * c[k], ig = s[k] * g[k];
+    c[k] = fc + ig;
+  }
+}
+
 #ifdef Q8_X86
 extern "C" __attribute__((weak)) __m256 Sleef_expf8_u10(__m256);
 
@@ -236,11 +247,7 @@ AVX2 static void sigmoid8(float* p, int64_t n) {
     _mm256_storeu_ps(p + k, _mm256_div_ps(one, _mm256_add_ps(e, one)));
   }
 }
-#endif
 
-static const unsigned long long VML_MODE = 0x2 | 0x140000 | 0x100;  // VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE: ATen's
-
-#ifdef Q8_X86
 // Whether this torch's sigmoid and tanh are what sigmoid8 and vmsTanh compute, on 4,096 values over the range where
 // they are not yet 0, 1 or -1: checked once, so a torch whose kernels changed gets its own calls, not other numbers.
 static bool same_as_aten() {
@@ -249,6 +256,13 @@ static bool same_as_aten() {
   sigmoid8(s.data_ptr<float>(), s.numel());
   vmsTanh(static_cast<int>(t.numel()), t.data_ptr<float>(), t.data_ptr<float>(), VML_MODE);
   return at::equal(s, want_s) && at::equal(t, want_t);
+}
+
+// The writing step's C = f C + i g, i g added as ATen's addcmul adds it (addcmul_form): fused into one multiply-add,
+// or rounded first.
+AVX2 static void update_cell(const float* s, const float* g, float* c, int64_t H, bool fused) {
+  if (!fused) return update_cell_plain(s, g, c, H);
+  for (int64_t k = 0; k < H; ++k) c[k] = std::fma(s[k], g[k], s[H + k] * c[k]);
 }
 #endif
 
@@ -276,20 +290,6 @@ static int addcmul_form() {
   }
   return at::equal(want, fused) ? 1 : at::equal(want, plain) ? 2 : 0;
 }
-
-#ifdef Q8_X86
-// C = f C + i g for the gates s (i, f, ...) and g: f C rounded, then i g added as addcmul adds it (addcmul_form).
-AVX2 static void update_cell(const float* s, const float* g, float* c, int64_t H, bool fused) {
-  if (fused) {
-    for (int64_t k = 0; k < H; ++k) c[k] = std::fma(s[k], g[k], s[H + k] * c[k]);
-  } else {
-    for (int64_t k = 0; k < H; ++k) {
-      const float fc = s[H + k] * c[k], ig = s[k] * g[k];
-      c[k] = fc + ig;
-    }
-  }
-}
-#endif
 
 // The writing step's cell without ATen's seven calls a layer, where own_gates holds for its whole gate vector
 // (its sigmoid is one call over all 4H, so 4H must be whole 16-lane blocks) and addcmul's rounding is known.
@@ -456,11 +456,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> read_tokens(
         at::cpu::sigmoid_(chunked[0]), at::cpu::sigmoid_(chunked[1]), at::cpu::tanh_(chunked[2]);
         at::cpu::sigmoid_(chunked[3]);
       }
-      // C_t = f C_{t-1} + i g, in LSTMCell's three roundings (FLAGS keeps the compiler from fusing them)
-      for (int64_t k = 0; k < H; ++k) {
-        const float fc = z[H + k] * cp[k], ig = z[k] * z[2 * H + k];
-        cp[k] = fc + ig;
-      }
+      update_cell_plain(z, z + 2 * H, cp, H);  // C_t = f C_{t-1} + i g
       if (own) vmsTanh(H, cp, tcp, VML_MODE);  // h_t = o tanh(C_t)
       else at::cpu::tanh_out(tc, c);
       float* hp = op + t * H;  // each step's h is written where the layer's output keeps it
