@@ -45,8 +45,11 @@ compiler:
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu >/dev/null; } \
 	  || { echo "make test needs $(ARM_CXX) to check write.cpp for ARM: sudo apt-get install g++-aarch64-linux-gnu"; exit 1; }
 
+# One worker per core (at most 4: each imports torch and trains its modules' tiny runs), a file to a worker, so a
+# module's fixtures (a trained run, the ARM compile) are made once. Every test uses one thread, so two workers on
+# the 2 cores of CI took 175 s where one took 261. `python -m pytest` by hand runs in one process.
 test: venv browser compiler
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # Serve the demo run on http://127.0.0.1:8000/ (make demo first).
 serve: venv
