@@ -435,8 +435,7 @@ def _prepare_tokens(jobs: list, cfg: DataConfig, out: Path, workers: int, progre
                 n_ids[part] += len(ids)
 
             def train_texts(texts):
-                for t in texts:
-                    write(ft, 0, tok.ids(t, train_unknown, "the training text"))
+                write(ft, 0, tok.ids_many(texts, train_unknown, "the training text"))
 
             def val_texts(texts):
                 nonlocal val_chars, extra
