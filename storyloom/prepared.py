@@ -15,7 +15,10 @@ straight into its slice of train.bin and val.bin, which this process
 hashes and writes back to disk as they fill (files.Filled). At word and BPE level they
 are read twice in order, a file or piece at a time (fit the tokenizer, then
 encode), and encoded in texts cut where every level's tokens break
-(tokenize.Rejoin), so the ids are those of the whole text.
+(tokenize.Rejoin), so the ids are those of the whole text: word level counts
+and encodes each file's or piece's text between its first and last such cut
+in worker processes, joining the edges here; BPE's encoder uses every core
+itself.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +44,7 @@ from .cpu import physical_cores
 from .errors import UserError
 from .files import MANIFEST, Filled, dumps, entry, fsync_dir, parse_json, read_bytes, read_manifest, verify, write_atomic, write_json
 from .sources import Document, decode, load, locate, read
-from .tokenize import CharTokenizer, Rejoin, Tokenizer, char_counts, fit_pieces, from_dict
+from .tokenize import CharTokenizer, Rejoin, Tokenizer, WordTokenizer, char_counts, fit_pieces, from_dict, safe_cuts
 
 PREPARED = "prepared.json"
 
@@ -270,19 +274,34 @@ def _keep_freed_memory() -> None:
     mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: free memory at the heap's top stays up to this
 
 
-def _parallel(fn, jobs: list, workers: int, bar: tqdm):
-    """fn over jobs in order, in `workers` processes (in this one when 1), advancing the bar by each job's size."""
+_SHARED = None  # what every task of a pass reads, sent once to each worker rather than with each task: a vocabulary
+CUT = Rejoin().size  # how far apart texts are cut for encoding
+
+
+def _start_worker(shared) -> None:
+    global _SHARED
+    _SHARED = shared
+    _keep_freed_memory()
+
+
+def _parallel(fn, jobs: list, workers: int, bar: tqdm, shared=None):
+    """fn over jobs in order, in `workers` processes (in this one when 1), advancing the bar by each job's size;
+    `shared` is _SHARED while they run."""
+    global _SHARED
     sizes = [_size(j[1][0]) for j in jobs]
     pool = None
     if workers > 1 and len(jobs) > 1:
         # fork: workers start in milliseconds and inherit the imported modules; they touch no torch state.
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(min(workers, len(jobs)), initializer=_keep_freed_memory)
+        pool = ctx.Pool(min(workers, len(jobs)), initializer=_start_worker, initargs=(shared,))
+    else:
+        _SHARED = shared
     try:
         for n, r in zip(sizes, map(fn, jobs) if pool is None else pool.imap(fn, jobs)):
             bar.update(n)
             yield r
     finally:
+        _SHARED = None
         if pool is not None:
             pool.terminate()
 
@@ -291,7 +310,7 @@ def _task(args):
     """One unit of a pass: a whole file, or a piece of a large one (a module function, so a pool can send it)."""
     fn, rest = args
     return {"count": _count, "encode": _encode, "scan": _scan, "count_piece": _count_piece,
-            "encode_piece": _encode_piece}[fn](rest)
+            "encode_piece": _encode_piece, "unit": lambda a: _unit(*a), "split_unit": _split_unit}[fn](rest)
 
 
 def _lay_out(jobs: list, split_files: dict, cfg: DataConfig, run, bar) -> tuple[dict, dict]:
@@ -391,51 +410,126 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
             "train_works": [n for n in names if roles(n, cfg)[0]], "val_works": [n for n in names if roles(n, cfg)[1]]}
 
 
-def _units(jobs: list, split_files: dict, layouts: dict, cfg: DataConfig, bar, lengths: list | None = None):
-    """In order, each file's or piece's (training text, validation text); a file's lengths added to `lengths`."""
+def _unit_specs(jobs: list, split_files: dict, layouts: dict) -> list[tuple]:
+    """The units the word and BPE passes read in order: (file index, a piece and its place in the file's layout,
+    or the whole file and None)."""
+    specs = []
     for i, j in enumerate(jobs):
         if i in layouts:
             offsets, ns, train, val = layouts[i]
-            for p, o, n in zip(split_files[i], offsets, ns):
-                text = _piece_text(p, cfg)
-                if len(text) != n:
-                    raise UserError(f"{p.path}: changed while it was being prepared; run `storyloom prepare` again")
-                bar.update(p.end - p.start)
-                yield tuple("".join(t for _, t in _stretches(text, o, r, cfg.lowercase)) for r in (train, val))
-            if lengths is not None:
-                lengths.append((j.name, (sum(b - a for a, b in train), sum(b - a for a, b in val))))
+            specs += [(i, p, (o, n, train, val)) for p, o, n in zip(split_files[i], offsets, ns)]
         else:
-            doc, train, val = _job(j, cfg)
-            bar.update(_size(j))
-            if lengths is not None:
-                lengths.append((doc.name, (len(train), len(val))))
-            yield train, val
+            specs.append((i, j, None))
+    return specs
+
+
+def _unit(unit, place, cfg: DataConfig) -> tuple[tuple | None, str, str]:
+    """A file's or a piece's (name and lengths for a whole file, training text, validation text)."""
+    if place is None:
+        doc, train, val = _job(unit, cfg)
+        return (doc.name, (len(train), len(val))), train, val
+    o, n, train, val = place
+    text = _piece_text(unit, cfg)
+    if len(text) != n:
+        raise UserError(f"{unit.path}: changed while it was being prepared; run `storyloom prepare` again")
+    return None, *("".join(t for _, t in _stretches(text, o, r, cfg.lowercase)) for r in (train, val))
+
+
+def _split_unit(args) -> tuple:
+    """A unit's training text cut at its first and last safe cuts (tokenize.safe_cuts): (name and lengths, the
+    head, what the middle gives, the tail, the validation text). The middle gives its word and character counts
+    (word level's fit: they add up over texts cut there), or its ids, encoded in texts cut about `size` apart as
+    Rejoin cuts them (the vocabulary in _SHARED); None when the text has no cut, and then the head is all of it.
+    Heads and tails join their neighbours' in the main process."""
+    unit, place, cfg, size, what = args
+    info, train, val = _unit(unit, place, cfg)
+    val = val if what == "encode" else ""
+    cuts = safe_cuts(train, size)
+    if not cuts:
+        return info, train, None, "", val
+    if what == "count":
+        done = WordTokenizer.counts(train[cuts[0] : cuts[-1]])
+    else:
+        unknown = "replace" if _SHARED.charges_unknown else "error"
+        done = _SHARED.ids_many([train[a:b] for a, b in zip(cuts, cuts[1:])], unknown, "the training text")
+    return info, train[: cuts[0]], done, train[cuts[-1] :], val
+
+
+def _in_order(specs: list, jobs: list, layouts: dict, results, lengths: list | None = None):
+    """The units' results (from their tasks, in order) without the name and lengths of a whole file, which go to
+    `lengths` a file at a time, as those of a file in pieces do from its layout."""
+    for k, ((i, _, place), r) in enumerate(zip(specs, results)):
+        if lengths is not None:
+            if place is None:
+                lengths.append(r[0])
+            elif k + 1 == len(specs) or specs[k + 1][0] != i:  # a piece, the file's last
+                _, _, train, val = layouts[i]
+                lengths.append((jobs[i].name, (sum(b - a for a, b in train), sum(b - a for a, b in val))))
+        yield r[1:]
+
+
+def _rejoined(results, finish):
+    """Split units' results as Rejoin would give them: each texts (a head joined to the tails and uncut texts
+    before it, then the middle's result) passed to `finish(text, None)` and `finish(None, result)`; the validation
+    texts yielded."""
+    carry: list[str] = []
+    for head, done, tail, val in results:
+        if done is None:
+            carry.append(head)
+        else:
+            finish("".join(carry) + head, None)
+            finish(None, done)
+            carry = [tail]
+        yield val
+    finish("".join(carry), None)
 
 
 def _prepare_tokens(jobs: list, cfg: DataConfig, out: Path, workers: int, progress: bool,
                     piece_bytes: int = PIECE_BYTES) -> dict:
-    """Word and subword levels, a file or piece in memory at a time: fit the tokenizer on the training text as it
-    streams past, then encode both parts in texts cut where tokens break (tokenize.Rejoin), appending their ids.
-    The ids, the vocabulary and the scores are those of the whole text (corpus.build)."""
+    """Word and subword levels, a file or piece in memory at a time per process: fit the tokenizer on the training
+    text, then encode both parts in texts cut where tokens break (tokenize.Rejoin), appending their ids. The ids, the
+    vocabulary and the scores are those of the whole text (corpus.build).
+
+    Word level counts and encodes the units' middles on `workers` processes (tokenize.safe_cuts: a middle's tokens
+    are its own), joining their edges here. BPE fits in one pass in order (Hugging Face's trainer reads the text as
+    one stream) and encodes here, its encoder on every core itself (BPETokenizer.ids_many)."""
     split_files = {i: pieces(j, piece_bytes) for i, j in enumerate(jobs) if splittable(j, cfg, piece_bytes)}
     total = sum(_size(j) for j in jobs) * 2 + sum(_size(j) for i, j in enumerate(jobs) if i in split_files)
     with tqdm(total=total, unit="B", unit_scale=True, desc="prepare", disable=None if progress else True) as bar:
-        layouts, _ = _lay_out(jobs, split_files, cfg, lambda tasks: _parallel(_task, tasks, workers, bar), bar)
+        def run(tasks: list, n: int, shared=None):
+            return _parallel(_task, tasks, n, bar, shared)
+
+        layouts, _ = _lay_out(jobs, split_files, cfg, lambda tasks: run(tasks, workers), bar)
+        specs = _unit_specs(jobs, split_files, layouts)
+        split = lambda what: [("split_unit", (u, p, cfg, CUT, what)) for _, u, p in specs]  # noqa: E731
         lengths: list = []
-        units = _units(jobs, split_files, layouts, cfg, bar, lengths)
-        tok = fit_pieces((train for train, _ in units), cfg.level, cfg.vocab_size, cfg.max_vocab, cfg.min_count)
+        if cfg.level == "word":
+            tokens, chars = Counter(), Counter()
+
+            def add(text, counts):
+                for into, c in zip((tokens, chars), counts or WordTokenizer.counts(text)):
+                    into.update(c)
+
+            for _ in _rejoined(_in_order(specs, jobs, layouts, run(split("count"), workers), lengths), add):
+                pass
+            tok = WordTokenizer.from_counts(tokens, chars, cfg.max_vocab, cfg.min_count)
+        else:
+            units = _in_order(specs, jobs, layouts, run([("unit", (u, p, cfg)) for _, u, p in specs], 1), lengths)
+            tok = fit_pieces((train for train, _ in units), cfg.level, cfg.vocab_size, cfg.max_vocab, cfg.min_count)
         check_split([n for n, _ in lengths], [c for _, c in lengths], cfg)
-        train_unknown = "replace" if tok.charges_unknown else "error"
         tmp = [out / ".train.bin.tmp", out / ".val.bin.tmp"]
-        rejoin, n_ids = (Rejoin(), Rejoin()), [0, 0]
+        rejoin, n_ids = Rejoin(), [0, 0]
         val_chars, extra = 0, 0.0
         with open(tmp[0], "wb") as ft, open(tmp[1], "wb") as fv:
             def write(f, part, ids):
                 f.write(np.ascontiguousarray(ids, dtype=tok.dtype()).tobytes())
                 n_ids[part] += len(ids)
 
-            def train_texts(texts):
-                write(ft, 0, tok.ids_many(texts, train_unknown, "the training text"))
+            def train_ids(text, ids):
+                if ids is None and text:
+                    ids = tok.ids(text, "replace" if tok.charges_unknown else "error", "the training text")
+                if ids is not None:
+                    write(ft, 0, ids)
 
             def val_texts(texts):
                 nonlocal val_chars, extra
@@ -444,11 +538,11 @@ def _prepare_tokens(jobs: list, cfg: DataConfig, out: Path, workers: int, progre
                     write(fv, 1, s.ids)
                     val_chars, extra = val_chars + s.chars, extra + s.extra_nats
 
-            for train, val in _units(jobs, split_files, layouts, cfg, bar):
-                train_texts(rejoin[0].feed(train))
-                val_texts(rejoin[1].feed(val))
-            train_texts(rejoin[0].close())
-            val_texts(rejoin[1].close())
+            # BPE's encoder runs on every core by itself; in worker processes it would run on one each
+            encoders = workers if cfg.level == "word" else 1
+            for val in _rejoined(_in_order(specs, jobs, layouts, run(split("encode"), encoders, tok)), train_ids):
+                val_texts(rejoin.feed(val))
+            val_texts(rejoin.close())
             for f in (ft, fv):
                 f.flush()
                 os.fsync(f.fileno())
@@ -467,7 +561,8 @@ def prepare(sources, out: str | Path, workers: int = 0, progress: bool = True, *
 
     Memory stays near one file's size (a large file's piece's: 16 MB) whatever the corpus's: at character level
     the files are read twice (count, then encode), one at a time per process, on `workers` processes (0: one per
-    physical core); at word and BPE level twice in order (fit the tokenizer, then encode).
+    physical core); at word and BPE level twice in order (fit the tokenizer, then encode), word level's passes on
+    `workers` processes too.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise UserError(f"--workers must be >= 0 (0: one per core), got {workers}")
@@ -483,8 +578,8 @@ def prepare_corpus(jobs: list, cfg: DataConfig, out: str | Path, sources=(), wor
     """Clean, split and encode once: train.bin and val.bin (raw ids in the smallest unsigned type), vocab.json, prepared.json.
 
     jobs are source files (as sources.locate gives them) or documents
-    already read. workers: processes for the passes that run in parallel (character level's, and the first pass
-    over a large file at every level; `prepare` passes one per physical core).
+    already read. workers: processes for the passes that run in parallel (character and word level's, and the
+    first pass over a large file at every level; `prepare` passes one per physical core).
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / PREPARED).is_file():

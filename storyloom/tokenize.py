@@ -534,7 +534,7 @@ def fit(text: str, level: str = "char", vocab_size: int = 0, max_vocab: int = 0,
 def fit_pieces(texts, level: str, vocab_size: int = 0, max_vocab: int = 0, min_count: int = 1) -> Tokenizer:
     """The word or BPE vocabulary `fit` would give the concatenation of `texts` (consecutive pieces, read once, one
     at a time): what `storyloom prepare` fits a file larger than memory with. (Character level counts its pieces
-    in parallel: prepared._prepare_chars.)"""
+    in parallel, and so does word level, through WordTokenizer.counts: prepared.py.)"""
     if level == "word":
         return WordTokenizer.fit_pieces(texts, max_vocab, min_count)
     if level == "bpe":

@@ -243,3 +243,17 @@ def test_fuzz_word_and_bpe_pieces_equal_the_whole_text_wherever_cuts_fall(tmp_pa
     text = "".join(parts) + "\nthe end of the text, long enough for a validation tail\n"
     prepare_vs_build(tmp, {"a.txt": text, "b.txt": "Another work entirely.\n" * 5}, piece_bytes, level=level,
                      lowercase=lowercase)
+
+
+@pytest.mark.parametrize("level", ["word", "bpe"])
+def test_word_and_bpe_middles_encoded_in_many_texts_equal_the_in_memory_corpus(tmp_path, monkeypatch, level):
+    """Each piece's middle is encoded in texts cut about CUT characters apart (64K, so a small test text has one):
+    here 16, so every middle is many texts, counted and encoded in worker processes (they fork with this value)."""
+    from storyloom import prepared
+
+    monkeypatch.setattr(prepared, "CUT", 16)
+    body = "\r\n".join(LINES * 6)
+    files = {"a.txt": HEADER + body + FOOTER, "b.txt": body + "\nnospaceatall" * 30 + "\n" + body}
+    for piece_bytes in (200, 1 << 24):
+        (tmp_path / str(piece_bytes)).mkdir()
+        prepare_vs_build(tmp_path / str(piece_bytes), files, piece_bytes, level=level)
