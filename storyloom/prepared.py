@@ -274,7 +274,7 @@ def _keep_freed_memory() -> None:
     mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: free memory at the heap's top stays up to this
 
 
-_SHARED = None  # what every task of a pass reads, sent once to each worker rather than with each task: a vocabulary
+_SHARED = None  # in a worker: what every task of its pass reads, sent once rather than with each task (a vocabulary)
 CUT = Rejoin().size  # how far apart texts are cut for encoding
 
 
@@ -285,32 +285,31 @@ def _start_worker(shared) -> None:
 
 
 def _parallel(fn, jobs: list, workers: int, bar: tqdm, shared=None):
-    """fn over jobs in order, in `workers` processes (in this one when 1), advancing the bar by each job's size;
-    `shared` is _SHARED while they run."""
-    global _SHARED
+    """fn(job, shared) over jobs in order, in `workers` processes (in this one when 1: fn(job, shared) there, and in
+    a worker fn(job) with `shared` in _SHARED), advancing the bar by each job's size."""
     sizes = [_size(j[1][0]) for j in jobs]
     pool = None
     if workers > 1 and len(jobs) > 1:
         # fork: workers start in milliseconds and inherit the imported modules; they touch no torch state.
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         pool = ctx.Pool(min(workers, len(jobs)), initializer=_start_worker, initargs=(shared,))
-    else:
-        _SHARED = shared
     try:
-        for n, r in zip(sizes, map(fn, jobs) if pool is None else pool.imap(fn, jobs)):
+        results = (fn(j, shared) for j in jobs) if pool is None else pool.imap(fn, jobs)
+        for n, r in zip(sizes, results):
             bar.update(n)
             yield r
     finally:
-        _SHARED = None
         if pool is not None:
             pool.terminate()
 
 
-def _task(args):
+def _task(args, shared=None):
     """One unit of a pass: a whole file, or a piece of a large one (a module function, so a pool can send it)."""
     fn, rest = args
+    if fn == "split_unit":
+        return _split_unit(rest, shared if shared is not None else _SHARED)
     return {"count": _count, "encode": _encode, "scan": _scan, "count_piece": _count_piece,
-            "encode_piece": _encode_piece, "unit": lambda a: _unit(*a), "split_unit": _split_unit}[fn](rest)
+            "encode_piece": _encode_piece, "unit": lambda a: _unit(*a)}[fn](rest)
 
 
 def _lay_out(jobs: list, split_files: dict, cfg: DataConfig, run, bar) -> tuple[dict, dict]:
@@ -435,11 +434,11 @@ def _unit(unit, place, cfg: DataConfig) -> tuple[tuple | None, str, str]:
     return None, *("".join(t for _, t in _stretches(text, o, r, cfg.lowercase)) for r in (train, val))
 
 
-def _split_unit(args) -> tuple:
+def _split_unit(args, tok: Tokenizer | None) -> tuple:
     """A unit's training text cut at its first and last safe cuts (tokenize.safe_cuts): (name and lengths, the
     head, what the middle gives, the tail, the validation text). The middle gives its word and character counts
     (word level's fit: they add up over texts cut there), or its ids, encoded in texts cut about `size` apart as
-    Rejoin cuts them (the vocabulary in _SHARED); None when the text has no cut, and then the head is all of it.
+    Rejoin cuts them (with `tok`); None when the text has no cut, and then the head is all of it.
     Heads and tails join their neighbours' in the main process."""
     unit, place, cfg, size, what = args
     info, train, val = _unit(unit, place, cfg)
@@ -450,8 +449,8 @@ def _split_unit(args) -> tuple:
     if what == "count":
         done = WordTokenizer.counts(train[cuts[0] : cuts[-1]])
     else:
-        unknown = "replace" if _SHARED.charges_unknown else "error"
-        done = _SHARED.ids_many([train[a:b] for a, b in zip(cuts, cuts[1:])], unknown, "the training text")
+        unknown = "replace" if tok.charges_unknown else "error"
+        done = tok.ids_many([train[a:b] for a, b in zip(cuts, cuts[1:])], unknown, "the training text")
     return info, train[: cuts[0]], done, train[cuts[-1] :], val
 
 

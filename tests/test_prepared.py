@@ -195,7 +195,7 @@ def test_an_undecodable_byte_in_a_piece_names_its_offset_in_the_file(tmp_path):
 
 
 # -- word and BPE levels stream too: a file or piece at a time, the ids of the whole text --------------------
-def prepare_vs_build(tmp_path, files: dict[str, str], piece_bytes: int, **data):
+def prepare_vs_build(tmp_path, files: dict[str, str], piece_bytes: int, workers: int = 2, **data):
     import math
 
     import numpy as np
@@ -209,7 +209,7 @@ def prepare_vs_build(tmp_path, files: dict[str, str], piece_bytes: int, **data):
     for name, text in files.items():
         (src / name).write_bytes(text.encode("utf-8"))
     cfg = DataConfig(**{"vocab_size": 300, "max_vocab": 60, **data})
-    meta = prepare_corpus(locate([str(src)]), cfg, tmp_path / "prep", progress=False, workers=2, piece_bytes=piece_bytes)
+    meta = prepare_corpus(locate([str(src)]), cfg, tmp_path / "prep", progress=False, workers=workers, piece_bytes=piece_bytes)
     c, _ = load_prepared(tmp_path / "prep")
     direct = build(read([str(src)]), cfg)  # everything in memory at once: the reference
     assert np.array_equal(c.train, direct.train) and np.array_equal(c.val, direct.val)
@@ -245,10 +245,12 @@ def test_fuzz_word_and_bpe_pieces_equal_the_whole_text_wherever_cuts_fall(tmp_pa
                      lowercase=lowercase)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("level", ["word", "bpe"])
-def test_word_and_bpe_middles_encoded_in_many_texts_equal_the_in_memory_corpus(tmp_path, monkeypatch, level):
+def test_word_and_bpe_middles_encoded_in_many_texts_equal_the_in_memory_corpus(tmp_path, monkeypatch, level, workers):
     """Each piece's middle is encoded in texts cut about CUT characters apart (64K, so a small test text has one):
-    here 16, so every middle is many texts, counted and encoded in worker processes (they fork with this value)."""
+    here 16, so every middle is many texts, counted and encoded here or in worker processes (they fork with this
+    value)."""
     from storyloom import prepared
 
     monkeypatch.setattr(prepared, "CUT", 16)
@@ -256,4 +258,4 @@ def test_word_and_bpe_middles_encoded_in_many_texts_equal_the_in_memory_corpus(t
     files = {"a.txt": HEADER + body + FOOTER, "b.txt": body + "\nnospaceatall" * 30 + "\n" + body}
     for piece_bytes in (200, 1 << 24):
         (tmp_path / str(piece_bytes)).mkdir()
-        prepare_vs_build(tmp_path / str(piece_bytes), files, piece_bytes, level=level)
+        prepare_vs_build(tmp_path / str(piece_bytes), files, piece_bytes, workers, level=level)
