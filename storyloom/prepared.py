@@ -468,9 +468,9 @@ def _in_order(specs: list, jobs: list, layouts: dict, results, lengths: list | N
 
 
 def _rejoined(results, finish):
-    """Split units' results as Rejoin would give them: each texts (a head joined to the tails and uncut texts
-    before it, then the middle's result) passed to `finish(text, None)` and `finish(None, result)`; the validation
-    texts yielded."""
+    """Split units' results in the order Rejoin would give their texts: each head joined to the tail and the uncut
+    texts before it goes to `finish(text, None)`, then the middle's result to `finish(None, result)`, and the last
+    tail at the end; each unit's validation text is yielded."""
     carry: list[str] = []
     for head, done, tail, val in results:
         if done is None:
