@@ -16,10 +16,11 @@ write.cpp's q8_linear, FBGEMM's numbers bit for bit at 2-3x its speed (FBGEMM
 computes one row as a general matrix product; no library offers the
 one-row case with FBGEMM's numerics, which the Python loop must share). Several
 streams, beams, other cells and GPUs write through the Python loop, which
-stays the reference. Building needs a C++ compiler and takes about 10 s the
-first time (`torch.utils.cpp_extension`, cached under $TORCH_EXTENSIONS_DIR
-or ~/.cache/torch_extensions); without a compiler writing stays in Python,
-said once on stderr.
+stays the reference. Building needs a C++ compiler and takes 10-30 s the
+first time, most of it parsing torch's headers (about 10 s on 2 Intel cores,
+21 s on 2 AMD Zen 3 cores); it is cached (`torch.utils.cpp_extension`, under
+$TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions). Without a compiler
+writing stays in Python, said once on stderr.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .config import SampleConfig
 from .model import LanguageModel, State
 
 SOURCE = Path(__file__).with_name("write.cpp")
-STALE_LOCK = 600  # seconds: a build takes about 10, so an older lock is a killed build's
+STALE_LOCK = 600  # seconds: a build takes 10-30, so an older lock is a killed build's
 # -fopenmp: q8_linear splits rows over torch's own OpenMP threads (the wheel's libgomp.so.1, which the build
 # links by that name). Apple's clang has no -fopenmp: on a Mac the product runs on one thread (an Apple Silicon
 # Mac has no q8_linear at all). -ffp-contract=off: no multiply-add fused but those written, so its floats are FBGEMM's.
@@ -148,7 +149,7 @@ def build() -> bool:
 
         where = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
         if not (where / f"{name}.so").exists():
-            print("storyloom: building the native writing loop (once; about 10 s)", file=sys.stderr, flush=True)
+            print("storyloom: building the native writing loop (once; 10-30 s)", file=sys.stderr, flush=True)
         bindir = str(Path(sys.executable).parent)  # pip's ninja, which torch's builder runs by name, lives here
         if shutil.which("ninja") is None and shutil.which("ninja", path=bindir):
             os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
