@@ -44,7 +44,7 @@ from .cpu import physical_cores
 from .errors import UserError
 from .files import MANIFEST, Filled, dumps, entry, fsync_dir, parse_json, read_bytes, read_manifest, verify, write_atomic, write_json
 from .sources import Document, decode, load, locate, read
-from .tokenize import CharTokenizer, Rejoin, Tokenizer, WordTokenizer, char_counts, fit_pieces, from_dict, safe_cuts
+from .tokenize import CUT, CharTokenizer, Rejoin, Tokenizer, WordTokenizer, char_counts, cut, fit_pieces, from_dict
 
 PREPARED = "prepared.json"
 
@@ -275,7 +275,6 @@ def _keep_freed_memory() -> None:
 
 
 _SHARED = None  # in a worker: what every task of its pass reads, sent once rather than with each task (a vocabulary)
-CUT = Rejoin().size  # how far apart texts are cut for encoding
 
 
 def _start_worker(shared) -> None:
@@ -435,23 +434,23 @@ def _unit(unit, place, cfg: DataConfig) -> tuple[tuple | None, str, str]:
 
 
 def _split_unit(args, tok: Tokenizer | None) -> tuple:
-    """A unit's training text cut at its first and last safe cuts (tokenize.safe_cuts): (name and lengths, the
-    head, what the middle gives, the tail, the validation text). The middle gives its word and character counts
-    (word level's fit: they add up over texts cut there), or its ids, encoded in texts cut about `size` apart as
-    Rejoin cuts them (with `tok`); None when the text has no cut, and then the head is all of it.
+    """A unit's training text cut as Rejoin cuts it (tokenize.cut): (name and lengths, the head before its first
+    cut, what the middle gives, the tail after its last, the validation text). The middle gives its word and
+    character counts (word level's fit: they add up over texts cut there), or its ids, each
+    text between two cuts encoded alone (with `tok`); None when the text has no cut, and then the head is all of it.
     Heads and tails join their neighbours' in the main process."""
     unit, place, cfg, size, what = args
     info, train, val = _unit(unit, place, cfg)
     val = val if what == "encode" else ""
-    cuts = safe_cuts(train, size)
-    if not cuts:
+    parts = cut(train, size)
+    if parts is None:
         return info, train, None, "", val
+    head, middle, tail = parts
     if what == "count":
-        done = WordTokenizer.counts(train[cuts[0] : cuts[-1]])
+        done = WordTokenizer.counts("".join(middle))
     else:
-        unknown = "replace" if tok.charges_unknown else "error"
-        done = tok.ids_many([train[a:b] for a, b in zip(cuts, cuts[1:])], unknown, "the training text")
-    return info, train[: cuts[0]], done, train[cuts[-1] :], val
+        done = tok.ids_many(middle, "replace" if tok.charges_unknown else "error", "the training text")
+    return info, head, done, tail, val
 
 
 def _in_order(specs: list, jobs: list, layouts: dict, results, lengths: list | None = None):
