@@ -84,17 +84,30 @@ def end_lines(text: str) -> list[int]:
     return found
 
 
-def strip_gutenberg(text: str) -> str:
+def body_spans(text: str) -> list[tuple[int, int]]:
+    """[start, end) of each stretch of a normalised text that strip_gutenberg keeps, in order."""
     # The body starts after the last start-marker line in the front half, and ends before the first
     # end-marker line after it. prepared.py applies the same rules to a file read in pieces.
     start = body_start(start_lines(text), len(text))
     end = _end_line(text, start)
-    body = text[start : len(text) if end is None else end]
-    if not start:
-        return body
-    lead, span = credit_span(body)
-    body = body[lead:]
-    return body if span is None else body[: span[0]] + body[span[1] :]
+    end = len(text) if end is None else end
+    return kept(start, end, text[start:end] if start else "")
+
+
+def kept(start: int, end: int, opening: str) -> list[tuple[int, int]]:
+    """The stretches kept of a text whose body is [start, end): all of it when no start marker was found (start 0),
+    else without the newlines that open it and a "Produced by" paragraph (credit_span), which `opening` decides:
+    the body's text, or as much of its start as opening_is_whole asks."""
+    spans = [(start, end)]
+    if start:
+        lead, span = credit_span(opening)
+        s0 = start + lead
+        spans = [(s0, end)] if span is None else [(s0, s0 + span[0]), (s0 + span[1], end)]
+    return [(a, b) for a, b in spans if b > a]
+
+
+def strip_gutenberg(text: str) -> str:
+    return "".join(text[a:b] for a, b in body_spans(text))
 
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")

@@ -34,11 +34,35 @@ class Corpus:
 
 def split_one(doc: Document, cfg: DataConfig) -> tuple[str, str]:
     """One document, cleaned: (its training part, its validation part)."""
-    text = clean(doc.text, cfg.lowercase)
+    return split_cleaned(doc.name, clean(doc.text, cfg.lowercase), cfg)
+
+
+def split_cleaned(name: str, text: str, cfg: DataConfig) -> tuple[str, str]:
+    """A cleaned text's (training part, validation part): all of it one or the other under --val-files, else its
+    last --val-fraction for validation."""
     if cfg.val_files:
-        return ("", text) if doc.name in cfg.val_files else (text, "")
+        return ("", text) if name in cfg.val_files else (text, "")
     cut = len(text) - int(round(len(text) * cfg.val_fraction))
     return text[:cut], text[cut:]
+
+
+Spans = list[tuple[int, int]]
+
+
+def split_spans(name: str, kept: Spans, cfg: DataConfig) -> tuple[Spans, Spans]:
+    """split_cleaned's split of a cleaned text given as the stretches of another text it joins (clean.body_spans):
+    (the training part's stretches, the validation part's). Lowercasing must keep the text's length (ASCII does)."""
+    if cfg.val_files:
+        return ([], kept) if name in cfg.val_files else (kept, [])
+    length = sum(b - a for a, b in kept)
+    cut = length - int(round(length * cfg.val_fraction))
+    train, val, at = [], [], 0
+    for a, b in kept:  # cut the kept text `cut` characters in
+        c = a + min(max(cut - at, 0), b - a)
+        train += [(a, c)] if c > a else []
+        val += [(c, b)] if b > c else []
+        at += b - a
+    return train, val
 
 
 def check_split(names: list[str], chars: list[tuple[int, int]], cfg: DataConfig) -> None:

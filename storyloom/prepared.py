@@ -37,9 +37,10 @@ import numpy as np
 from tqdm import tqdm
 
 from . import presets
-from .clean import body_start, credit_span, end_lines, normalize, opening_is_whole, start_lines
+from .clean import body_spans, body_start, end_lines, kept, normalize, opening_is_whole, start_lines, strip_gutenberg
 from .config import DataConfig
-from .corpus import Corpus, benchmark_split, check_split, note_val_only, roles, split, split_one, with_val_only
+from .corpus import (Corpus, benchmark_split, check_split, note_val_only, roles, split, split_cleaned, split_one, split_spans,
+                     with_val_only)
 from .cpu import physical_cores
 from .errors import UserError
 from .files import MANIFEST, Filled, dumps, entry, fsync_dir, parse_json, read_bytes, read_manifest, verify, write_atomic, write_json
@@ -63,18 +64,29 @@ def _job(job, cfg: DataConfig) -> tuple[Document, str, str]:
     return (doc, *split_one(doc, cfg))
 
 
-def _count(args) -> tuple[str, int, int, np.ndarray, np.ndarray, np.ndarray]:
-    """Name, training and validation lengths, the training part's characters (code points, counts) and the
-    validation part's code points."""
-    doc, train, val = _job(*args)
-    counts = char_counts(train)
-    cps = np.flatnonzero(counts)
-    return doc.name, len(train), len(val), cps, counts[cps], np.flatnonzero(char_counts(val))
+def _count(args) -> tuple:
+    """Pass 1 for a whole file: its name, normalised length and split, with the training part's characters (code
+    points, counts) and the validation part's code points. The split is where the parts lie in the normalised text
+    (train and val stretches), so that the encoding pass slices them out rather than cleaning the text again; or,
+    where lowercasing outside ASCII may change lengths, None and the parts' lengths."""
+    job, cfg = args
+    text = _text(job, cfg)
+    if cfg.lowercase and not text.isascii():
+        train, val = split_cleaned(job.name, strip_gutenberg(text).lower(), cfg)
+        counts = char_counts(train)
+        cps = np.flatnonzero(counts)
+        return job.name, len(text), None, (len(train), len(val)), cps, counts[cps], np.flatnonzero(char_counts(val))
+    spans = split_spans(job.name, body_spans(text), cfg)
+    train, val = (_part_counts(text, 0, r, cfg.lowercase) for r in spans)
+    cps = np.flatnonzero(train)
+    lengths = tuple(sum(b - a for a, b in r) for r in spans)
+    return job.name, len(text), spans, lengths, cps, train[cps], np.flatnonzero(val)
 
 
 def _encode(args) -> None:
-    """Encode one file and write its ids in place. At char level a file's offsets are known from the
-    counting pass, so each worker writes its own slice and no ids travel back through a pipe."""
+    """Encode one file read whole and write its ids in place: a file whose parts lowercasing may resize, so that
+    they are known only as texts (_count). Its offsets are known from the counting pass, so each worker writes its
+    own slice and no ids travel back through a pipe."""
     job, cfg, tok, places = args
     _, train, val = _job(job, cfg)
     for (path, at, n), text, what in zip(places, (train, val), ("training", "validation")):
@@ -134,6 +146,13 @@ def _piece_text(p: Piece, cfg: DataConfig) -> str:
     return normalize(decode(data, str(p.path), cfg.encoding, offset=p.start), first=p.index == 0)
 
 
+def _text(job, cfg: DataConfig) -> str:
+    """What a job's ranges index: a piece's stretch of its file's normalised text, or a whole file's or document's."""
+    if isinstance(job, Piece):
+        return _piece_text(job, cfg)
+    return normalize((job if isinstance(job, Document) else load(job, cfg.encoding)).text)
+
+
 def _scan(args) -> tuple[int, bool, list[tuple[int, int]], list[int], tuple[np.ndarray, np.ndarray]]:
     """Pass 1 for a piece: its normalised length, whether it is ASCII, its start-marker and end-marker lines,
     and all its characters (code points, counts; lowered as the run will see them, where that keeps lengths)."""
@@ -167,23 +186,7 @@ def layout(name: str, ps: list[Piece], scans: list, cfg: DataConfig):
     n = offsets[-1]
     start = body_start([(o + a, o + b) for o, s in zip(offsets, scans) for a, b in s[2]], n)
     end = min([o + e for o, s in zip(offsets, scans) for e in s[3] if o + e >= start], default=n)
-    kept = [(start, end)]
-    if start:
-        lead, span = credit_span(_opening(ps, offsets, start, end, cfg))
-        s0 = start + lead
-        kept = [(s0, end)] if span is None else [(s0, s0 + span[0]), (s0 + span[1], end)]
-    kept = [(a, b) for a, b in kept if b > a]
-    if cfg.val_files:
-        return ([], kept) if name in cfg.val_files else (kept, [])
-    length = sum(b - a for a, b in kept)
-    cut = length - int(round(length * cfg.val_fraction))
-    train, val, at = [], [], 0
-    for a, b in kept:  # cut the kept text `cut` characters in
-        c = a + min(max(cut - at, 0), b - a)
-        train += [(a, c)] if c > a else []
-        val += [(c, b)] if b > c else []
-        at += b - a
-    return train, val
+    return split_spans(name, kept(start, end, _opening(ps, offsets, start, end, cfg) if start else ""), cfg)
 
 
 def _stretches(text: str, offset: int, ranges: list[tuple[int, int]], lowercase: bool):
@@ -222,24 +225,28 @@ def _count_piece(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     its share of the validation part."""
     p, cfg, offset, outside, val = args
     text = _piece_text(p, cfg)
-    found = []
-    for ranges in (outside, val):
-        counts = np.zeros(256, dtype=np.int64)
-        for _, t in _stretches(text, offset, ranges, cfg.lowercase):
-            c = char_counts(t)
-            counts = _add(counts, np.flatnonzero(c), c[c > 0])
-        found.append(counts)
-    cps = np.flatnonzero(found[0])
-    return cps, found[0][cps], np.flatnonzero(found[1])
+    outside, val = (_part_counts(text, offset, r, cfg.lowercase) for r in (outside, val))
+    cps = np.flatnonzero(outside)
+    return cps, outside[cps], np.flatnonzero(val)
+
+
+def _part_counts(text: str, offset: int, ranges: list[tuple[int, int]], lowercase: bool) -> np.ndarray:
+    """counts[cp] over the stretches of a part (its ranges) inside this text, which starts at `offset`."""
+    counts = np.zeros(256, dtype=np.int64)
+    for _, t in _stretches(text, offset, ranges, lowercase):
+        c = char_counts(t)
+        counts = _add(counts, np.flatnonzero(c), c[c > 0])
+    return counts
 
 
 def _encode_piece(args) -> None:
-    """Pass 3 for a piece: its share of the training and validation ids, written into the file's slices.
-    parts: (path, the file's first token there, the file's ranges) for train.bin and val.bin."""
+    """The last pass for a piece, or a file laid out whole (offset 0): its share of the training and validation ids,
+    written into the file's slices. parts: (path, the file's first token there, the file's ranges) for train.bin and
+    val.bin."""
     p, cfg, tok, offset, length, parts = args
-    text = _piece_text(p, cfg)
+    text = _text(p, cfg)
     if len(text) != length:
-        raise UserError(f"{p.path}: changed while it was being prepared; run `storyloom prepare` again")
+        raise UserError(f"{getattr(p, 'path', p)}: changed while it was being prepared; run `storyloom prepare` again")
     for (path, base, ranges), what in zip(parts, ("training", "validation")):
         for pos, t in _stretches(text, offset, ranges, cfg.lowercase):
             _write_ids(path, base + pos, tok.ids(t, "error" if what == "training" else cfg.unknown, f"the {what} text"),
@@ -356,14 +363,17 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
         chars = [(sum(b - a for a, b in layouts[i][2]), sum(b - a for a, b in layouts[i][3])) if i in layouts else None
                  for i in range(len(jobs))]
         seen = np.zeros(256, dtype=np.int64)  # the validation part's code points
+        whole = {}  # file index -> the layout of a file read whole, as a file of one piece
         for (i, sign), r in zip(owner, run(tasks)):
             if i in layouts:
                 counts = _add(counts, *r[:2], sign)
             else:
-                names[i], nt, nv, *r = r
-                chars[i] = (nt, nv)
+                names[i], n, spans, chars[i], *r = r
+                if spans is not None:
+                    whole[i] = ([0], [n], *spans)
                 counts = _add(counts, *r[:2])
             seen = _add(seen, r[-1], np.ones(len(r[-1]), dtype=np.int64))
+        layouts.update(whole)
         check_split(names, chars, cfg)
         tok, val_only = CharTokenizer.from_counts(counts), ()
         if cfg.unknown == "error":
@@ -381,7 +391,7 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
             if i in layouts:
                 offsets, lengths, train, val = layouts[i]
                 parts = ((t[0], t[1], train), (v[0], v[1], val))
-                for p, o, n in zip(split_files[i], offsets, lengths):
+                for p, o, n in zip(split_files.get(i, [j]), offsets, lengths):
                     tasks.append(("encode_piece", (p, cfg, tok, o, n, parts)))
                     ends.append((t[1] + _covered(train, o + n), v[1] + _covered(val, o + n)))
             else:

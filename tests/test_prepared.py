@@ -173,6 +173,23 @@ def test_fuzz_pieces_equal_the_whole_file_wherever_markers_fall(tmp_path_factory
     prepare_both(tmp, {"a.txt": text, "b.txt": "Another work entirely.\n" * 5}, piece_bytes, workers=1, lowercase=lowercase)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.sampled_from([HEADER, FOOTER, "\n", "\r\n", "\n\n\n", "Produced by X\n\n", "\ufeff", "a\u0301",
+                                       "END OF PROJECT GUTENBERG\n", "\u03a3 \u0130 ", *LINES]), min_size=1, max_size=40),
+       ascii=st.booleans(), lowercase=st.booleans(),
+       split=st.sampled_from([{}, {"val_fraction": 0.3}, {"val_files": ("b.txt",)}]))
+def test_fuzz_char_files_read_whole_equal_the_in_memory_corpus(tmp_path_factory, parts, ascii, lowercase, split):
+    # A file read whole is cleaned once, in the counting pass, which says where its parts lie in its text; the
+    # encoding pass slices them out. Outside ASCII, lowercasing may change lengths (\u0130) or depend on context
+    # (\u03a3), and such a file is split as split_one splits it, in both passes.
+    tmp = tmp_path_factory.mktemp("whole")
+    text = "".join(parts) + "\nthe end of the text, long enough for a validation tail\n"
+    if ascii:
+        text = text.encode("ascii", "ignore").decode()
+    files = {"a.txt": text, "b.txt": "Another work entirely.\n" * 5, "c.txt": "More training text.\n" * 5}
+    prepare_vs_build(tmp, files, 1 << 24, workers=1, lowercase=lowercase, **split)
+
+
 def test_pieces_split_after_newlines_and_cover_the_file(tmp_path):
     from storyloom.prepared import pieces
 
