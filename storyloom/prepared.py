@@ -12,7 +12,10 @@ pieces), and the pieces give exactly the ids the whole file would. At
 character level files and pieces are then read twice (count the characters,
 then encode), one at a time per worker process, each writing its ids
 straight into its slice of train.bin and val.bin, which this process
-hashes and writes back to disk as they fill (files.Filled). At word and BPE level they
+hashes and writes back to disk as they fill (files.Filled). A file read
+whole is cleaned once: its counting pass says where its training and
+validation parts lie in its text, and the encoding pass slices them out,
+as it does a piece's. At word and BPE level they
 are read twice in order, a file or piece at a time (fit the tokenizer, then
 encode), and encoded in texts cut where every level's tokens break
 (tokenize.Rejoin), so the ids are those of the whole text: word level counts
@@ -290,9 +293,28 @@ def _start_worker(shared) -> None:
     _keep_freed_memory()
 
 
-def _parallel(fn, jobs: list, workers: int, bar: tqdm, shared=None):
-    """fn(job, shared) over jobs in order, in `workers` processes (in this one when 1: fn(job, shared) there, and in
-    a worker fn(job) with `shared` in _SHARED), advancing the bar by each job's size."""
+BATCH_BYTES = 4 << 20  # small files go to a worker together, up to this much text
+
+
+def batches(sizes: list[int], limit: int) -> list[tuple[int, int]]:
+    """[start, end) of each run of consecutive jobs that together hold at most `limit` bytes (a larger job alone)."""
+    out, a, total = [], 0, 0
+    for i, n in enumerate(sizes):
+        if i > a and total + n > limit:
+            out.append((a, i))
+            a, total = i, 0
+        total += n
+    return out + [(a, len(sizes))] if sizes else out
+
+
+def _each(jobs: list) -> list:
+    """A batch of jobs in a worker: each one's result."""
+    return [_task(j) for j in jobs]
+
+
+def _parallel(jobs: list, workers: int, bar: tqdm, shared=None):
+    """_task(job, shared) over jobs in order, in `workers` processes (in this one when 1: _task(job, shared) there,
+    and in a worker _task(job) with `shared` in _SHARED), advancing the bar by each job's size."""
     sizes = [_size(j[1][0]) for j in jobs]
     pool = None
     if workers > 1 and len(jobs) > 1:
@@ -300,7 +322,14 @@ def _parallel(fn, jobs: list, workers: int, bar: tqdm, shared=None):
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         pool = ctx.Pool(min(workers, len(jobs)), initializer=_start_worker, initargs=(shared,))
     try:
-        results = (fn(j, shared) for j in jobs) if pool is None else pool.imap(fn, jobs)
+        if pool is None:
+            results = (_task(j, shared) for j in jobs)
+        else:
+            # Jobs go in batches of a few MB, at least 8 a worker: CPython's pool wakes a thread in this process on
+            # every result (its worker handler waits on the result pipe too), and over a 1 GB library of 2,087 files
+            # sent one at a time that thread took 1.4 s of a 2-core machine's CPU (benchmarks/README.md).
+            runs = batches(sizes, max(min(BATCH_BYTES, sum(sizes) // (8 * workers)), 1))
+            results = (r for out in pool.imap(_each, [jobs[a:b] for a, b in runs]) for r in out)
         for n, r in zip(sizes, results):
             bar.update(n)
             yield r
@@ -339,7 +368,7 @@ def _prepare_chars(jobs: list, cfg: DataConfig, out: Path, workers: int, progres
     piece, after a first pass that lays it out) on `workers` processes."""
     split_files = {i: pieces(j, piece_bytes) for i, j in enumerate(jobs) if splittable(j, cfg, piece_bytes)}
     total = sum(_size(j) for j in jobs) * 2 + sum(_size(j) for i, j in enumerate(jobs) if i in split_files)
-    run = lambda tasks: _parallel(_task, tasks, workers, bar)  # noqa: E731
+    run = lambda tasks: _parallel(tasks, workers, bar)  # noqa: E731
     with tqdm(total=total, unit="B", unit_scale=True, desc="prepare", disable=None if progress else True) as bar:
         layouts, scans = _lay_out(jobs, split_files, cfg, run, bar)  # file index -> ... of a file read in pieces
         counts = np.zeros(256, dtype=np.int64)
@@ -505,7 +534,7 @@ def _prepare_tokens(jobs: list, cfg: DataConfig, out: Path, workers: int, progre
     total = sum(_size(j) for j in jobs) * 2 + sum(_size(j) for i, j in enumerate(jobs) if i in split_files)
     with tqdm(total=total, unit="B", unit_scale=True, desc="prepare", disable=None if progress else True) as bar:
         def run(tasks: list, n: int, shared=None):
-            return _parallel(_task, tasks, n, bar, shared)
+            return _parallel(tasks, n, bar, shared)
 
         layouts, _ = _lay_out(jobs, split_files, cfg, lambda tasks: run(tasks, workers), bar)
         specs = _unit_specs(jobs, split_files, layouts)

@@ -190,6 +190,18 @@ def test_fuzz_char_files_read_whole_equal_the_in_memory_corpus(tmp_path_factory,
     prepare_vs_build(tmp, files, 1 << 24, workers=1, lowercase=lowercase, **split)
 
 
+@given(sizes=st.lists(st.integers(0, 100), max_size=30), limit=st.integers(1, 150))
+def test_batches_cover_the_jobs_in_order_each_within_the_limit_or_alone(sizes, limit):
+    from storyloom.prepared import batches
+
+    runs = batches(sizes, limit)
+    assert [a for a, _ in runs] == ([0] + [b for _, b in runs[:-1]] if runs else []) and (runs[-1][1] if runs else 0) == len(sizes)
+    for a, b in runs:
+        assert b > a and (sum(sizes[a:b]) <= limit or b - a == 1)
+    for (a, b), (c, _) in zip(runs, runs[1:]):
+        assert sum(sizes[a : c + 1]) > limit  # no run could have taken the next job too
+
+
 def test_pieces_split_after_newlines_and_cover_the_file(tmp_path):
     from storyloom.prepared import pieces
 
