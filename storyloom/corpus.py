@@ -40,18 +40,17 @@ def split_one(doc: Document, cfg: DataConfig) -> tuple[str, str]:
 def split_cleaned(name: str, text: str, cfg: DataConfig) -> tuple[str, str]:
     """A cleaned text's (training part, validation part): all of it one or the other under --val-files, else its
     last --val-fraction for validation."""
-    if cfg.val_files:
-        return ("", text) if name in cfg.val_files else (text, "")
-    cut = len(text) - int(round(len(text) * cfg.val_fraction))
-    return text[:cut], text[cut:]
+    train, val = split_spans(name, [(0, len(text))], cfg)
+    return "".join(text[a:b] for a, b in train), "".join(text[a:b] for a, b in val)
 
 
 Spans = list[tuple[int, int]]
 
 
 def split_spans(name: str, kept: Spans, cfg: DataConfig) -> tuple[Spans, Spans]:
-    """split_cleaned's split of a cleaned text given as the stretches of another text it joins (clean.body_spans):
-    (the training part's stretches, the validation part's). Lowercasing must keep the text's length (ASCII does)."""
+    """The split of a cleaned text given as the stretches of another text it joins (clean.body_spans; split_cleaned
+    gives a whole text as one): (the training part's stretches, the validation part's). Where the stretches index
+    a text not yet lowercased, lowercasing must keep its length (ASCII does)."""
     if cfg.val_files:
         return ([], kept) if name in cfg.val_files else (kept, [])
     length = sum(b - a for a, b in kept)

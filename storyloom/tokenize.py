@@ -174,7 +174,9 @@ class _Ids:
     def ids_many(self, texts: list[str], unknown: str = "error", what: str = "text") -> np.ndarray:
         """The ids of texts encoded each alone, one after another (prepare encodes a text in texts cut where no
         token spans a cut, so these are the whole text's)."""
-        parts = [self.ids(t, unknown, what) for t in texts]
+        return self._joined([self.ids(t, unknown, what) for t in texts])
+
+    def _joined(self, parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype())
 
 
@@ -492,8 +494,7 @@ class BPETokenizer(_Ids):
         return self.ids_many([text])
 
     def ids_many(self, texts: list[str], unknown: str = "error", what: str = "text") -> np.ndarray:
-        parts = [np.array(e.ids, dtype=self.dtype()) for e in self.tok.encode_batch_fast(texts)]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype())
+        return self._joined([np.array(e.ids, dtype=self.dtype()) for e in self.tok.encode_batch_fast(texts)])
 
     def scored(self, text: str, unknown: str = "error", what: str = "text", opens: bool = True) -> Scored:
         enc = self.tok.encode(text)
