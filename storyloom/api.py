@@ -140,6 +140,10 @@ def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, 
         if tc != run.config().train and world.main:  # new limits are part of the run from now on
             run.set_train_config(dataclasses.asdict(tc))
     trainer.fit(show_progress=progress)
+    if not resume and base is None and world.size == 1:
+        note = presets.narrower(cfg, set(flags), trainer.chars_per_s())
+        if note:
+            print(f"storyloom: note: {note}", file=sys.stderr)
     return run.path
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, override
+from .config import DEFAULT_MINUTES, DataConfig, ModelConfig, RunConfig, TrainConfig, override
 from .errors import UserError
 
 
@@ -124,6 +124,30 @@ def small_text(cfg: RunConfig, train_chars: int, given: set[str], fine_tune: boo
         return None
     return (f"a small text ({train_chars:,} training characters, under {SMALL_TEXT:,}), so that the model generalises "
             f"rather than memorises: {'; '.join(changed)}")
+
+
+# The default's width was chosen where it trains at 12,000-25,000 characters a second (2 Intel cores, bf16). On 2 cores
+# of an AMD Zen 3 (AVX2 alone, so fp32) it trains at 4,700-6,100, and a narrower LSTM learns more in 10 minutes
+# (benchmarks/README.md, "The default's width on a slow machine"): 512 wide 1.991 val bpc, 768 2.064 (three seeds,
+# 512 ahead in each at every evaluation); 384, seed 1, 2.018; batch 16 no lever (2.101). Where the default trains at
+# 12,000 a second no narrower width was measured, so the threshold stays between the two rates. The default stays one
+# model on every machine, so that its figures compare across machines: a slow run is told rather than changed.
+SLOW_CHARS_PER_S = 8_000
+SLOW_MINUTES = DEFAULT_MINUTES  # the budget measured; a longer run sees more text, where width pays
+NARROW_HIDDEN = 512
+
+
+def narrower(cfg: RunConfig, given: set[str], chars_per_s: float) -> str | None:
+    """After a short run of the default preset that trained slowly, a note that a narrower LSTM learns more here;
+    else None. Only a run whose model is the preset's own (no model flag, character level) and whose length is a
+    time limit of at most SLOW_MINUTES is told."""
+    tc = cfg.train
+    short = 0 < tc.minutes <= SLOW_MINUTES and not (tc.steps or tc.epochs)
+    if cfg.preset != "default" or given & (set(MODEL_FLAGS) | {"level"}) or not short or not 0 < chars_per_s < SLOW_CHARS_PER_S:
+        return None
+    return (f"the default's LSTM {cfg.model.hidden} learned {chars_per_s:,.0f} characters a second on this machine; at "
+            f"that rate a run of {SLOW_MINUTES:g} minutes or less learns more with --hidden {NARROW_HIDDEN} (2 AMD Zen 3 "
+            "cores, 10 minutes: 2.5x the characters a second and 0.07 bpc lower; benchmarks/README.md)")
 
 
 # Which config each flag belongs to. ModelConfig.vocab_size comes from the tokenizer; --vocab-size is BPE's.

@@ -342,6 +342,12 @@ class Trainer:
         self.finish()
         return self.pos
 
+    def chars_per_s(self) -> float:
+        """Characters trained a second over the whole run, its evaluations' time left out (0 before a step)."""
+        p = self.pos
+        seconds = p.elapsed - p.eval_s
+        return p.step * self.cfg.batch_size * self.cfg.seq_len * self.chars_per_token / seconds if p.step and seconds > 0 else 0.0
+
     def stopping(self) -> bool:
         """Asked to stop: here, in one process; on any rank as of the last tick, in a world (so all stop together)."""
         return self.stop_agreed if self.world.joined else self.stop_requested

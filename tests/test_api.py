@@ -157,3 +157,17 @@ def test_the_shipped_base_fine_tunes_without_training_anything_first(tmp_path, s
     assert Path(cfg.base["path"]) == BASES.resolve() / "shakespeare" and cfg.model.hidden == base.config().model.hidden
     # it reads English already: far better than a fresh model's 6 bpc on text it was never trained on
     assert storyloom.load(run).score(sonnets[8000:12000])["bpc"] < 3.0
+
+
+def test_a_slow_short_run_of_the_default_ends_with_the_narrower_width_named(tmp_path, sonnets, capsys, monkeypatch):
+    # The real preset (its 768-wide LSTM) for a step or two: only a run whose model is the preset's own is told.
+    (tmp_path / "a.txt").write_text(sonnets * (presets.SMALL_TEXT // len(sonnets) + 2))  # not a small text
+    monkeypatch.setattr(presets, "SLOW_CHARS_PER_S", 1e12)  # every machine is this slow
+    fast = dict(minutes=0.002, evals=1, val_fraction=0.01, threads=1, precision="fp32")
+    run = storyloom.train([str(tmp_path / "a.txt")], out=tmp_path / "r", progress=False, **fast)
+    assert "characters a second on this machine" in capsys.readouterr().err
+    assert storyloom.load(run).config.model.hidden == 768  # told, not changed
+    storyloom.train(resume=run, minutes=0.004, progress=False)
+    assert "--hidden" not in capsys.readouterr().err  # a resumed run keeps its model
+    storyloom.train([str(tmp_path / "a.txt")], out=tmp_path / "t", progress=False, **{**TINY, **fast})
+    assert "--hidden" not in capsys.readouterr().err  # the width was chosen

@@ -77,3 +77,25 @@ def test_small_texts_adapt_what_no_flag_nor_preset_chose(preset, given, chars, f
         assert f"{chars:,} training characters" in note
         assert ("--dropout 0 turns it off" in note) == (dropout == presets.SMALL_TEXT_DROPOUT)
         assert ("passes" in note) == (epochs == presets.SMALL_TEXT_PASSES)
+
+
+@pytest.mark.parametrize("preset, flags, chars_per_s, told", [
+    ("default", {"minutes": 10}, 4_700, True),  # the measured case: 2 AMD Zen 3 cores, 10 minutes
+    ("default", {"minutes": 3}, 4_700, True),  # the demo's budget
+    ("default", {"minutes": 10}, presets.SLOW_CHARS_PER_S, False),  # as fast as the threshold: not told
+    ("default", {"minutes": 30}, 4_700, False),  # longer than measured
+    ("default", {"minutes": 10, "steps": 500}, 4_700, False),  # its length chosen in steps
+    ("default", {"minutes": 10, "epochs": 2}, 4_700, False),
+    ("default", {"minutes": 10, "hidden": 768}, 4_700, False),  # the width chosen
+    ("default", {"minutes": 10, "layers": 2}, 4_700, False),  # another model
+    ("default", {"minutes": 10, "level": "bpe"}, 4_700, False),
+    ("default", {"minutes": 10, "lr": 0.004, "batch_size": 64}, 4_700, True),  # training settings leave the model
+    ("default", {"minutes": 10}, 0.0, False),  # nothing trained
+    ("mysterious-island", {"minutes": 10}, 4_700, False),  # a seed preset chose its width
+])
+def test_a_short_slow_run_of_the_default_is_told_of_the_narrower_width(preset, flags, chars_per_s, told):
+    cfg = presets.build(preset, flags)
+    note = presets.narrower(cfg, set(flags), chars_per_s)
+    assert (note is not None) == told
+    if told:
+        assert f"--hidden {presets.NARROW_HIDDEN}" in note and f"{chars_per_s:,.0f} characters a second" in note
