@@ -2,6 +2,7 @@
 
     python benchmarks/one_book.py                 # three books of three sizes, 2 and 5 minutes each (about 42 minutes)
     python benchmarks/one_book.py --minutes 2 --books julius_caesar_gut.txt
+    python benchmarks/one_book.py --minutes 2 --flags "--beta1 0.9"   # every run with a setting changed
     python benchmarks/one_book.py --plot results/one_book/RESULTS.jsonl   # the curves of a finished run, as a PNG
 
 Books: works of the bundled corpus the base never trained on (the benchmark split's two validation plays), or any
@@ -73,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--books", default=",".join(BOOKS), help="comma-separated bundled names or paths")
     ap.add_argument("--minutes", default="2,5", help="comma-separated budgets")
+    ap.add_argument("--flags", default="", help='more `storyloom train` flags for every run, as one string ("--beta1 0.9")')
     ap.add_argument("--plot", type=Path, help="draw the curves of a results file (JSON lines this script printed) and exit")
     a = ap.parse_args()
     if a.plot:
@@ -80,7 +82,7 @@ def main() -> None:
         return
     books, budgets = [book_path(b) for b in a.books.split(",")], [float(m) for m in a.minutes.split(",")]
     print(json.dumps({"config": {"books": [f"{b.name} ({b.stat().st_size:,} bytes)" for b in books], "minutes": budgets,
-                                 "base": "shakespeare (shipped)", "val": "--val-fraction 0.1"}, "machine": describe()}), flush=True)
+                                 "base": "shakespeare (shipped)", "val": "--val-fraction 0.1", "flags": a.flags}, "machine": describe()}), flush=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory() as tmp:
         for b in books:
@@ -89,7 +91,7 @@ def main() -> None:
                 for start in ("scratch", "init"):
                     out = Path(tmp) / f"{b.stem}-{minutes}-{start}"
                     cmd = [sys.executable, "-m", "storyloom", "train", str(b), "--val-fraction", "0.1", "--minutes", str(minutes),
-                           "--out", str(out), "--no-progress"] + (["--init", "shakespeare"] if start == "init" else [])
+                           "--out", str(out), "--no-progress", *a.flags.split()] + (["--init", "shakespeare"] if start == "init" else [])
                     subprocess.run(cmd, check=True, env=env, capture_output=True)
                     rows = storyloom.metrics(out)
                     vals = [r["val_bpc"] for r in rows if "val_bpc" in r]

@@ -12,14 +12,26 @@ the validation text scored exactly (one stream, fp32, as `storyloom eval`
 does) with the run's best weights and with its last checkpoint's: with
 `--average` (the default) the first are the weights' moving average and the
 second the weights as trained, so one run compares the two.
+
+With `--parallel N`, N specs train at once, each in its own process, and
+their lines print as each ends. Only for step-limited specs
+(`default:steps=12500,seed=1`): runs at once share the machine, so a time
+limit would give each fewer steps. On one GPU, start NVIDIA's MPS first
+(`nvidia-cuda-mps-control -d`): the default preset uses a sliver of the
+chip, and under MPS 16 such runs trained at once, each at the speed of one
+alone (benchmarks/README.md, "AdamW's first beta"). Each process
+gets the CPU's threads divided among them unless its spec names `threads`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -49,6 +61,30 @@ def val_text() -> str:
     return storyloom.clean_sources([str(here / name) for name in BUNDLED["shakespeare"]])
 
 
+def one(i: int, spec: str, out: Path, minutes: float, evals: int, rescore: bool, threads: int = 0) -> dict:
+    """Train one spec and report it."""
+    preset, flags = parse_spec(spec)
+    if threads:
+        flags.setdefault("threads", threads)
+    run = storyloom.train(["shakespeare"], out=out / f"{i:02d}-{preset}", preset=preset, minutes=minutes,
+                          evals=evals, patience=0, progress=False, **flags)
+    rows = storyloom.api.metrics(run)
+    train = [r for r in rows if "train_bpc" in r]
+    text = val_text() if rescore else ""
+    exact = {f"val_bpc_exact_{w}": round(storyloom.load(run, which=w).score(text)["bpc"], 4)
+             for w in ("best", "last")} if rescore else {}
+    return {
+        "spec": spec, "minutes": minutes,
+        "val_bpc": [round(r["val_bpc"], 4) for r in rows if "val_bpc" in r],
+        "val_steps": [r["step"] for r in rows if "val_bpc" in r],
+        "train_bpc_last": round(sum(r["train_bpc"] for r in train[-5:]) / len(train[-5:]), 4),
+        "steps": rows[-1]["step"],
+        "chars_per_s": round(sum(r["chars_per_s"] for r in train) / len(train)),
+        **exact,
+        "run": str(run),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("specs", nargs="+", metavar="SPEC")
@@ -56,28 +92,24 @@ def main() -> None:
     ap.add_argument("--evals", type=int, default=3)
     ap.add_argument("--out", default=None)
     ap.add_argument("--rescore", action="store_true", help="score the best and the last weights exactly after each run")
+    ap.add_argument("--parallel", type=int, default=1, metavar="N", help="train N step-limited specs at once")
     a = ap.parse_args()
+    if a.parallel > 1 and not all("steps" in parse_spec(s)[1] for s in a.specs):
+        ap.error("--parallel needs every spec to stop at a number of steps (steps=N): runs at once share the "
+                 "machine, so a time limit would give each fewer steps")
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="storyloom-sweep-"))
-    text = val_text() if a.rescore else ""
     print(json.dumps({"kind": "config", "minutes": a.minutes, "evals": a.evals, "specs": a.specs,
-                      "machine": describe()}), flush=True)
-    for i, spec in enumerate(a.specs):
-        preset, flags = parse_spec(spec)
-        run = storyloom.train(["shakespeare"], out=out / f"{i:02d}-{preset}", preset=preset, minutes=a.minutes,
-                              evals=a.evals, patience=0, progress=False, **flags)
-        rows = storyloom.api.metrics(run)
-        train = [r for r in rows if "train_bpc" in r]
-        exact = {f"val_bpc_exact_{w}": round(storyloom.load(run, which=w).score(text)["bpc"], 4)
-                 for w in ("best", "last")} if a.rescore else {}
-        print(json.dumps({
-            "spec": spec, "minutes": a.minutes,
-            "val_bpc": [round(r["val_bpc"], 4) for r in rows if "val_bpc" in r],
-            "train_bpc_last": round(sum(r["train_bpc"] for r in train[-5:]) / len(train[-5:]), 4),
-            "steps": rows[-1]["step"],
-            "chars_per_s": round(sum(r["chars_per_s"] for r in train) / len(train)),
-            **exact,
-            "run": str(run),
-        }), flush=True)
+                      "parallel": a.parallel, "machine": describe()}), flush=True)
+    if a.parallel <= 1:
+        for i, spec in enumerate(a.specs):
+            print(json.dumps(one(i, spec, out, a.minutes, a.evals, a.rescore)), flush=True)
+        return
+    threads = max(1, (os.cpu_count() or 1) // a.parallel)
+    # spawn: each run starts its own torch (and CUDA context) rather than a fork of this one
+    with ProcessPoolExecutor(a.parallel, mp_context=get_context("spawn")) as pool:
+        runs = [pool.submit(one, i, spec, out, a.minutes, a.evals, a.rescore, threads) for i, spec in enumerate(a.specs)]
+        for done in as_completed(runs):
+            print(json.dumps(done.result()), flush=True)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,8 @@ class TrainConfig:
     min_lr_ratio: float = setting(0.05, "the cosine ends at lr times this", "optimisation")
     warmup: int = setting(100, "linear warmup steps", "optimisation")
     weight_decay: float = setting(0.1, "AdamW decoupled weight decay, on matrices only", "optimisation")
+    beta1: float = setting(0.6, "AdamW's first beta: how much of each step repeats the last (0.9 is torch's default)",
+                           "optimisation")
     clip: float = setting(1.0, "gradient-norm clipping (0 disables)", "optimisation")
     average: float = setting(0.1, "evaluate, keep and write with a moving average of the weights over about this share "
                              "of the steps taken so far (0: the weights as trained)", "optimisation")
@@ -208,6 +210,7 @@ class TrainConfig:
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
             raise UserError(f"--lr must be in (0, 1), got {self.lr!r}")
         _fraction(self, "reset_prob")
+        _fraction(self, "beta1")
         if isinstance(self.average, bool) or not isinstance(self.average, (int, float)) or not 0 <= self.average <= 1:
             raise UserError(f"--average must be in [0, 1] (0: no average), got {self.average!r}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -344,6 +347,11 @@ class ServeConfig:
             raise UserError(f"--grace must be >= 0 seconds, got {self.grace!r}")
 
 
+# Settings added after runs were saved, with the value those runs trained with: an older config.json that lacks
+# one reports that, not today's default (its checkpoints carry the optimizer's own betas when it resumes).
+SAVED_BEFORE = {"beta1": 0.9}
+
+
 @dataclass
 class RunConfig:
     """Everything a run was made from: saved as config.json in the run."""
@@ -365,7 +373,7 @@ class RunConfig:
                 preset=d["preset"],
                 model=ModelConfig(**d["model"]),
                 data=DataConfig(**d["data"]),
-                train=TrainConfig(**d["train"]),
+                train=TrainConfig(**{**SAVED_BEFORE, **d["train"]}),
                 sources=tuple(d.get("sources", ())),
                 base=dict(d.get("base") or {}),
             )

@@ -272,7 +272,7 @@ class Trainer:
         self.chars_per_token = corpus.train_chars / len(corpus.train)
         # fused: one kernel per parameter for the whole update; on this CPU it
         # made training 17% faster than the per-op loop (benchmarks/README.md).
-        self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99), fused=True)
+        self.opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, 0.99), fused=True)
         # What is evaluated, kept as the best and written with: the weights' moving average (--average), or the
         # weights as trained. Checkpoints hold both, so a resumed run goes on exactly.
         self.average = AveragedModel(model, multi_avg_fn=averaging(cfg.average)) if cfg.average else None

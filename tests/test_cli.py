@@ -281,7 +281,7 @@ GENERATE_FLAGS = ["--temperature", "--top-k", "--top-p", "--repetition-penalty",
                   "--seed", "--beam", "--num", "--prompt", "--which", "--unknown"]
 TRAIN_FLAGS = ["--hidden", "--layers", "--embed", "--seq-len", "--batch-size", "--lr", "--dropout", "--warmup", "--clip",
                "--reset-prob", "--evals", "--log-every", "--keep", "--checkpoint-every", "--val-fraction", "--input",
-               "--precision", "--patience", "--epochs", "--minutes", "--bad-steps", "--min-lr-ratio"]
+               "--precision", "--patience", "--epochs", "--minutes", "--bad-steps", "--min-lr-ratio", "--beta1"]
 
 
 def _flags(names):

@@ -27,7 +27,7 @@ def other_value(f):
     if isinstance(d, int):
         return d + 1
     if isinstance(d, float):
-        return d + 0.5 if f.name != "top_p" else 0.5
+        return d + 0.5 if f.name not in ("top_p", "beta1") else d / 2
     if d is None:
         return 3
     return "latin-1" if f.name == "encoding" else d + "xyz"
@@ -113,6 +113,8 @@ def test_resume_may_change_only_the_settings_marked_resume(tmp_path, sonnets):
     (SampleConfig, {"penalty_window": 0}, "--penalty-window must be >= 1"),
     (TrainConfig, {"device": "gpu"}, "--device must be one of auto, cpu, cuda"),
     (DataConfig, {"vocab_size": 100}, "--vocab-size must be between 257"),
+    (TrainConfig, {"beta1": 1.0}, r"--beta1 must be in \[0, 1\), got 1.0"),
+    (TrainConfig, {"beta1": -0.1}, r"--beta1 must be in \[0, 1\), got -0.1"),
 ])
 def test_configs_refuse_what_the_cli_refuses(cls, kw, message):
     with pytest.raises(UserError, match=message):
@@ -136,3 +138,10 @@ def test_the_api_refuses_what_the_cli_refuses(tmp_path):
     with pytest.raises(UserError, match="--chars must be at least 3"):
         inspect_text(tmp_path, ["shakespeare"], tmp_path / "p.html", chars=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_saved_before_a_setting_existed_reports_the_value_it_trained_with():
+    saved = RunConfig().to_dict()
+    assert saved["train"].pop("beta1") == 0.6  # today's default
+    assert RunConfig.from_dict(saved).train.beta1 == 0.9  # what AdamW used before --beta1 was a setting
+    assert RunConfig.from_dict(RunConfig(train=TrainConfig(beta1=0.3)).to_dict()).train.beta1 == 0.3

@@ -287,6 +287,18 @@ def test_a_trainer_without_a_run_directory_keeps_everything_in_memory(tmp_path, 
     assert pos.best_bpc == best
 
 
+def test_adamw_takes_its_first_beta_from_the_setting_and_a_resumed_run_keeps_it(tmp_path, sonnets):
+    (tmp_path / "s.txt").write_text(sonnets)
+    betas = []
+    spy = lambda tr: betas.append({tuple(g["betas"]) for g in tr.opt.param_groups})  # noqa: E731
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "r", steps=2, beta1=0.3, progress=False,
+                          on_step=spy, **TINY)
+    storyloom.train(resume=run, steps=4, progress=False, on_step=spy)
+    assert betas == [{(0.3, 0.99)}] * 4
+    storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "d", steps=1, progress=False, on_step=spy, **TINY)
+    assert betas[-1] == {(TrainConfig().beta1, 0.99)} and TrainConfig().beta1 == 0.6
+
+
 def test_the_moving_average_matches_a_naive_loop():
     from torch.optim.swa_utils import AveragedModel
 
