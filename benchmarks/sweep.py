@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import cache
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return preset, flags
 
 
+@cache  # one cleaning per process, however many runs it re-scores
 def val_text() -> str:
     """The benchmark split's validation text, cleaned as training reads it."""
     here = Path(storyloom.__file__).parent / "corpora" / "shakespeare"
