@@ -72,8 +72,7 @@ def one(i: int, spec: str, out: Path, minutes: float, evals: int, rescore: bool,
                           evals=evals, patience=0, progress=False, **flags)
     rows = storyloom.api.metrics(run)
     train = [r for r in rows if "train_bpc" in r]
-    text = val_text() if rescore else ""
-    exact = {f"val_bpc_exact_{w}": round(storyloom.load(run, which=w).score(text)["bpc"], 4)
+    exact = {f"val_bpc_exact_{w}": round(storyloom.load(run, which=w).score(val_text())["bpc"], 4)
              for w in ("best", "last")} if rescore else {}
     return {
         "spec": spec, "minutes": minutes,
@@ -96,7 +95,7 @@ def main() -> None:
     ap.add_argument("--rescore", action="store_true", help="score the best and the last weights exactly after each run")
     ap.add_argument("--parallel", type=int, default=1, metavar="N", help="train N step-limited specs at once")
     a = ap.parse_args()
-    if a.parallel > 1 and not all("steps" in parse_spec(s)[1] for s in a.specs):
+    if a.parallel > 1 and not all(parse_spec(s)[1].get("steps") for s in a.specs):
         ap.error("--parallel needs every spec to stop at a number of steps (steps=N): runs at once share the "
                  "machine, so a time limit would give each fewer steps")
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="storyloom-sweep-"))
