@@ -1,7 +1,8 @@
 """Would a hand-written LSTM backward beat oneDNN's? The candidate against torch's fused LSTM, side by side.
 
-    python benchmarks/lstm_backward.py                 # the default preset's shapes, bf16, eager and compiled
+    python benchmarks/lstm_backward.py                 # the default preset's shapes, eager and compiled
     python benchmarks/lstm_backward.py --no-compile --rounds 3
+    python benchmarks/lstm_backward.py --precision fp32   # as training runs where bf16 is not native (auto's pick)
 
 First it times the recurrence's per-step product on its own: through torch.mm,
 and with the weight packed for oneDNN once beforehand.
@@ -15,13 +16,16 @@ per step, saving the gates), and in its backward walks the steps back
 computing only the recurrent part, then the recurrent weight gradient as one
 GEMM over the whole sequence. Its per-step loops run eager, and compiled with
 `torch.compile` (inductor fuses each step's gate arithmetic into one C++ loop;
-compiling needs a C++ compiler and takes tens of seconds per shape).
+compiling needs a C++ compiler and takes tens of seconds per shape); and with
+`--packed` (the default) both again with each step's product through a weight
+packed for oneDNN once a batch, the packing timed with them.
 
 1. Checks the candidate against `nn.LSTM` in fp32: outputs and every gradient
    (exits with status 1 if any relative error exceeds 1e-5), and reports its
    bf16 errors next to oneDNN's own bf16 errors (both against fp32).
 2. Times forward + backward of one batch, arms alternated each round, the
-   median per arm, under bf16 autocast as training runs.
+   median per arm, in the precision training picks on this machine
+   (`--precision auto`: bf16 autocast where it is native, else fp32).
 
 Kept in the benchmarks, not the package, while it measures slower
 (benchmarks/README.md, "Training at the roofline"): run it on a new machine
@@ -43,22 +47,31 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import describe  # noqa: E402
-from storyloom import presets  # noqa: E402
+from storyloom import presets, runtime  # noqa: E402
 
 
 def emit(**row) -> None:
     print(json.dumps(row), flush=True)
 
 
-def forward_steps(xp, h0, c0, W_hhT):
+def packed_product(W: torch.Tensor, B: int):
+    """x (B, K) -> x @ W^T for W (N, K), through oneDNN with W packed once beforehand (`mkldnn._reorder_linear_weight`,
+    what inductor's freezing does for a linear layer). oneDNN's matmul otherwise repacks the weight at every call;
+    a recurrence multiplies by the same weight T times a batch, so packing it once a batch may pay."""
+    packed = torch.ops.mkldnn._reorder_linear_weight(W, B)
+    return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+def forward_steps(xp, h0, c0, W_hhT, product=None):
     """xp (T, B, 4H): x W_ih^T + b; h0, c0 (B, H); W_hhT (H, 4H) -> gates G (T, B, 4H) as activated (i, f, g, o),
-    cell states C (T+1, B, H), tanh(C_t) (T, B, H), outputs Y (T+1, B, H) in the matmul dtype (Y[0] = h0)."""
+    cell states C (T+1, B, H), tanh(C_t) (T, B, H), outputs Y (T+1, B, H) in the matmul dtype (Y[0] = h0).
+    `product`: h -> h @ W_hhT some other way (packed_product)."""
     T, B, H4 = xp.shape
     H = H4 // 4
     h, c = h0.to(W_hhT.dtype), c0
     Gs, Cs, TCs, Ys = [], [c0], [], [h]
     for t in range(T):
-        z = torch.addmm(xp[t], h, W_hhT).float()  # (B, 4H)
+        z = (torch.addmm(xp[t], h, W_hhT) if product is None else xp[t] + product(h)).float()  # (B, 4H)
         s = torch.sigmoid(z)
         g = torch.tanh(z[:, 2 * H : 3 * H])
         c = s[:, H : 2 * H] * c + s[:, :H] * g  # C_t = f C_{t-1} + i g
@@ -71,7 +84,7 @@ def forward_steps(xp, h0, c0, W_hhT):
     return torch.stack(Gs), torch.stack(Cs), torch.stack(TCs), torch.stack(Ys)
 
 
-def backward_steps(G, C, TC, W_hh, dy, dc):
+def backward_steps(G, C, TC, W_hh, dy, dc, product=None):
     """The recurrent part of the backward, last step first: dZ (T, B, 4H), the gradient at every gate's input,
     and the gradients of h0 and c0. dy (T, B, H): the loss's gradient at each output; dc (B, H): at C_T."""
     T, B, H4 = G.shape
@@ -87,16 +100,27 @@ def backward_steps(G, C, TC, W_hh, dy, dc):
         dz = dz.to(W_hh.dtype)
         dZs.append(dz)
         dc = dc * f
-        dh = torch.mm(dz, W_hh).float()
+        dh = (torch.mm(dz, W_hh) if product is None else product(dz)).float()
     return torch.stack(dZs[::-1]), dh, dc
 
 
 EAGER = (forward_steps, backward_steps)
 
 
+def forward_packed(xp, h0, c0, W_hhT):
+    return forward_steps(xp, h0, c0, W_hhT, packed_product(W_hhT.t().contiguous(), xp.shape[1]))
+
+
+def backward_packed(G, C, TC, W_hh, dy, dc):
+    return backward_steps(G, C, TC, W_hh, dy, dc, packed_product(W_hh.t().contiguous(), G.shape[1]))
+
+
+PACKED = (forward_packed, backward_packed)  # each batch packs its weight twice, as training would (it changes)
+
+
 class Recurrence(torch.autograd.Function):
     """The LSTM's recurrence given its input projection: (xp, h0, c0, W_hh) -> (y (T, B, H), C_T); `loops` the
-    (forward, backward) step loops to run: EAGER, or the two compiled."""
+    (forward, backward) step loops to run: EAGER, PACKED, or either compiled."""
 
     @staticmethod
     def forward(ctx, xp, h0, c0, W_hh, dtype, loops):
@@ -126,19 +150,14 @@ def candidate(lstm: nn.LSTM, x: torch.Tensor, dtype: torch.dtype, loops=EAGER) -
     return y.transpose(0, 1)
 
 
-def product_times(B: int, H: int, reps: int = 200, rounds: int = 5) -> dict:
-    """The recurrence's per-step products in bf16, microseconds: h (B, H) @ W_hh^T and dZ (B, 4H) @ W_hh, through
-    torch.mm, and through oneDNN with W_hh packed once beforehand (`mkldnn._reorder_linear_weight`, what inductor's
-    freezing does for a linear layer). oneDNN's matmul otherwise repacks the weight at every call; a recurrence
-    multiplies by the same weight T times a batch, so packing it once a batch would pay."""
-    W = (torch.randn(4 * H, H) / H**0.5).bfloat16()
-    h, dz = torch.randn(B, H).bfloat16(), torch.randn(B, 4 * H).bfloat16()
-    WT, packed = W.t().contiguous(), torch.ops.mkldnn._reorder_linear_weight(W, B)
-    packed_back = torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), B)
-    arms = {"forward, torch.mm": lambda: torch.mm(h, WT),
-            "forward, packed": lambda: torch.ops.mkldnn._linear_pointwise(h, packed, None, "none", [], ""),
-            "backward, torch.mm": lambda: torch.mm(dz, W),
-            "backward, packed": lambda: torch.ops.mkldnn._linear_pointwise(dz, packed_back, None, "none", [], "")}
+def product_times(B: int, H: int, dtype: torch.dtype, reps: int = 200, rounds: int = 5) -> dict:
+    """The recurrence's per-step products in `dtype`, microseconds: h (B, H) @ W_hh^T and dZ (B, 4H) @ W_hh, through
+    torch.mm, and through oneDNN with W_hh packed once beforehand (packed_product)."""
+    W = (torch.randn(4 * H, H) / H**0.5).to(dtype)
+    h, dz = torch.randn(B, H).to(dtype), torch.randn(B, 4 * H).to(dtype)
+    WT, forward, backward = W.t().contiguous(), packed_product(W, B), packed_product(W.t().contiguous(), B)
+    arms = {"forward, torch.mm": lambda: torch.mm(h, WT), "forward, packed": lambda: forward(h),
+            "backward, torch.mm": lambda: torch.mm(dz, W), "backward, packed": lambda: backward(dz)}
     times: dict[str, list[float]] = {k: [] for k in arms}
     for _ in range(rounds):
         for name, f in arms.items():
@@ -157,15 +176,26 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=20, help="batches timed per arm and round")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--packed", action=argparse.BooleanOptionalAction, default=True,
+                    help="also the candidate with its per-step products through packed weights (oneDNN)")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="the products' precision (auto: what training picks here)")
     a = ap.parse_args()
+    cpu = torch.device("cpu")
+    if a.precision == "bf16" and not runtime.bf16_lstm_runs(cpu):
+        sys.exit("--precision bf16: oneDNN has no bf16 LSTM kernel on this CPU (it needs AVX-512 or AMX); use fp32")
+    precision = runtime.resolve_precision(a.precision, cpu)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     cfg = presets.build(a.preset)
     if cfg.model.cell != "lstm" or cfg.model.layers != 1:
         sys.exit(f"--preset {a.preset}: the candidate is one LSTM layer; choose a one-layer LSTM preset")
     B, T, I, H = cfg.train.batch_size, cfg.train.seq_len, cfg.model.input_size, cfg.model.hidden
-    emit(kind="config", preset=a.preset, B=B, T=T, I=I, H=H, threads=torch.get_num_threads(), machine=describe())
-    if hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.backends.mkldnn.is_available():
-        us = product_times(B, H)
-        emit(kind="product", precision="bf16", M=B, H=H, microseconds=us,
+    emit(kind="config", preset=a.preset, B=B, T=T, I=I, H=H, precision=precision, threads=torch.get_num_threads(),
+         machine=describe())
+    a.packed = a.packed and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.backends.mkldnn.is_available()
+    if a.packed:
+        us = product_times(B, H, dtype)
+        emit(kind="product", precision=precision, M=B, H=H, microseconds=us,
              packed_speedup={d: round(us[f"{d}, torch.mm"] / us[f"{d}, packed"], 2) for d in ("forward", "backward")})
     torch.manual_seed(0)
     lstm = nn.LSTM(I, H, 1, batch_first=True)
@@ -193,34 +223,53 @@ def main() -> None:
     names = ["output", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "input"]
     ref = grads(onednn, torch.float32)
     errors = {}
-    for arm, fn, dtype in (("candidate fp32", ours, torch.float32), ("candidate bf16", ours, torch.bfloat16),
-                           ("oneDNN bf16", onednn, torch.bfloat16)):
-        got = grads(fn, dtype)
+    checks = [("candidate fp32", ours, torch.float32)]
+    if precision == "bf16":
+        checks += [("candidate bf16", ours, torch.bfloat16), ("oneDNN bf16", onednn, torch.bfloat16)]
+    for arm, fn, check_dtype in checks:
+        got = grads(fn, check_dtype)
         errors[arm] = {n: float((g - r).norm() / r.norm()) for n, g, r in zip(names, got, ref)}
         emit(kind="check", arm=arm, relative_error_against_fp32_nn_lstm={n: f"{e:.2e}" for n, e in errors[arm].items()})
     if max(errors["candidate fp32"].values()) > 1e-5:
         sys.exit("the candidate differs from nn.LSTM in fp32")
 
     arms = {"oneDNN (nn.LSTM)": onednn, "candidate, eager": ours}
+    if a.packed:
+        got = grads(lambda d: ours(d, PACKED), torch.float32)
+        err = max(float((g - r).norm() / r.norm()) for g, r in zip(got, ref))
+        emit(kind="check", arm="candidate fp32, packed products", max_relative_error_against_fp32_nn_lstm=f"{err:.2e}")
+        if err > 1e-5:
+            sys.exit("the candidate with packed products differs from nn.LSTM in fp32")
+        arms["candidate, eager, packed products"] = lambda d: ours(d, PACKED)
     if a.compile:
         t = time.perf_counter()
         compiled = tuple(torch.compile(f, dynamic=False) for f in EAGER)
         arms["candidate, compiled"] = lambda dtype: ours(dtype, compiled)
-        grads(arms["candidate, compiled"], torch.bfloat16)
+        grads(arms["candidate, compiled"], dtype)
         emit(kind="compile", seconds=round(time.perf_counter() - t, 1))
+        if a.packed:
+            t = time.perf_counter()
+            compiled_packed = tuple(torch.compile(f, dynamic=False) for f in PACKED)
+            try:
+                grads(lambda d: ours(d, compiled_packed), dtype)
+            except Exception as e:  # torch 2.13's inductor fails an assertion on the packed op: say so, time the rest
+                emit(kind="compile", arm="packed products", error=f"{type(e).__name__}: {str(e).strip()[:200]}")
+            else:
+                arms["candidate, compiled, packed products"] = lambda dtype: ours(dtype, compiled_packed)
+                emit(kind="compile", arm="packed products", seconds=round(time.perf_counter() - t, 1))
     times: dict[str, list[float]] = {k: [] for k in arms}
     for _ in range(a.rounds):
         for name, fn in arms.items():
             for _ in range(3):
-                fn(torch.bfloat16)
+                fn(dtype)
             t = time.perf_counter()
             for _ in range(a.reps):
-                fn(torch.bfloat16)
+                fn(dtype)
             times[name].append((time.perf_counter() - t) / a.reps * 1e3)
     base = statistics.median(times["oneDNN (nn.LSTM)"])
     for name, ms in times.items():
         m = statistics.median(ms)
-        emit(kind="time", arm=name, precision="bf16", ms_forward_backward=round(m, 2), rounds=[round(v, 2) for v in ms],
+        emit(kind="time", arm=name, precision=precision, ms_forward_backward=round(m, 2), rounds=[round(v, 2) for v in ms],
              speed_vs_onednn=round(base / m, 3))
 
 

@@ -3,6 +3,7 @@
     python benchmarks/one_book.py                 # three books of three sizes, 2 and 5 minutes each (about 42 minutes)
     python benchmarks/one_book.py --minutes 2 --books julius_caesar_gut.txt
     python benchmarks/one_book.py --minutes 2 --flags "--beta1 0.9"   # every run with a setting changed
+    python benchmarks/one_book.py --minutes 2 --starts init --flags "--seed 2"   # fine-tuning only, another seed
     python benchmarks/one_book.py --plot results/one_book/RESULTS.jsonl   # the curves of a finished run, as a PNG
 
 Books: works of the bundled corpus the base never trained on (the benchmark split's two validation plays), or any
@@ -75,20 +76,25 @@ def main() -> None:
     ap.add_argument("--books", default=",".join(BOOKS), help="comma-separated bundled names or paths")
     ap.add_argument("--minutes", default="2,5", help="comma-separated budgets")
     ap.add_argument("--flags", default="", help='more `storyloom train` flags for every run, as one string ("--beta1 0.9")')
+    ap.add_argument("--starts", default="scratch,init", help="which starts to run: scratch, init or both (the gain needs both)")
     ap.add_argument("--plot", type=Path, help="draw the curves of a results file (JSON lines this script printed) and exit")
     a = ap.parse_args()
     if a.plot:
         print(plot(a.plot))
         return
     books, budgets = [book_path(b) for b in a.books.split(",")], [float(m) for m in a.minutes.split(",")]
+    starts = a.starts.split(",")
+    if not starts or set(starts) - {"scratch", "init"}:
+        ap.error(f"--starts {a.starts!r}: name scratch, init or both, comma-separated")
     print(json.dumps({"config": {"books": [f"{b.name} ({b.stat().st_size:,} bytes)" for b in books], "minutes": budgets,
-                                 "base": "shakespeare (shipped)", "val": "--val-fraction 0.1", "flags": a.flags}, "machine": describe()}), flush=True)
+                                 "base": "shakespeare (shipped)", "val": "--val-fraction 0.1", "flags": a.flags,
+                                 "starts": starts}, "machine": describe()}), flush=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory() as tmp:
         for b in books:
             for minutes in budgets:
                 best = {}
-                for start in ("scratch", "init"):
+                for start in starts:
                     out = Path(tmp) / f"{b.stem}-{minutes}-{start}"
                     cmd = [sys.executable, "-m", "storyloom", "train", str(b), "--val-fraction", "0.1", "--minutes", str(minutes),
                            "--out", str(out), "--no-progress", *a.flags.split()] + (["--init", "shakespeare"] if start == "init" else [])
@@ -103,8 +109,9 @@ def main() -> None:
                                       "dropout": cfg["model"]["dropout"], "lr": cfg["train"]["lr"],
                                       "curve": [[r["elapsed_s"], round(r["val_bpc"], 4)] for r in rows if "val_bpc" in r]}),
                           flush=True)
-                print(json.dumps({"book": b.name, "minutes": minutes, "gain_init_over_scratch": round(best["scratch"] - best["init"], 4)}),
-                      flush=True)
+                if len(best) == 2:
+                    print(json.dumps({"book": b.name, "minutes": minutes,
+                                      "gain_init_over_scratch": round(best["scratch"] - best["init"], 4)}), flush=True)
 
 
 if __name__ == "__main__":
