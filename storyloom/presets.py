@@ -149,7 +149,7 @@ def narrower(cfg: RunConfig, given: set[str], chars_per_s: float) -> str | None:
         return None
     return (f"the default's LSTM {cfg.model.hidden} learned {chars_per_s:,.0f} characters a second on this machine; at "
             f"that rate a run of {SLOW_MINUTES:g} minutes or less learns more with --hidden {NARROW_HIDDEN} (2 AMD Zen 3 "
-            "cores, 10 minutes: 2.5x the characters a second and 0.07 bpc lower; benchmarks/README.md)")
+            "cores, 10 minutes: over 2x the characters a second and 0.05 bpc lower; benchmarks/README.md)")
 
 
 # Which config each flag belongs to. ModelConfig.vocab_size comes from the tokenizer; --vocab-size is BPE's.
