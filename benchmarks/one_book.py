@@ -84,7 +84,7 @@ def main() -> None:
         return
     books, budgets = [book_path(b) for b in a.books.split(",")], [float(m) for m in a.minutes.split(",")]
     starts = a.starts.split(",")
-    if not starts or set(starts) - {"scratch", "init"}:
+    if set(starts) - {"scratch", "init"}:  # "" splits to [""], refused here too
         ap.error(f"--starts {a.starts!r}: name scratch, init or both, comma-separated")
     print(json.dumps({"config": {"books": [f"{b.name} ({b.stat().st_size:,} bytes)" for b in books], "minutes": budgets,
                                  "base": "shakespeare (shipped)", "val": "--val-fraction 0.1", "flags": a.flags,
