@@ -164,7 +164,7 @@ class TrainConfig:
     patience: int = setting(3, "stop after this many evaluations without improvement (0: never)", "stopping")
     seq_len: int = setting(32, "T: steps of backpropagation per batch", "optimisation")
     batch_size: int = setting(32, "B: parallel contiguous streams", "optimisation")
-    lr: float = setting(6e-3, "peak AdamW learning rate", "optimisation")
+    lr: float = setting(8e-3, "peak AdamW learning rate", "optimisation")
     min_lr_ratio: float = setting(0.05, "the cosine ends at lr times this", "optimisation")
     warmup: int = setting(100, "linear warmup steps", "optimisation")
     weight_decay: float = setting(0.1, "AdamW decoupled weight decay, on matrices only", "optimisation")
