@@ -21,6 +21,18 @@ limit would give each fewer steps. On one GPU, start NVIDIA's MPS first
 chip, and under MPS 16 such runs trained at once, each at the speed of one
 alone (benchmarks/README.md, "AdamW's first beta"). Each process
 gets the CPU's threads divided among them unless its spec names `threads`.
+
+With `--pin CORES`, every spec trains at once, each in its own process held
+(`sched_setaffinity`) to CORES physical cores of its own with CORES threads,
+on the CPU unless its spec names a `device`. Time limits are allowed: no run
+takes another's cores. They still share the chip's memory and caches, so
+each run's characters a second belong in the reading: on a 16-core AMX
+Xeon, eight runs pinned to two cores each trained half as fast as one alone
+(benchmarks/README.md, "On AMX, the first beta and the rate side by side").
+This is how a many-core host, such as a GPU machine's CPU, measures several
+arms of a 2-core budget in one go:
+
+    python benchmarks/sweep.py --pin 2 --minutes 10 --evals 5 default:seed=1 default:seed=2 default:seed=3
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
 from machine import describe  # noqa: E402
+from storyloom.cpu import cores  # noqa: E402
 from storyloom.sources import BUNDLED  # noqa: E402
 
 
@@ -63,11 +76,16 @@ def val_text() -> str:
     return storyloom.clean_sources([str(here / name) for name in BUNDLED["shakespeare"]])
 
 
-def one(i: int, spec: str, out: Path, minutes: float, evals: int, rescore: bool, threads: int = 0) -> dict:
-    """Train one spec and report it."""
+def one(i: int, spec: str, out: Path, minutes: float, evals: int, rescore: bool, threads: int = 0,
+        cpus: frozenset[int] = frozenset()) -> dict:
+    """Train one spec and report it; on `cpus` alone, if given."""
+    if cpus:  # before torch's first parallel region, whose threads inherit this mask
+        os.sched_setaffinity(0, cpus)
     preset, flags = parse_spec(spec)
     if threads:
         flags.setdefault("threads", threads)
+    if cpus:  # pinned cores are for training on them, even on a GPU's host
+        flags.setdefault("device", "cpu")
     run = storyloom.train(["shakespeare"], out=out / f"{i:02d}-{preset}", preset=preset, minutes=minutes,
                           evals=evals, patience=0, progress=False, **flags)
     rows = storyloom.api.metrics(run)
@@ -82,6 +100,7 @@ def one(i: int, spec: str, out: Path, minutes: float, evals: int, rescore: bool,
         "steps": rows[-1]["step"],
         "chars_per_s": round(sum(r["chars_per_s"] for r in train) / len(train)),
         **exact,
+        **({"cpus": sorted(cpus)} if cpus else {}),
         "run": str(run),
     }
 
@@ -94,21 +113,34 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--rescore", action="store_true", help="score the best and the last weights exactly after each run")
     ap.add_argument("--parallel", type=int, default=1, metavar="N", help="train N step-limited specs at once")
+    ap.add_argument("--pin", type=int, default=0, metavar="CORES",
+                    help="train every spec at once, each on CORES physical cores of its own (time limits allowed)")
     a = ap.parse_args()
+    if a.parallel > 1 and a.pin:
+        ap.error("--parallel and --pin both run specs at once: choose one")
     if a.parallel > 1 and not all(parse_spec(s)[1].get("steps") for s in a.specs):
         ap.error("--parallel needs every spec to stop at a number of steps (steps=N): runs at once share the "
                  "machine, so a time limit would give each fewer steps")
+    if a.pin < 0:
+        ap.error(f"--pin takes a number of physical cores for each spec (0: off), got {a.pin}")
+    groups = cores()
+    if a.pin * len(a.specs) > len(groups):
+        ap.error(f"--pin {a.pin}: {len(a.specs)} specs need {a.pin * len(a.specs)} physical cores, and this "
+                 f"process may use {len(groups)}; pin fewer cores or give fewer specs")
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="storyloom-sweep-"))
     print(json.dumps({"kind": "config", "minutes": a.minutes, "evals": a.evals, "specs": a.specs,
-                      "parallel": a.parallel, "machine": describe()}), flush=True)
-    if a.parallel <= 1:
+                      "parallel": a.parallel, "pin": a.pin, "machine": describe()}), flush=True)
+    if a.parallel <= 1 and not a.pin:
         for i, spec in enumerate(a.specs):
             print(json.dumps(one(i, spec, out, a.minutes, a.evals, a.rescore)), flush=True)
         return
-    threads = max(1, (os.cpu_count() or 1) // a.parallel)
+    at_once = a.pin and len(a.specs) or a.parallel
+    threads = a.pin or max(1, (os.cpu_count() or 1) // a.parallel)
+    cpus = [frozenset().union(*groups[i * a.pin:(i + 1) * a.pin]) for i in range(len(a.specs))]
     # spawn: each run starts its own torch (and CUDA context) rather than a fork of this one
-    with ProcessPoolExecutor(a.parallel, mp_context=get_context("spawn")) as pool:
-        runs = [pool.submit(one, i, spec, out, a.minutes, a.evals, a.rescore, threads) for i, spec in enumerate(a.specs)]
+    with ProcessPoolExecutor(at_once, mp_context=get_context("spawn")) as pool:
+        runs = [pool.submit(one, i, spec, out, a.minutes, a.evals, a.rescore, threads, cpus[i])
+                for i, spec in enumerate(a.specs)]
         for done in as_completed(runs):
             print(json.dumps(done.result()), flush=True)
 

@@ -32,14 +32,21 @@ def cpu_info() -> CPU:
     return CPU(fields.get("vendor_id", ""), fields.get("model name", ""), frozenset(fields.get("flags", "").split()))
 
 
-def physical_cores() -> int:
-    """Cores this process may run on, counting a core's hyperthreads once."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    cores = set()
+def cores() -> list[frozenset[int]]:
+    """The logical CPUs this process may run on, one set per physical core (a core's hyperthreads together), in the
+    order of their first CPU. Without sysfs topology (not Linux, or a container hiding it) each CPU is a core."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    groups: dict[str, set[int]] = {}
     for c in cpus:
         try:
             with open(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list") as f:
-                cores.add(f.read().strip())
-        except OSError:  # no sysfs topology (not Linux, or a container hiding it): count logical CPUs
-            return len(cpus)
-    return max(len(cores), 1)
+                key = f.read().strip()
+        except OSError:
+            key = f"cpu{c}"
+        groups.setdefault(key, set()).add(c)
+    return [frozenset(g) for g in groups.values()]
+
+
+def physical_cores() -> int:
+    """Cores this process may run on, counting a core's hyperthreads once."""
+    return max(len(cores()), 1)

@@ -45,3 +45,4 @@ def test_physical_cores_count_a_cores_hyperthreads_once(monkeypatch):
 
     monkeypatch.setattr("builtins.open", fake_open)
     assert cpu.physical_cores() == 2
+    assert cpu.cores() == [frozenset({0, 2}), frozenset({1, 3})]  # what `sweep.py --pin` hands out
