@@ -123,6 +123,8 @@ def main() -> None:
                  "machine, so a time limit would give each fewer steps")
     if a.pin < 0:
         ap.error(f"--pin takes a number of physical cores for each spec (0: off), got {a.pin}")
+    if a.pin and not hasattr(os, "sched_setaffinity"):
+        ap.error("--pin holds each run to its cores with sched_setaffinity, which this system lacks (Linux has it)")
     groups = cores()
     if a.pin * len(a.specs) > len(groups):
         ap.error(f"--pin {a.pin}: {len(a.specs)} specs need {a.pin * len(a.specs)} physical cores, and this "
