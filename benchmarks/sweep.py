@@ -136,7 +136,7 @@ def main() -> None:
         for i, spec in enumerate(a.specs):
             print(json.dumps(one(i, spec, out, a.minutes, a.evals, a.rescore)), flush=True)
         return
-    at_once = a.pin and len(a.specs) or a.parallel
+    at_once = len(a.specs) if a.pin else a.parallel
     threads = a.pin or max(1, (os.cpu_count() or 1) // a.parallel)
     cpus = [frozenset().union(*groups[i * a.pin:(i + 1) * a.pin]) for i in range(len(a.specs))]
     # spawn: each run starts its own torch (and CUDA context) rather than a fork of this one
