@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="training time per precision")
     ap.add_argument("--rounds", type=int, default=3, help="passes over the GEMM list; each GEMM's best rate counts")
     a = ap.parse_args()
+    if a.rounds < 1:
+        ap.error(f"--rounds {a.rounds}: at least one pass over the GEMM list")
     cfg = presets.build(a.preset)
     m, t = cfg.model, cfg.train
     V = 90  # characters in the bundled corpus's training text, near enough for the head's share
@@ -86,7 +88,7 @@ def main() -> None:
     gemms = model_gemms(B, T, I, H, V, L)
     roof = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        rates = [[gemm_rate(M, K, N, dtype) for _, M, K, N, _ in gemms] for _ in range(max(a.rounds, 1))]
+        rates = [[gemm_rate(M, K, N, dtype) for _, M, K, N, _ in gemms] for _ in range(a.rounds)]
         seconds, flops = 0.0, 0
         for (g, M, K, N, times), timed in zip(gemms, zip(*rates)):
             rate = max(timed)
