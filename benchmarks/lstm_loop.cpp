@@ -42,7 +42,8 @@ Tensor product(const Tensor& x, const Tensor& packed) {  // (B, K) -> (B, N), in
 
 inline Vec sigmoid(Vec x) { return Vec(1.f) / (Vec(1.f) + x.neg().exp()); }
 
-// Rows [b0, b1) of one step, H columns each in vectors of 8 (the last one partial). f(j, n) does columns [j, j + n).
+// One step's B rows over torch's threads, H columns each in vectors of 8 (the last one partial): f(b, j, n) does
+// row b's columns [j, j + n).
 template <typename F>
 void rows(int64_t B, int64_t H, F f) {
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
@@ -68,14 +69,14 @@ std::vector<Tensor> forward(const Tensor& xp_, const Tensor& h0, const Tensor& c
   for (int64_t t = 0; t < T; ++t) {
     const auto z = product(Y[t], packed).to(at::kFloat).contiguous();  // (B, 4H)
     const float *zp = z.data_ptr<float>(), *xt = xp[t].data_ptr<float>(), *cp = C[t].data_ptr<float>();
-    float *g_ = G[t].data_ptr<float>(), *cn = C[t + 1].data_ptr<float>(), *tcp = TC[t].data_ptr<float>(),
+    float *gp = G[t].data_ptr<float>(), *cn = C[t + 1].data_ptr<float>(), *tcp = TC[t].data_ptr<float>(),
           *hp = h.data_ptr<float>();
     rows(B, H, [&](int64_t b, int64_t j, int n) {
       const int64_t r = b * 4 * H + j, s = b * H + j;
       auto gate = [&](int k) { return Vec::loadu(xt + r + k * H, n) + Vec::loadu(zp + r + k * H, n); };
       const Vec i = sigmoid(gate(0)), f = sigmoid(gate(1)), g = gate(2).tanh(), o = sigmoid(gate(3));
       const Vec c = f * Vec::loadu(cp + s, n) + i * g, tc = c.tanh();
-      i.store(g_ + r, n), f.store(g_ + r + H, n), g.store(g_ + r + 2 * H, n), o.store(g_ + r + 3 * H, n);
+      i.store(gp + r, n), f.store(gp + r + H, n), g.store(gp + r + 2 * H, n), o.store(gp + r + 3 * H, n);
       c.store(cn + s, n), tc.store(tcp + s, n), (o * tc).store(hp + s, n);
     });
     Y[t + 1].copy_(h);
