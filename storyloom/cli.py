@@ -80,7 +80,8 @@ def add_settings(p: argparse.ArgumentParser, cls, defaults: bool = False, skip=(
         m = f.metadata
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         g = groups.get(m["group"]) or groups.setdefault(m["group"], p.add_argument_group(m["group"] or None))
-        kw = {"help": f"{m['help']} (default {_shown(default)})", "default": default if defaults else None, "dest": f.name}
+        shown = f"{m['help']} (default {_shown(default)})".replace("%", "%%")  # argparse formats help with %
+        kw = {"help": shown, "default": default if defaults else None, "dest": f.name}
         if m["metavar"]:
             kw["metavar"] = m["metavar"]
         if isinstance(default, bool):

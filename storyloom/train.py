@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from .batches import Batches
 from .checkpoint import Position, TrainerState, Window, capture_rng, restore_rng
-from .config import AdaptConfig, TrainConfig
+from .config import EVAL_SHARE, AdaptConfig, TrainConfig
 from .corpus import Corpus
 from .errors import UserError
 from .model import LanguageModel, State, detach, flatten
@@ -43,10 +43,6 @@ from .world import SOLO, World
 LN2 = math.log(2)
 MEMORISING = 0.3  # val bpc this far above train bpc (measured with dropout on, so the gap is real): memorising
 MAX_RECOVERIES = 3  # then training stops: the learning rate is 1/8 of the asked one and it still diverges
-# A run with a time limit evaluates at most this share of its time (the evaluation after training aside). On a
-# slow machine one evaluation of the whole validation text can outlast the gap between two: the default preset's
-# 3-minute `make demo` on 2 AMD Zen 3 cores evaluated for 18 s every 18 s and took 110 steps.
-EVAL_SHARE = 0.25
 
 
 @torch.no_grad()

@@ -426,7 +426,8 @@ def test_memorising_is_not_said_in_the_first_pass_where_every_batch_is_new(tmp_p
 def test_slow_evaluations_keep_to_their_share_of_a_timed_run_and_all_happen_in_a_counted_one(sonnets, monkeypatch, limit):
     """On a slow machine an evaluation can outlast the gap between two; a timed run then drops evaluation points
     rather than spend its time evaluating. A run limited by steps keeps every point, so it stays deterministic."""
-    from storyloom.train import EVAL_SHARE, Trainer
+    from storyloom.config import EVAL_SHARE
+    from storyloom.train import Trainer
 
     corpus, model = sonnet_trainer_inputs(sonnets)
     real, took = Trainer.validate, []
