@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -55,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import describe  # noqa: E402
 from storyloom import presets, runtime  # noqa: E402
 from storyloom.errors import UserError  # noqa: E402
+from storyloom.native import compile_cpp  # noqa: E402
 
 
 def emit(**row) -> None:
@@ -128,17 +128,11 @@ NATIVE_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-D
 
 
 def build_native() -> str | None:
-    """Compile lstm_loop.cpp (cached by torch's builder); None when built, else why not."""
+    """Compile lstm_loop.cpp once (storyloom's own builder, as for write.cpp); None when loaded, else why not."""
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         return f"this CPU's vector unit is {torch.backends.cpu.get_cpu_capability()}, lstm_loop.cpp needs AVX2"
-    from torch.utils import cpp_extension  # imported here: it pulls in setuptools
-
-    source = Path(__file__).with_name("lstm_loop.cpp")
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / "storyloom_lstm_loop"
-    root.mkdir(parents=True, exist_ok=True)
     try:
-        cpp_extension.load("storyloom_lstm_loop", [str(source)], extra_cflags=NATIVE_FLAGS, extra_ldflags=["-fopenmp"],
-                           build_directory=str(root), is_python_module=False)
+        compile_cpp(Path(__file__).with_name("lstm_loop.cpp"), NATIVE_FLAGS, "storyloom_lstm_loop", "the C++ LSTM loops")
     except Exception as e:  # no compiler, no ninja: the other arms still run
         return f"{type(e).__name__}: {str(e).strip()[:200]}"
     return None

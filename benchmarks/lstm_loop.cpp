@@ -91,7 +91,7 @@ std::vector<Tensor> backward(const Tensor& G, const Tensor& C, const Tensor& TC,
                              const Tensor& dy_, const Tensor& dcT) {
   const auto dy = dy_.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = G.size(2) / 4;
-  const auto dtype = packed_t.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  const auto dtype = packed_t.scalar_type();  // the products': float or bf16
   auto dZ = at::empty({T, B, 4 * H}, G.options().dtype(dtype)), dz = at::empty({B, 4 * H}, G.options());
   auto dc = dcT.to(at::kFloat).contiguous().clone(), dh = at::zeros({B, H}, G.options());  // dh: from step t + 1
   for (int64_t t = T - 1; t >= 0; --t) {

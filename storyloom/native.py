@@ -131,35 +131,40 @@ def cache_root() -> Path:
     return (base / "torch_extensions").resolve()
 
 
+def compile_cpp(source: Path, flags: list[str], prefix: str, what: str) -> None:
+    """Load `source` compiled with `flags` as a torch library (its ops under torch.ops), building it the first time
+    (`what` names it in the one line said then); raises where it cannot be built."""
+    # A build per source, flags, torch and Python: each links against its own headers and libraries, so a
+    # build found under its name is this source's, and is loaded as it is.
+    key = hashlib.sha256(f"{source.read_text()}{flags}{torch.__version__}{sys.version}".encode()).hexdigest()[:12]
+    name = f"{prefix}_{key}"
+    try:
+        torch.ops.load_library(str(cache_root() / name / f"{name}.so"))
+        return
+    except OSError:  # not built yet, or a build killed while linking it: built (again) below
+        pass
+    from torch.utils import cpp_extension  # imported on first use: it pulls in setuptools
+
+    where = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
+    if not (where / f"{name}.so").exists():
+        print(f"storyloom: building {what} (once; 10-30 s)", file=sys.stderr, flush=True)
+    bindir = str(Path(sys.executable).parent)  # pip's ninja, which torch's builder runs by name, lives here
+    if shutil.which("ninja") is None and shutil.which("ninja", path=bindir):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    lock = where / "lock"  # torch's builder holds it while it builds, and waits on it for ever if it is left
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK:  # by a build killed mid-way
+        lock.unlink(missing_ok=True)
+    where.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(name, [str(source)], extra_cflags=flags, extra_ldflags=OPENMP, build_directory=str(where),
+                       is_python_module=False, verbose=False)
+
+
 def build() -> bool:
     """Compile write.cpp once (or load the build cached on disk); False where it cannot be built."""
     global _built
     if _built is None:
-        # A build per source, flags, torch and Python: each links against its own headers and libraries, so a
-        # build found under its name is this source's, and is loaded as it is.
-        key = hashlib.sha256(f"{SOURCE.read_text()}{FLAGS}{torch.__version__}{sys.version}".encode()).hexdigest()[:12]
-        name = f"storyloom_write_{key}"
         try:
-            torch.ops.load_library(str(cache_root() / name / f"{name}.so"))
-            _built = True
-            return _built
-        except OSError:  # not built yet, or a build killed while linking it: built (again) below
-            pass
-        from torch.utils import cpp_extension  # imported on first use: it pulls in setuptools
-
-        where = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
-        if not (where / f"{name}.so").exists():
-            print("storyloom: building the native writing loop (once; 10-30 s)", file=sys.stderr, flush=True)
-        bindir = str(Path(sys.executable).parent)  # pip's ninja, which torch's builder runs by name, lives here
-        if shutil.which("ninja") is None and shutil.which("ninja", path=bindir):
-            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-        lock = where / "lock"  # torch's builder holds it while it builds, and waits on it for ever if it is left
-        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK:  # by a build killed mid-way
-            lock.unlink(missing_ok=True)
-        try:
-            where.mkdir(parents=True, exist_ok=True)
-            cpp_extension.load(name, [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=OPENMP, build_directory=str(where),
-                               is_python_module=False, verbose=False)
+            compile_cpp(SOURCE, FLAGS, "storyloom_write", "the native writing loop")
             _built = True
         except Exception as e:  # no compiler, no ninja, headers missing: the Python loop writes the same text
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
