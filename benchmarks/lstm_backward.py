@@ -20,8 +20,8 @@ compiling needs a C++ compiler and takes tens of seconds per shape); and with
 `--packed` (the default) both again with each step's product through a weight
 packed for oneDNN once a batch, the packing timed with them. With `--native`
 (the default, on x86 CPUs with AVX2) the packed loops also run in C++
-(lstm_loop.cpp, built on first use: each step's gate arithmetic one vectorised
-pass), and a floor row times what any such recurrence must run: its 64
+(the package's lstm.cpp, what `--lstm-kernel loops` trains with, built on first
+use: each step's gate arithmetic one vectorised pass), and a floor row times what any such recurrence must run: its 64
 packed products, their packing and its sequence-wide GEMMs, with nothing
 between them.
 
@@ -32,9 +32,11 @@ between them.
    median per arm, in the precision training picks on this machine
    (`--precision auto`: bf16 autocast where it is native, else fp32).
 
-Kept in the benchmarks, not the package, while it measures slower
-(benchmarks/README.md, "Training at the roofline"): run it on a new machine
-to see whether that holds there. Prints JSON lines.
+The eager and compiled candidates stay here, not in the package: they measured
+slower everywhere (benchmarks/README.md, "Training at the roofline"). The C++
+loops went into the package where they measured faster (bf16 on an AMD Zen 5:
+`kernels.loops_faster`); run this on a new machine to see which arm wins there.
+Prints JSON lines.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import describe  # noqa: E402
 from storyloom import presets, runtime  # noqa: E402
 from storyloom.errors import UserError  # noqa: E402
-from storyloom.native import compile_cpp  # noqa: E402
+from storyloom.kernels import Recurrence as NativeRecurrence, build_lstm  # noqa: E402
 
 
 def emit(**row) -> None:
@@ -124,39 +126,6 @@ def backward_packed(G, C, TC, W_hh, dy, dc):
 
 PACKED = (forward_packed, backward_packed)  # each batch packs its weight twice, as training would (it changes)
 
-NATIVE_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-fopenmp"]
-
-
-def build_native() -> str | None:
-    """Compile lstm_loop.cpp once (storyloom's own builder, as for write.cpp); None when loaded, else why not."""
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        return f"this CPU's vector unit is {torch.backends.cpu.get_cpu_capability()}, lstm_loop.cpp needs AVX2"
-    try:
-        compile_cpp(Path(__file__).with_name("lstm_loop.cpp"), NATIVE_FLAGS, "storyloom_lstm_loop", "the C++ LSTM loops")
-    except Exception as e:  # no compiler, no ninja: the other arms still run
-        return f"{type(e).__name__}: {str(e).strip()[:200]}"
-    return None
-
-
-class NativeRecurrence(torch.autograd.Function):
-    """Recurrence with both step loops in lstm_loop.cpp on packed weights: (xp, h0, c0, W_hh) -> (y, C_T)."""
-
-    @staticmethod
-    def forward(ctx, xp, h0, c0, W_hh, dtype):
-        G, C, TC, Y, W_packed_t = torch.ops.lstm_loop.forward(xp.float(), h0, c0, W_hh, dtype == torch.bfloat16)
-        ctx.save_for_backward(G, C, TC, Y, W_packed_t)
-        return Y[1:].float(), C[-1].clone()
-
-    @staticmethod
-    def backward(ctx, dy, dcT):
-        G, C, TC, Y, W_packed_t = ctx.saved_tensors
-        T, B, H4 = G.shape
-        dc = dcT.float() if dcT is not None else torch.zeros(B, H4 // 4)
-        dZ, dh0, dc0 = torch.ops.lstm_loop.backward(G, C, TC, W_packed_t, dy.float(), dc)
-        dW_hh = torch.mm(dZ.view(T * B, H4).t(), Y[:-1].reshape(T * B, H4 // 4)).float()  # one GEMM, every step
-        return dZ, dh0, dc0, dW_hh, None
-
-
 class Recurrence(torch.autograd.Function):
     """The LSTM's recurrence given its input projection: (xp, h0, c0, W_hh) -> (y (T, B, H), C_T); `loops` the
     (forward, backward) step loops to run: EAGER, PACKED, or either compiled."""
@@ -180,7 +149,7 @@ class Recurrence(torch.autograd.Function):
 
 def candidate(lstm: nn.LSTM, x: torch.Tensor, dtype: torch.dtype, loops=EAGER) -> torch.Tensor:
     """The same function as lstm(x)[0] for one layer from a zero state: x (B, T, I) -> (B, T, H); loops "native":
-    lstm_loop.cpp's."""
+    storyloom's lstm.cpp (kernels.Recurrence)."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         b = lstm.bias_ih_l0 + lstm.bias_hh_l0
         xp = F.linear(x.transpose(0, 1), lstm.weight_ih_l0, b)  # (T, B, 4H): one GEMM over the whole sequence
@@ -240,7 +209,7 @@ def main() -> None:
     ap.add_argument("--packed", action=argparse.BooleanOptionalAction, default=True,
                     help="also the candidate with its per-step products through packed weights (oneDNN)")
     ap.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
-                    help="also the packed loops in C++ (lstm_loop.cpp, built once: needs a C++ compiler and AVX2), and "
+                    help="also the packed loops in C++ (storyloom/lstm.cpp, built once: needs a C++ compiler and AVX2), and "
                          "the floor of any such recurrence")
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="the products' precision (auto: what training picks here)")
@@ -258,7 +227,7 @@ def main() -> None:
          machine=describe())
     a.packed = a.packed and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.backends.mkldnn.is_available()
     if a.native:
-        why = build_native() if a.packed else "the C++ loops multiply through packed weights, and there are none here"
+        why = (build_lstm() or None) if a.packed else "the C++ loops multiply through packed weights, and there are none here"
         emit(kind="native", built=why is None, **({"why_not": why} if why else {}))
         a.native = why is None
     if a.packed:

@@ -2,6 +2,7 @@
 
     python benchmarks/roofline.py                 # the default preset, 60 s of training per precision
     python benchmarks/roofline.py --seconds 20 --preset mysterious-island
+    python benchmarks/roofline.py --lstm-kernels torch,loops   # the trainer through each LSTM kernel
 
 1. The machine: matmul throughput in fp32 and bf16 at the model's own GEMM
    shapes (the input projection over a whole batch, the recurrent matmul of
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import storyloom  # noqa: E402
 from machine import describe  # noqa: E402
 from storyloom import presets, runtime  # noqa: E402
+from storyloom.runs import Run  # noqa: E402
 
 
 def emit(**row) -> None:
@@ -74,6 +76,8 @@ def main() -> None:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--seconds", type=float, default=60.0, help="training time per precision")
     ap.add_argument("--rounds", type=int, default=3, help="passes over the GEMM list; each GEMM's best rate counts")
+    ap.add_argument("--lstm-kernels", default="auto", help="the trainer once per --lstm-kernel, comma-separated, in "
+                    "each precision (torch,loops: torch's fused LSTM against storyloom's C++ recurrence)")
     a = ap.parse_args()
     if a.rounds < 1:
         ap.error(f"--rounds {a.rounds}: at least one pass over the GEMM list")
@@ -104,14 +108,16 @@ def main() -> None:
     # machine trains in fp32, so fp32's roofline is the one its trainer answers to.
     trained = ("fp32", "bf16") if runtime.bf16_lstm_runs(torch.device("cpu")) else ("fp32",)
     for name in trained:
-        run = storyloom.train(["shakespeare"], out=out / name, preset=a.preset, minutes=a.seconds / 60, evals=1, patience=0,
-                              precision=name, progress=False)
-        rows = [r for r in storyloom.metrics(run) if "tokens_per_s" in r][1:] or [r for r in storyloom.metrics(run) if "tokens_per_s" in r]
-        cps = sorted(r["tokens_per_s"] for r in rows)[len(rows) // 2]
-        achieved = cps * flops_per_char
-        emit(kind="trainer", precision=name, chars_per_s=cps, model_tflops=round(achieved / 1e12, 4),
-             roofline_tflops=round(roof[name] / 1e12, 4), ratio=round(achieved / roof[name], 3),
-             bf16_matmul_roofline_tflops=round(roof["bf16"] / 1e12, 4), ratio_to_bf16_roofline=round(achieved / roof["bf16"], 3))
+        for kernel in a.lstm_kernels.split(","):
+            run = storyloom.train(["shakespeare"], out=out / f"{name}-{kernel}", preset=a.preset, minutes=a.seconds / 60,
+                                  evals=1, patience=0, precision=name, lstm_kernel=kernel, progress=False)
+            rows = [r for r in storyloom.metrics(run) if "tokens_per_s" in r][1:] or [r for r in storyloom.metrics(run) if "tokens_per_s" in r]
+            cps = sorted(r["tokens_per_s"] for r in rows)[len(rows) // 2]
+            achieved = cps * flops_per_char
+            emit(kind="trainer", precision=name, lstm_kernel=kernel, ran=Run.open(run).info()["lstm_kernel"],
+                 chars_per_s=cps, model_tflops=round(achieved / 1e12, 4),
+                 roofline_tflops=round(roof[name] / 1e12, 4), ratio=round(achieved / roof[name], 3),
+                 bf16_matmul_roofline_tflops=round(roof["bf16"] / 1e12, 4), ratio_to_bf16_roofline=round(achieved / roof["bf16"], 3))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from .config import DEFAULT_MINUTES, RESUMABLE, LoadConfig, RunConfig, flag, ove
 from .corpus import benchmark_split, build, clean_sources, note_val_only
 from .cpu import physical_cores
 from .files import read_bytes, sha256
+from .kernels import resolve_lstm_kernel
 from .prepared import load_prepared, prepare, prepared_dir, texts
 from .errors import UserError
 from .model import LanguageModel, n_params
@@ -117,6 +118,7 @@ def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, 
     if base is not None:
         model.load_state_dict(_grown(base, corpus.tokenizer))
     model = model.to(dev)
+    kernel = resolve_lstm_kernel(tc.lstm_kernel, precision, dev, model)
     if world.rank:  # the same initial weights on every rank, but each rank its own dropout masks
         torch.manual_seed(tc.seed + 7919 * world.rank)
     if not resume:
@@ -124,13 +126,13 @@ def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, 
         info = {"params": n_params(model), "level": corpus.tokenizer.kind, "vocab": len(corpus.tokenizer),
                 "train_chars": corpus.train_chars, "train_tokens": int(len(corpus.train)), "val_chars": corpus.val_chars,
                 "val_tokens": int(len(corpus.val)), "train_works": corpus.train_names, "val_works": corpus.val_names,
-                "precision": precision, "device": str(dev), "torch": torch.__version__, "ranks": world.size}
+                "precision": precision, "lstm_kernel": kernel, "device": str(dev), "torch": torch.__version__, "ranks": world.size}
         target = out or Path("runs") / f"{preset}-{stamp}"
         run = world.together(lambda: Run.create(target, cfg, corpus.tokenizer, info, overwrite) if world.main else None,
                              "creating the run")
         path = world.broadcast(str(run.path) if world.main else None)
         run = world.together(lambda: run if world.main else Run.open(path), "opening the run")
-    trainer = Trainer(model, corpus, tc, run, precision, on_step, world)
+    trainer = Trainer(model, corpus, tc, run, precision, on_step, world, kernel)
     if resume:
         world.together(trainer.restore, "reading the checkpoint")
         if trainer.resumed_from != world.size and world.main:

@@ -5,7 +5,8 @@ state, and steps one token at a time for generation. A state is a tuple of
 tensors with the batch on dim 1, so the trainer, the sampler and beam search
 can zero, copy and reorder streams without knowing the cell.
 
-    lstm            torch's fused LSTM (oneDNN on CPU, cuDNN on GPU): the default
+    lstm            torch's fused LSTM (oneDNN on CPU, cuDNN on GPU): the default; trained
+                    through kernels.py's C++ recurrence where that is faster (--lstm-kernel)
     lstm-reference  the same LSTM written out from the seed equations, one step at a
                     time, recording its gates; same parameter names, so it loads
                     an `lstm` run's weights and gives the same outputs
@@ -26,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import DECODE_PRECISIONS, ModelConfig
+from .kernels import lstm_layers, loops_active
 
 State = tuple[torch.Tensor, ...]  # each (L, B, ...): batch on dim 1
 
@@ -189,6 +191,10 @@ class LSTM(nn.LSTM):
         return z, z.clone()
 
     def forward(self, e: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        if loops_active(e):  # training inside kernels.lstm_kernel("loops"): lstm.cpp's recurrence, the same function
+            h0, c0 = state if state is not None else self.initial_state(e.shape[0], e.device)
+            h, hn, cn = lstm_layers(e, self.all_weights, h0, c0, self.dropout if self.training else 0.0)
+            return h, (hn, cn)
         h, (hn, cn) = super().forward(e, state)  # (B, T, H)
         return h, (hn, cn)
 

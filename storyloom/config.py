@@ -22,6 +22,7 @@ UNKNOWN = ("error", "replace")
 LEVELS = ("char", "word", "bpe")
 CELLS = ("lstm", "lstm-reference", "gru", "rnn", "transformer")
 DEVICES = ("auto", "cpu", "cuda")
+LSTM_KERNELS = ("auto", "torch", "loops")
 # Beyond these a typo is likelier than a wish; each is far past what fits on the machines we target.
 LIMITS = {"embed": 65_536, "hidden": 65_536, "layers": 64, "seq_len": 1_000_000, "batch_size": 1_000_000,
           "steps": 10**12, "epochs": 1e6, "minutes": 1e6, "evals": 100_000, "keep": 1_000,
@@ -188,6 +189,9 @@ class TrainConfig:
     precision: str = setting("auto", "auto (bf16 where it trains faster: AMX, AMD with AVX512-BF16, recent GPUs), "
                              "fp32 or bf16", "optimisation", PRECISIONS)
     device: str = setting("auto", "auto (a CUDA GPU when one is visible), cpu or cuda", "optimisation", DEVICES)
+    lstm_kernel: str = setting("auto", "how a CPU trains the lstm cell: torch (its fused kernel, oneDNN), loops "
+                               "(storyloom's C++ step loops on packed weights; the same model) or auto (loops where "
+                               "they measured faster: bf16 on AMD with AVX512-BF16)", "optimisation", LSTM_KERNELS)
     threads: int = setting(0, "CPU threads (0: one per physical core, fewer while other processes keep cores busy)",
                            "optimisation")
     checkpoint_every: int = setting(0, "also checkpoint every this many steps (0: only at evaluations and the end)",
@@ -222,6 +226,7 @@ class TrainConfig:
             raise UserError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         _choice(self, "precision", PRECISIONS)
         _choice(self, "device", DEVICES)
+        _choice(self, "lstm_kernel", LSTM_KERNELS)
 
     @property
     def limited(self) -> bool:

@@ -9,13 +9,16 @@ from typing import NamedTuple
 
 
 class CPU(NamedTuple):
-    """The first CPU in /proc/cpuinfo: vendor_id ("GenuineIntel", "AuthenticAMD"), model name and flags; empty
-    strings and no flags where there is none. `auto` precision reads the vendor and flags, the benchmarks'
-    machine line all three."""
+    """The first CPU in /proc/cpuinfo: vendor_id ("GenuineIntel", "AuthenticAMD"), model name, flags, and the
+    family and model numbers; empty strings, no flags and 0 where there is none. `auto` precision reads the
+    vendor and flags, the benchmarks' machine line all of it (two AMD EPYCs with the same name and flags, Zen 4
+    and Zen 5, differ only in family)."""
 
     vendor: str
     model: str
     flags: frozenset[str]
+    family: int = 0
+    model_number: int = 0
 
 
 def cpu_info() -> CPU:
@@ -29,7 +32,9 @@ def cpu_info() -> CPU:
                     break
     except OSError:
         pass
-    return CPU(fields.get("vendor_id", ""), fields.get("model name", ""), frozenset(fields.get("flags", "").split()))
+    number = {k: int(v) if v.isdigit() else 0 for k, v in ((k, fields.get(k, "")) for k in ("cpu family", "model"))}
+    return CPU(fields.get("vendor_id", ""), fields.get("model name", ""), frozenset(fields.get("flags", "").split()),
+               number["cpu family"], number["model"])
 
 
 def cores() -> list[frozenset[int]]:

@@ -18,32 +18,27 @@ one-row case with FBGEMM's numerics, which the Python loop must share). Several
 streams, beams, other cells and GPUs write through the Python loop, which
 stays the reference. Building needs a C++ compiler and takes 10-30 s the
 first time, most of it parsing torch's headers (about 10 s on 2 Intel cores,
-21 s on 2 AMD Zen 3 cores); it is cached (`torch.utils.cpp_extension`, under
+21 s on 2 AMD Zen 3 cores); it is cached (`kernels.compile_cpp`, under
 $TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions). Without a compiler
 writing stays in Python, said once on stderr.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from .cells import cached
 from .config import SampleConfig
+from .kernels import OPENMP, compile_cpp
 from .model import LanguageModel, State
 
 SOURCE = Path(__file__).with_name("write.cpp")
-STALE_LOCK = 600  # seconds: a build takes 10-30, so an older lock is a killed build's
-# -fopenmp: q8_linear splits rows over torch's own OpenMP threads (the wheel's libgomp.so.1, which the build
-# links by that name). Apple's clang has no -fopenmp: on a Mac the product runs on one thread (an Apple Silicon
-# Mac has no q8_linear at all). -ffp-contract=off: no multiply-add fused but those written, so its floats are FBGEMM's.
-OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]
+# -fopenmp (kernels.OPENMP): q8_linear splits rows over torch's own OpenMP threads; on a Mac it runs on one (an
+# Apple Silicon Mac has no q8_linear at all). -ffp-contract=off: no multiply-add fused but those written, so its
+# floats are FBGEMM's.
 FLAGS = ["-O3", *OPENMP, "-ffp-contract=off"]
 CHUNK = 64  # tokens a call: streaming stays smooth (about 5 ms of writing), a stop string wastes at most this
 
@@ -118,45 +113,6 @@ def q8(model: LanguageModel, name: str, packed: list) -> list[torch.Tensor]:
 
 
 _built: bool | None = None  # None: not tried yet in this process
-
-
-def cache_root() -> Path:
-    """Where torch.utils.cpp_extension builds by default ($TORCH_EXTENSIONS_DIR, else torch_extensions in the
-    user's cache folder), worked out without importing it: that import (setuptools) and its up-to-date check took
-    about 90 ms of a cold first character. Where this guesses wrong, build() goes the long way."""
-    if os.environ.get("TORCH_EXTENSIONS_DIR"):
-        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
-    base = Path.home() / "Library" / "Caches" if sys.platform == "darwin" else \
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return (base / "torch_extensions").resolve()
-
-
-def compile_cpp(source: Path, flags: list[str], prefix: str, what: str) -> None:
-    """Load `source` compiled with `flags` as a torch library (its ops under torch.ops), building it the first time
-    (`what` names it in the one line said then); raises where it cannot be built."""
-    # A build per source, flags, torch and Python: each links against its own headers and libraries, so a
-    # build found under its name is this source's, and is loaded as it is.
-    key = hashlib.sha256(f"{source.read_text()}{flags}{torch.__version__}{sys.version}".encode()).hexdigest()[:12]
-    name = f"{prefix}_{key}"
-    try:
-        torch.ops.load_library(str(cache_root() / name / f"{name}.so"))
-        return
-    except OSError:  # not built yet, or a build killed while linking it: built (again) below
-        pass
-    from torch.utils import cpp_extension  # imported on first use: it pulls in setuptools
-
-    where = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
-    if not (where / f"{name}.so").exists():
-        print(f"storyloom: building {what} (once; 10-30 s)", file=sys.stderr, flush=True)
-    bindir = str(Path(sys.executable).parent)  # pip's ninja, which torch's builder runs by name, lives here
-    if shutil.which("ninja") is None and shutil.which("ninja", path=bindir):
-        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-    lock = where / "lock"  # torch's builder holds it while it builds, and waits on it for ever if it is left
-    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK:  # by a build killed mid-way
-        lock.unlink(missing_ok=True)
-    where.mkdir(parents=True, exist_ok=True)
-    cpp_extension.load(name, [str(source)], extra_cflags=flags, extra_ldflags=OPENMP, build_directory=str(where),
-                       is_python_module=False, verbose=False)
 
 
 def build() -> bool:

@@ -61,7 +61,8 @@ def _cpu_has_native_bf16() -> bool:
     # AMX tiles: 2.1x fp32 (Intel Sapphire Rapids). AVX512-BF16 on AMD: 1.35-1.6x (EPYC, Zen 4). AVX512-BF16 on
     # Intel without AMX (AMX hidden, or oneDNN capped below it): 0.71x, oneDNN's bf16 kernels there run below
     # its fp32 ones, so fp32. Without either, bf16 is emulated and slower: fp32.
-    vendor, _, flags = cpu_info()
+    info = cpu_info()
+    vendor, flags = info.vendor, info.flags
     if "amx_bf16" in flags and onednn_may_use_amx():
         return True
     return vendor == "AuthenticAMD" and "avx512_bf16" in flags

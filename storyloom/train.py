@@ -36,6 +36,7 @@ from .checkpoint import Position, TrainerState, Window, capture_rng, restore_rng
 from .config import EVAL_SHARE, AdaptConfig, TrainConfig
 from .corpus import Corpus
 from .errors import UserError
+from .kernels import lstm_kernel
 from .model import LanguageModel, State, detach, flatten
 from .runtime import autocast, pace, stop_signals
 from .world import SOLO, World
@@ -251,11 +252,13 @@ class Trainer:
     on_step, if given, is called with the trainer before every optimizer step
     (the batch already cut): a plain hook for tests and benchmarks, which may
     call request_stop(). `world`: the ranks training together (world.py).
+    `kernel`: how an LSTM's recurrence trains, kernels.resolve_lstm_kernel's answer.
     """
 
     def __init__(self, model: LanguageModel, corpus: Corpus, cfg: TrainConfig, store=None, precision: str = "fp32",
-                 on_step=None, world: World = SOLO):
+                 on_step=None, world: World = SOLO, kernel: str = "torch"):
         self.model, self.cfg, self.precision, self.on_step, self.world = model, cfg, precision, on_step, world
+        self.kernel = kernel
         self.store = store if store is not None else Memory()
         self.dev = next(model.parameters()).device
         self.streams = world.shard(cfg.batch_size)
@@ -376,7 +379,7 @@ class Trainer:
             keep = (torch.rand(self.cfg.batch_size, generator=self.resets) >= self.cfg.reset_prob)[self.streams]  # (b,)
             state = tuple(s * keep.to(self.dev)[None, :, None].to(s.dtype) for s in state)
         with self.world.collective("averaging gradients"):
-            with autocast(self.precision, self.dev):
+            with autocast(self.precision, self.dev), lstm_kernel(self.kernel):
                 logits, state = self.net(x, state)  # (b, T, V)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
             self.opt.zero_grad(set_to_none=True)

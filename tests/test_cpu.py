@@ -6,18 +6,21 @@ def test_cpu_info_reads_this_machines_vendor_model_and_flags():
     try:
         text = open("/proc/cpuinfo").read()
     except OSError:
-        assert info == ("", "", frozenset())
+        assert info == ("", "", frozenset(), 0, 0)
         return
     first = text.split("\n\n")[0]  # the first CPU's record
     assert f"vendor_id\t: {info.vendor}" in first or not info.vendor
     assert f": {info.model}\n" in first or not info.model
     flags = next((line.split(":", 1)[1].split() for line in first.splitlines() if line.startswith("flags")), [])
     assert info.flags == frozenset(flags)
+    numbers = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    assert info.family == int(numbers.get("cpu family", "0")) and info.model_number == int(numbers.get("model", "0"))
 
 
 def test_cpu_info_parses_a_record(tmp_path, monkeypatch):
-    record = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n"
-              "flags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nvendor_id\t: Other\nflags\t\t: fpu\n")
+    record = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+              "model name\t: AMD EPYC 9R14 96-Core Processor\nflags\t\t: fpu avx2 avx512_bf16\n\n"
+              "processor\t: 1\nvendor_id\t: Other\ncpu family\t: 6\nflags\t\t: fpu\n")
     real = open
 
     def fake_open(path, *a, **k):
@@ -27,7 +30,8 @@ def test_cpu_info_parses_a_record(tmp_path, monkeypatch):
         return real(path, *a, **k)
 
     monkeypatch.setattr("builtins.open", fake_open)
-    assert cpu.cpu_info() == ("AuthenticAMD", "AMD EPYC 9R14 96-Core Processor", frozenset({"fpu", "avx2", "avx512_bf16"}))
+    assert cpu.cpu_info() == ("AuthenticAMD", "AMD EPYC 9R14 96-Core Processor", frozenset({"fpu", "avx2", "avx512_bf16"}),
+                              25, 17)
 
 
 def test_physical_cores_count_a_cores_hyperthreads_once(monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import storyloom
-from storyloom import native
+from storyloom import kernels, native
 from storyloom.config import SampleConfig
 
 from conftest import TINY
@@ -274,7 +274,7 @@ def test_fault_without_a_compiler_writing_stays_in_python_and_says_so_once(w, mo
     monkeypatch.setattr(native, "_built", None)  # not tried yet in this process; put back after the test
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     monkeypatch.setattr(cpp_extension, "get_default_build_root", lambda: str(tmp_path))
-    monkeypatch.setattr(native, "cache_root", lambda: tmp_path)  # no build cached there
+    monkeypatch.setattr(kernels, "cache_root", lambda: tmp_path)  # no build cached there
     assert native.build() is False and native.build() is False
     err = capsys.readouterr().err
     assert err.count("writing in Python") == 1 and "g++: not found" in err and "install a C++ compiler" in err
@@ -291,7 +291,7 @@ def test_fault_a_build_killed_midway_leaves_a_lock_that_does_not_hang_the_next(m
     seen = []
     monkeypatch.setattr(native, "_built", None)
     monkeypatch.setattr(cpp_extension, "get_default_build_root", lambda: str(tmp_path))
-    monkeypatch.setattr(native, "cache_root", lambda: tmp_path)
+    monkeypatch.setattr(kernels, "cache_root", lambda: tmp_path)
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     monkeypatch.setattr(cpp_extension, "load", lambda name, *a, build_directory, **k: seen.append(
         sorted(p.name for p in (tmp_path / name).iterdir())))
@@ -299,7 +299,7 @@ def test_fault_a_build_killed_midway_leaves_a_lock_that_does_not_hang_the_next(m
     where = next(tmp_path.iterdir())
     lock = where / "lock"
     lock.touch()  # a build SIGKILLed mid-way leaves torch's lock; torch would wait on it for ever
-    old = time.time() - native.STALE_LOCK - 5
+    old = time.time() - kernels.STALE_LOCK - 5
     os.utime(lock, (old, old))
     monkeypatch.setattr(native, "_built", None)
     assert native.build() and seen[-1] == []  # the stale lock was gone when the builder ran
@@ -322,7 +322,7 @@ def test_fault_a_build_killed_while_linking_is_built_again(monkeypatch, tmp_path
 
     built = []
     monkeypatch.setattr(native, "_built", None)
-    monkeypatch.setattr(native, "cache_root", lambda: tmp_path)
+    monkeypatch.setattr(kernels, "cache_root", lambda: tmp_path)
     monkeypatch.setattr(cpp_extension, "get_default_build_root", lambda: str(tmp_path))
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     monkeypatch.setattr(cpp_extension, "load", lambda name, *a, **k: built.append(name))
