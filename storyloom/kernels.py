@@ -115,8 +115,9 @@ def build_lstm() -> str:
 
 def loops_faster(precision: str, dev: torch.device) -> bool:
     """Whether lstm.cpp trains faster than torch's kernel here, as measured: bf16 on AMD CPUs with AVX512-BF16
-    (Zen 5: 1.41x a batch; Zen 4 has the same instructions at half width, predicted, not measured). fp32 on an
-    AVX2-only Zen 3: 0.92-0.97x. Intel with AMX: not yet measured, so torch's kernel."""
+    (Zen 5: training 1.53-1.56x; Zen 4 has the same instructions at half width: predicted, not measured). Not
+    fp32: training 0.76-0.83x on the Zen 5, a batch 0.92-0.97x on an AVX2-only Zen 3. Intel with AMX: not yet
+    measured, so torch's kernel."""
     info = cpu_info()
     return (dev.type == "cpu" and precision == "bf16" and info.vendor == "AuthenticAMD"
             and "avx512_bf16" in info.flags)

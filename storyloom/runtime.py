@@ -58,7 +58,8 @@ def onednn_may_use_amx() -> bool:
 
 def _cpu_has_native_bf16() -> bool:
     # Whether bf16 trains faster than fp32 on this CPU (benchmarks/README.md, "bf16 or fp32 by machine kind").
-    # AMX tiles: 2.1x fp32 (Intel Sapphire Rapids). AVX512-BF16 on AMD: 1.35-1.6x (EPYC, Zen 4). AVX512-BF16 on
+    # AMX tiles: 2.1x fp32 (Intel Sapphire Rapids). AVX512-BF16 on AMD: 1.35-1.6x (EPYC; Zen 5 measured again:
+    # 1.33-1.55x through torch's LSTM kernel, 2x through kernels.py's). AVX512-BF16 on
     # Intel without AMX (AMX hidden, or oneDNN capped below it): 0.71x, oneDNN's bf16 kernels there run below
     # its fp32 ones, so fp32. Without either, bf16 is emulated and slower: fp32.
     info = cpu_info()
