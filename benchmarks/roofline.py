@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--lstm-kernels", default="auto", help="the trainer once per --lstm-kernel, comma-separated, in "
                     "each precision (torch,loops: torch's fused LSTM against storyloom's C++ recurrence)")
     a = ap.parse_args()
+    runtime.keep_freed_memory()  # as training keeps it (api.train), so the GEMMs and the trainer run alike
     if a.rounds < 1:
         ap.error(f"--rounds {a.rounds}: at least one pass over the GEMM list")
     cfg = presets.build(a.preset)

@@ -34,7 +34,7 @@ from .errors import UserError
 from .model import LanguageModel, n_params
 from .novelty import Index, codepoints, report
 from .runs import Run, base_path
-from .runtime import device, resolve_precision, seed_everything, set_deterministic, set_threads
+from .runtime import device, keep_freed_memory, resolve_precision, seed_everything, set_deterministic, set_threads
 from .sources import read
 from .train import Trainer
 from .world import World
@@ -110,6 +110,7 @@ def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, 
         if note and world.main:
             print(f"storyloom: note: {note}", file=sys.stderr)
     set_threads(tc.threads or world.threads(physical_cores()))
+    keep_freed_memory()
     set_deterministic(tc.deterministic)
     dev = world.device(device(tc.device))
     precision = resolve_precision(tc.precision, dev)

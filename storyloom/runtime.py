@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import random
 import signal
+import sys
 import threading
 import time
 
@@ -110,6 +112,30 @@ def autocast(precision: str, dev: torch.device):
     if precision != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(dev.type, dtype=torch.bfloat16)
+
+
+def keep_freed_memory() -> bool:
+    """Let this process reuse the memory it frees instead of handing it back to the OS at once; False where the C
+    library has no such setting (not glibc).
+
+    glibc gives a freed block over 128 KB back to the OS (an mmap'd block, or the top of its heap past 128 KB),
+    and a training step allocates and frees the same large buffers every step (activations, gradients, the
+    recurrence's saved gates), so each step faulted them in again, page by page: 3,500-5,300 minor page faults a
+    step through kernels.py's recurrence and 11,500 through torch's kernel (default preset, bf16, 2 AMD Zen 5
+    cores). Raised thresholds take that to none, and a step from 38-42 ms to 33 (benchmarks/README.md, "Fast on
+    every machine, on an AMD EPYC Zen 5"). What is kept is what the process already used at its peak. jemalloc
+    or tcmalloc do this too, but only when preloaded before Python starts.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):  # musl, for one, has no mallopt
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    # No block is mapped on its own (oneDNN's LSTM workspace is over the 32 MB that the mapping threshold can be
+    # raised to), and the heap is not trimmed: freed memory stays for the next step's blocks.
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
 def set_threads(n: int = 0) -> int:
