@@ -32,9 +32,12 @@ def cpu_info() -> CPU:
                     break
     except OSError:
         pass
-    number = {k: int(v) if v.isdigit() else 0 for k, v in ((k, fields.get(k, "")) for k in ("cpu family", "model"))}
+    def number(key: str) -> int:
+        value = fields.get(key, "")
+        return int(value) if value.isdigit() else 0
+
     return CPU(fields.get("vendor_id", ""), fields.get("model name", ""), frozenset(fields.get("flags", "").split()),
-               number["cpu family"], number["model"])
+               number("cpu family"), number("model"))
 
 
 def cores() -> list[frozenset[int]]:

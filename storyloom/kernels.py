@@ -5,10 +5,11 @@ kernel. On 2 cores of an AMD EPYC Zen 5 in bf16 it ran at half the rate of its
 own products (its products and GEMMs alone, the floor of any such recurrence,
 took 24-26 ms a batch of the default preset where it took 40-52), and training
 through lstm.cpp ran 1.28-1.56x as fast, at 63-67% of the bf16 GEMM roofline
-where torch's kernel ran at 40-49% (1.05-1.20x, 69% against 58%, once training
-kept its freed memory: runtime.keep_freed_memory, which sped torch's kernel more) (benchmarks/README.md, "Fast on every
-machine, on an AMD EPYC Zen 5"). In fp32 the loops were slower: a batch
-0.92-0.97x oneDNN's on an AVX2-only Zen 3, training 0.76-0.96x on the Zen 5. So
+where torch's kernel ran at 40-49%; once training kept its freed memory
+(runtime.keep_freed_memory, which sped torch's kernel more), 1.05-1.20x, at
+69-85% against 58-81% (benchmarks/README.md, "Fast on every machine, on an
+AMD EPYC Zen 5"). In fp32 the loops were slower: a batch 0.92-0.97x oneDNN's
+on an AVX2-only Zen 3, training 0.66-0.96x on the Zen 5. So
 `--lstm-kernel auto` runs lstm.cpp where it measured faster (`loops_faster`)
 and torch's kernel elsewhere. No library offers an LSTM whose step products go
 through a weight packed once a batch with the gate arithmetic fused around
@@ -115,9 +116,10 @@ def build_lstm() -> str:
 
 def loops_faster(precision: str, dev: torch.device) -> bool:
     """Whether lstm.cpp trains faster than torch's kernel here, as measured: bf16 on AMD CPUs with AVX512-BF16
-    (Zen 5: training 1.05-1.20x with freed memory kept, 1.28-1.56x before; Zen 4 has the same instructions at half width: predicted, not measured). Not
-    fp32: training 0.76-0.96x on the Zen 5, a batch 0.92-0.97x on an AVX2-only Zen 3. Intel with AMX: not yet
-    measured, so torch's kernel."""
+    (Zen 5: training 1.05-1.20x with freed memory kept, 1.28-1.56x before; Zen 4 has the same instructions at half
+    width: predicted, not measured). Not fp32: training 0.66-0.96x on the Zen 5, a batch 0.92-0.97x on an
+    AVX2-only Zen 3. Intel with AMX: not yet measured, so torch's kernel. (The AMD test is runtime's for native
+    bf16 as well, but a separate measurement: the two may part on a new machine.)"""
     info = cpu_info()
     return (dev.type == "cpu" and precision == "bf16" and info.vendor == "AuthenticAMD"
             and "avx512_bf16" in info.flags)

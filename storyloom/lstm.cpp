@@ -64,8 +64,8 @@ Tensor transposed(const Tensor& W) {
 inline Vec sigmoid(Vec x) { return Vec(1.f) / (Vec(1.f) + x.neg().exp_u20()); }
 inline Vec tanh(Vec x) { return Vec(2.f) * sigmoid(x + x) - Vec(1.f); }
 
-// One step's B rows over torch's threads, H columns each in vectors of W floats (the last one partial): f(b, j, n) does
-// row b's columns [j, j + n).
+// One step's B rows over torch's threads, H columns each in vectors of Vec::size() floats (the last one partial):
+// f(b, j, n) does row b's columns [j, j + n).
 template <typename F>
 void rows(int64_t B, int64_t H, F f) {
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
@@ -81,7 +81,7 @@ constexpr int LANES = Vec::size();
 inline Vec load(const float* p, int n) { return Vec::loadu(p, n); }
 inline void store(float* p, Vec x, int n) { x.store(p, n); }
 #if defined(CPU_CAPABILITY_AVX512)
-using Half = __m256i;  // W bf16 values
+using Half = __m256i;  // LANES bf16 values
 inline Half loadu(const void* p) { return _mm256_loadu_si256(static_cast<const Half*>(p)); }
 inline Vec widen(Half h) { __m512 o; at::vec::cvtbf16_fp32(h, o); return Vec(o); }
 inline Half narrow(Vec x) { return at::vec::cvtfp32_bf16(__m512(x)); }

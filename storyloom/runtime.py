@@ -60,8 +60,8 @@ def onednn_may_use_amx() -> bool:
 
 def _cpu_has_native_bf16() -> bool:
     # Whether bf16 trains faster than fp32 on this CPU (benchmarks/README.md, "bf16 or fp32 by machine kind").
-    # AMX tiles: 2.1x fp32 (Intel Sapphire Rapids). AVX512-BF16 on AMD: 1.35-1.6x (EPYC; Zen 5 measured again:
-    # 1.33-1.55x through torch's LSTM kernel, 2x through kernels.py's). AVX512-BF16 on
+    # AMX tiles: 2.1x fp32 (Intel Sapphire Rapids). AVX512-BF16 on AMD: 1.35-1.6x (EPYC; Zen 5 measured again,
+    # with freed memory kept: 1.3-1.5x through torch's LSTM kernel, 1.5-1.6x through kernels.py's). AVX512-BF16 on
     # Intel without AMX (AMX hidden, or oneDNN capped below it): 0.71x, oneDNN's bf16 kernels there run below
     # its fp32 ones, so fp32. Without either, bf16 is emulated and slower: fp32.
     info = cpu_info()
@@ -120,11 +120,12 @@ def keep_freed_memory() -> bool:
 
     glibc gives a freed block over 128 KB back to the OS (an mmap'd block, or the top of its heap past 128 KB),
     and a training step allocates and frees the same large buffers every step (activations, gradients, the
-    recurrence's saved gates), so each step faulted them in again, page by page: 3,500-5,300 minor page faults a
-    step through kernels.py's recurrence and 11,500 through torch's kernel (default preset, bf16, 2 AMD Zen 5
-    cores). Raised thresholds take that to none, and a step from 38-42 ms to 33 (benchmarks/README.md, "Fast on
-    every machine, on an AMD EPYC Zen 5"). What is kept is what the process already used at its peak. jemalloc
-    or tcmalloc do this too, but only when preloaded before Python starts.
+    recurrence's saved gates), so each step faulted them in again, page by page: 2,600-5,900 minor page faults a
+    step through kernels.py's recurrence and 11,000-11,300 through torch's kernel (default preset, bf16, 2 AMD
+    Zen 5 cores). Kept, that falls to under 25, and a step from 36-41 ms to 32-33 through the recurrence, from
+    53-59 to 34-41 through torch's kernel (benchmarks/README.md, "Fast on every machine, on an AMD EPYC Zen 5").
+    What is kept is what the process already used at its peak. jemalloc or tcmalloc do this too, but only when
+    preloaded before Python starts.
     """
     if not sys.platform.startswith("linux"):
         return False
