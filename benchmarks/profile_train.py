@@ -2,6 +2,7 @@
 
     python benchmarks/profile_train.py                       # the default preset, bf16
     python benchmarks/profile_train.py --precision fp32 --steps 60
+    python benchmarks/profile_train.py --precision fp32 --lstm-kernel loops   # storyloom's C++ recurrence
 
 Trains the preset on the bundled corpus under torch.profiler (CPU
 activities) and sorts the self time of every recorded op into:
@@ -61,6 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="default")
     ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--lstm-kernel", default="auto", help="torch, loops or auto, as `storyloom train --lstm-kernel`")
     ap.add_argument("--steps", type=int, default=40, help="profiled steps")
     ap.add_argument("--warmup", type=int, default=20, help="steps before profiling starts")
     a = ap.parse_args()
@@ -89,7 +91,7 @@ def main() -> None:
 
     out = Path(tempfile.mkdtemp(prefix="storyloom-profile-"))
     storyloom.train(["shakespeare"], out=out / "run", preset=a.preset, steps=a.warmup + a.steps + 1, evals=1, patience=0,
-                    precision=a.precision, progress=False, on_step=counted)
+                    precision=a.precision, lstm_kernel=a.lstm_kernel, progress=False, on_step=counted)
     prof, wall = state["prof"], (state["t1"] - state["t0"]) * 1e6  # microseconds
     events = [e for e in prof.events() if e.device_type.name == "CPU"]
     spent: dict[str, float] = defaultdict(float)
@@ -100,7 +102,7 @@ def main() -> None:
         ops[(c, e.name)] += e.self_cpu_time_total
     spent["python and framework"] = max(wall - sum(spent.values()), 0.0)
     total = sum(spent.values())
-    emit(kind="config", preset=a.preset, precision=a.precision, profiled_steps=a.steps, warmup=a.warmup,
+    emit(kind="config", preset=a.preset, precision=a.precision, lstm_kernel=a.lstm_kernel, profiled_steps=a.steps, warmup=a.warmup,
          torch=torch.__version__, threads=torch.get_num_threads(), machine=describe())
     emit(kind="breakdown", ms_per_step=round(wall / a.steps / 1e3, 2),
          **{k: round(v / total, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])})
