@@ -6,10 +6,12 @@ own products (its products and GEMMs alone, the floor of any such recurrence,
 took 24-26 ms a batch of the default preset where it took 40-52), and training
 through lstm.cpp ran 1.28-1.56x as fast, at 63-67% of the bf16 GEMM roofline
 where torch's kernel ran at 40-49%; once training kept its freed memory
-(runtime.keep_freed_memory, which sped torch's kernel more), 1.05-1.20x, at
-69-85% against 58-81% (benchmarks/README.md, "Fast on every machine, on an
-AMD EPYC Zen 5"). In fp32 the loops were slower: a batch 0.92-0.97x oneDNN's
-on an AVX2-only Zen 3, training 0.66-0.96x on the Zen 5. So
+(runtime.keep_freed_memory, which sped torch's kernel more), 1.15-1.20x, at
+67-70% against 57-59% of a roofline timed before and after the trainers
+(benchmarks/README.md, "Fast on every machine, on an AMD EPYC Zen 5"). In
+fp32 the loops were slower: a batch 0.92-0.97x oneDNN's on an AVX2-only Zen 3,
+training 0.66-0.96x on the Zen 5, where half its step is sequence-wide GEMMs
+through torch's fp32 matmul, MKL's AVX2 code on AMD. So
 `--lstm-kernel auto` runs lstm.cpp where it measured faster (`loops_faster`)
 and torch's kernel elsewhere. No library offers an LSTM whose step products go
 through a weight packed once a batch with the gate arithmetic fused around
