@@ -8,7 +8,9 @@ measurement and killed after it, so it never outlives the script. Each
 setting runs in a fresh process, because OpenMP reads its environment
 (`OMP_WAIT_POLICY`, `GOMP_SPINCOUNT`) once, when torch loads it. Measured:
 - train: characters/s of `default`-preset training steps (bf16 where native),
-  for `--seconds` after a warm-up;
+  for `--seconds` after a warm-up, through the LSTM kernel and with the
+  allocator setting `storyloom train` uses (`--lstm-kernel auto`,
+  `runtime.keep_freed_memory`);
 - eval: seconds for an evaluation as training makes one (16 warm-started
   streams, the first 100,000 validation tokens of the bundled corpus);
 - score: seconds for `storyloom eval` of 30,000 characters (one stream, fp32).
@@ -48,17 +50,20 @@ from storyloom import presets, runtime
 from storyloom.prepared import load_prepared
 from storyloom.model import LanguageModel
 from storyloom.train import Trainer, evaluate
+from storyloom.kernels import resolve_lstm_kernel
 prep, seconds, threads, pacer = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 corpus, _ = load_prepared(prep)
 cfg = presets.build("default", {"threads": threads})
 cfg.model.vocab_size = len(corpus.tokenizer)
 runtime.set_threads(cfg.train.threads)
+runtime.keep_freed_memory()  # as storyloom.train sets it
 if not pacer:
     runtime.pacer = None
 precision = runtime.resolve_precision("auto", torch.device("cpu"))
 torch.manual_seed(0)
 model = LanguageModel(cfg.model)
-t = Trainer(model, corpus, cfg.train, precision=precision)
+kernel = resolve_lstm_kernel(cfg.train.lstm_kernel, precision, torch.device("cpu"), model)  # as storyloom.train picks it
+t = Trainer(model, corpus, cfg.train, precision=precision, kernel=kernel)
 x, y = t.next_batch()
 for _ in range(5):
     t.step(x, y, 1e-3)
@@ -75,7 +80,7 @@ start = time.perf_counter()
 evaluate(model, corpus.val[:30_000], "fp32")  # `storyloom eval`: one stream, exact
 score = time.perf_counter() - start
 print(json.dumps({"train_chars_per_s": round(train), "eval_s": round(ev, 2), "score_s": round(score, 2),
-                  "threads_at_end": torch.get_num_threads()}))
+                  "threads_at_end": torch.get_num_threads(), "lstm_kernel": kernel}))
 """
 
 
