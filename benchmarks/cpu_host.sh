@@ -27,17 +27,21 @@ export CUDA_VISIBLE_DEVICES=
 "$py" -c 'from storyloom import kernels; print("lstm.cpp:", kernels.build_lstm() or "built")' 2>&1 | tee "$out/build.txt"
 # where it cannot be built (no compiler on the host), `loops` is refused: the checks run through torch's kernel alone
 if grep -qx "lstm.cpp: built" "$out/build.txt"; then kernels=torch,loops; else kernels=torch; fi
-read -r -a specs <<< "$("$py" - "$kernels" <<'EOF'
+# one reading of the cores: the roofline's two, the rest, and the sweep's arms (two cores each) in the order kept
+mapfile -t plan < <("$py" - "$kernels" <<'EOF'
 import sys
 sys.path.insert(0, ".")
 from storyloom.cpu import cores
+groups = cores()
 kinds = ("", ",lstm_kernel=loops") if "loops" in sys.argv[1] else ("",)
 arms = [f"default:seed={s}{k}" for s in (1, 2, 3) for k in kinds]
-print(" ".join(arms[:max(0, (len(cores()) - 2) // 2)]))
+print(",".join(str(c) for g in groups[:2] for c in sorted(g)))
+print(",".join(str(c) for g in groups[2:] for c in sorted(g)))
+print(" ".join(arms[:max(0, (len(groups) - 2) // 2)]))
 EOF
-)"
-first=$("$py" -c 'import sys; sys.path.insert(0, "."); from storyloom.cpu import cores; print(",".join(str(c) for g in cores()[:2] for c in sorted(g)))')
-rest=$("$py" -c 'import sys; sys.path.insert(0, "."); from storyloom.cpu import cores; print(",".join(str(c) for g in cores()[2:] for c in sorted(g)))')
+)
+first=${plan[0]} rest=${plan[1]}
+read -r -a specs <<< "${plan[2]}"
 OMP_NUM_THREADS=2 taskset -c "$first" "$py" benchmarks/roofline.py --seconds "$seconds" --lstm-kernels "$kernels" \
     > "$out/roofline.jsonl" 2> "$out/roofline.err" &
 roofline=$!

@@ -107,7 +107,7 @@ def main() -> None:
     gemms = model_gemms(B, T, I, H, V, L)
     rates = {"fp32": [], "bf16": []}  # per precision, for every pass one list of (FLOP/s, library), a pair per GEMM
 
-    def mix(passes: list[list[float]]) -> float:
+    def mix(passes: list[list[tuple[float, str]]]) -> float:
         """FLOP/s of one training step's GEMMs at each GEMM's best rate over the passes."""
         best = [max(rate for rate, _ in timed) for timed in zip(*passes)]
         flops = [times * 2 * M * K * N for (_, M, K, N, times) in gemms]
@@ -129,7 +129,8 @@ def main() -> None:
         for kernel in a.lstm_kernels.split(","):
             run = storyloom.train(["shakespeare"], out=out / f"{name}-{kernel}", preset=a.preset, minutes=a.seconds / 60,
                                   evals=1, patience=0, precision=name, lstm_kernel=kernel, progress=False)
-            rows = [r for r in storyloom.metrics(run) if "tokens_per_s" in r][1:] or [r for r in storyloom.metrics(run) if "tokens_per_s" in r]
+            rows = [r for r in storyloom.metrics(run) if "tokens_per_s" in r]
+            rows = rows[1:] or rows  # the first interval holds the warm-up
             cps = sorted(r["tokens_per_s"] for r in rows)[len(rows) // 2]
             achieved.append((name, kernel, Run.open(run).info()["lstm_kernel"], cps))
     time_passes("after training")
