@@ -49,7 +49,7 @@ import storyloom
 from storyloom import presets, runtime
 from storyloom.prepared import load_prepared
 from storyloom.model import LanguageModel
-from storyloom.train import Trainer, evaluate
+from storyloom.train import Trainer, evaluate, step_timer
 from storyloom.kernels import resolve_lstm_kernel
 prep, seconds, threads, pacer = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 corpus, _ = load_prepared(prep)
@@ -62,7 +62,9 @@ if not pacer:
 precision = runtime.resolve_precision("auto", torch.device("cpu"))
 torch.manual_seed(0)
 model = LanguageModel(cfg.model)
-kernel = resolve_lstm_kernel(cfg.train.lstm_kernel, precision, torch.device("cpu"), model)  # as storyloom.train picks it
+B, T = cfg.train.batch_size, cfg.train.seq_len
+kernel = resolve_lstm_kernel(cfg.train.lstm_kernel, precision, torch.device("cpu"), model, B, T,  # as storyloom.train picks it
+                             step_timer(model, precision, B, T))
 t = Trainer(model, corpus, cfg.train, precision=precision, kernel=kernel)
 x, y = t.next_batch()
 for _ in range(5):

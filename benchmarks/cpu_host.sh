@@ -8,7 +8,8 @@
 # with AMX on the H200 machine) is a kind the 2-core machines seldom are. So everything runs at once, each part
 # pinned to cores of its own, with the GPU hidden so that every trainer runs on the CPU:
 # - cores 0-1: `roofline.py --lstm-kernels torch,loops`: bf16 and fp32 through each LSTM kernel against the GEMM
-#   mix, which decides whether `kernels.loops_faster` should name this CPU (about 3 minutes);
+#   mix (about 3 minutes): item 4's ratio on this CPU through each kernel; then `kernel_choice.py`, what
+#   `--lstm-kernel auto`'s own trial picks here (about 15 s);
 # - two cores each, the rest: `sweep.py --pin 2`, the default preset for seeds 1-3 with `auto` and with the loops
 #   (as many arms as the cores allow, in that order), for item 4's 10-minute figure read at MINUTES.
 # Runs at once share the chip's memory: on the H200 host eight pinned runs each trained half as fast as one
@@ -42,12 +43,18 @@ EOF
 )
 first=${plan[0]} rest=${plan[1]}
 read -r -a specs <<< "${plan[2]}"
-OMP_NUM_THREADS=2 taskset -c "$first" "$py" benchmarks/roofline.py --seconds "$seconds" --lstm-kernels "$kernels" \
-    > "$out/roofline.jsonl" 2> "$out/roofline.err" &
+{
+    OMP_NUM_THREADS=2 taskset -c "$first" "$py" benchmarks/roofline.py --seconds "$seconds" --lstm-kernels "$kernels" \
+        > "$out/roofline.jsonl" 2> "$out/roofline.err"
+    if [ "$kernels" != torch ]; then  # what auto's own trial picks here, against the roofline's whole runs
+        OMP_NUM_THREADS=2 taskset -c "$first" "$py" benchmarks/kernel_choice.py \
+            > "$out/kernel_choice.jsonl" 2> "$out/kernel_choice.err"
+    fi
+} &
 roofline=$!
 if [ ${#specs[@]} -gt 0 ]; then
     taskset -c "$rest" "$py" benchmarks/sweep.py --pin 2 --minutes "$minutes" --evals 5 "${specs[@]}" \
         > "$out/sweep.jsonl" 2> "$out/sweep.err"
 fi
 wait "$roofline"
-tail -n 4 "$out/roofline.jsonl" "$out/sweep.jsonl" 2>/dev/null || true
+tail -n 4 "$out/roofline.jsonl" "$out/kernel_choice.jsonl" "$out/sweep.jsonl" 2>/dev/null || true

@@ -34,8 +34,8 @@ between them.
 
 The eager and compiled candidates stay here, not in the package: they measured
 slower everywhere (benchmarks/README.md, "Training at the roofline"). The C++
-loops went into the package where they measured faster (bf16 on an AMD Zen 5:
-`kernels.loops_faster`); run this on a new machine to see which arm wins there.
+loops went into the package, and `--lstm-kernel auto` times them against torch's kernel on each machine;
+run this on a new machine to see which arm wins there, and why.
 Prints JSON lines.
 """
 

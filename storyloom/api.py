@@ -36,7 +36,7 @@ from .novelty import Index, codepoints, report
 from .runs import Run, base_path
 from .runtime import device, keep_freed_memory, resolve_precision, seed_everything, set_deterministic, set_threads
 from .sources import read
-from .train import Trainer
+from .train import Trainer, step_timer
 from .world import World
 from .writer import Session, Writer, draw_seed, save_samples
 
@@ -119,7 +119,14 @@ def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, 
     if base is not None:
         model.load_state_dict(_grown(base, corpus.tokenizer))
     model = model.to(dev)
-    kernel = resolve_lstm_kernel(tc.lstm_kernel, precision, dev, model)
+    B = len(range(tc.batch_size)[world.shard(tc.batch_size)])  # this rank's streams
+    trial = step_timer(model, precision, B, tc.seq_len)
+    # auto may time both kernels: rank 0 does, and every rank trains through its answer (loaded there by name)
+    kernel = world.broadcast(world.together(
+        lambda: resolve_lstm_kernel(tc.lstm_kernel, precision, dev, model, B, tc.seq_len, trial) if world.main else None,
+        "choosing the LSTM kernel"), "sharing the LSTM kernel")
+    kernel = world.together(lambda: kernel if world.main else
+                            resolve_lstm_kernel(kernel, precision, dev, model, B, tc.seq_len, trial), "loading the LSTM kernel")
     if world.rank:  # the same initial weights on every rank, but each rank its own dropout masks
         torch.manual_seed(tc.seed + 7919 * world.rank)
     if not resume:

@@ -190,8 +190,9 @@ class TrainConfig:
                              "fp32 or bf16", "optimisation", PRECISIONS)
     device: str = setting("auto", "auto (a CUDA GPU when one is visible), cpu or cuda", "optimisation", DEVICES)
     lstm_kernel: str = setting("auto", "how a CPU trains the lstm cell: torch (its fused kernel, oneDNN), loops "
-                               "(storyloom's C++ step loops on packed weights; the same model) or auto (loops where "
-                               "they measured faster: bf16 on AMD with AVX512-BF16)", "optimisation", LSTM_KERNELS)
+                               "(storyloom's C++ step loops on packed weights; the same model) or auto (the faster "
+                               "of the two, timed on this machine the first time a model of this size trains, and "
+                               "kept)", "optimisation", LSTM_KERNELS)
     threads: int = setting(0, "CPU threads (0: one per physical core, fewer while other processes keep cores busy)",
                            "optimisation")
     checkpoint_every: int = setting(0, "also checkpoint every this many steps (0: only at evaluations and the end)",

@@ -11,9 +11,13 @@ where torch's kernel ran at 40-49%; once training kept its freed memory
 (benchmarks/README.md, "Fast on every machine, on an AMD EPYC Zen 5"). In
 fp32 the loops were slower: a batch 0.92-0.97x oneDNN's on an AVX2-only Zen 3,
 training 0.66-0.96x on the Zen 5, where half its step is sequence-wide GEMMs
-through torch's fp32 matmul, MKL's AVX2 code on AMD. So
-`--lstm-kernel auto` runs lstm.cpp where it measured faster (`loops_faster`)
-and torch's kernel elsewhere. No library offers an LSTM whose step products go
+through torch's fp32 matmul, MKL's AVX2 code on AMD. Which wins depends on the
+machine, and most machines were never measured (an Intel CPU with AMX, Zen 4,
+laptops), so `--lstm-kernel auto` times one training step of each on the
+machine, the first time a model of its shapes trains there, and keeps the
+answer (`resolve_lstm_kernel`: about half a second on the Zen 5, picking the
+loops in bf16 and torch's kernel in fp32 in every trial, as the runs above).
+No library offers an LSTM whose step products go
 through a weight packed once a batch with the gate arithmetic fused around
 them, so lstm.cpp is hand-written; it is tested against `nn.LSTM`.
 
@@ -29,11 +33,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,6 +47,7 @@ import torch.nn.functional as F
 
 from .cpu import cpu_info
 from .errors import UserError
+from .files import write_atomic
 
 STALE_LOCK = 600  # seconds: a build takes 10-30, so an older lock is a killed build's
 # -fopenmp: C++ loops split rows over torch's own OpenMP threads (the wheel's libgomp.so.1, which the build links
@@ -116,37 +123,107 @@ def build_lstm() -> str:
     return _lstm_built
 
 
-def loops_faster(precision: str, dev: torch.device) -> bool:
-    """Whether lstm.cpp trains faster than torch's kernel here, as measured: bf16 on AMD CPUs with AVX512-BF16
-    (Zen 5: training 1.05-1.20x with freed memory kept, 1.28-1.56x before; Zen 4 has the same instructions at half
-    width: predicted, not measured). Not fp32: training 0.66-0.96x on the Zen 5, a batch 0.92-0.97x on an
-    AVX2-only Zen 3. Intel with AMX: not yet measured, so torch's kernel. (The AMD test is runtime's for native
-    bf16 as well, but a separate measurement: the two may part on a new machine.)"""
+TRIAL_FLOPS = 1e9  # a training step's LSTM arithmetic below which auto trains with torch's kernel untimed
+TRIAL_ROUNDS = 5  # timed steps of each kernel, alternated, after one untimed each
+TRIAL_MARGIN = 1.03  # the loops must be this much faster: in a tie, torch's kernel, which later runs need not build
+
+
+def step_flops(model: torch.nn.Module, B: int, T: int) -> float:
+    """Arithmetic of one training step's LSTMs (forward, and backward at twice its cost) at batch (B, T)."""
+    return sum(3 * 2 * 4 * m.hidden_size * ((m.input_size if l == 0 else m.hidden_size) + m.hidden_size) * B * T
+               for m in model.modules() if isinstance(m, torch.nn.LSTM) for l in range(m.num_layers))
+
+
+def choices_path() -> Path:
+    """Where auto keeps each machine's timed choice: storyloom's folder in the user's cache folder."""
+    base = Path.home() / "Library" / "Caches" if sys.platform == "darwin" else \
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "storyloom" / "lstm-kernels.json"
+
+
+def choice_key(precision: str, model: torch.nn.Module, B: int, T: int) -> str:
+    """What a timed choice holds for: this CPU, its threads, torch, lstm.cpp, the precision and the shapes."""
     info = cpu_info()
-    return (dev.type == "cpu" and precision == "bf16" and info.vendor == "AuthenticAMD"
-            and "avx512_bf16" in info.flags)
+    shapes = [(m.input_size, m.hidden_size, m.num_layers) for m in model.modules() if isinstance(m, torch.nn.LSTM)]
+    source = hashlib.sha256(LSTM_SOURCE.read_bytes()).hexdigest()[:12]
+    return (f"{info.model} (family {info.family} model {info.model_number}), {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, lstm.cpp {source}, {precision}, batch {B}x{T}, lstm {shapes}")
 
 
-def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: torch.nn.Module) -> str:
-    """`--lstm-kernel` (config.LSTM_KERNELS) for this run of `model`: "torch" or "loops", building lstm.cpp where
-    loops run. auto falls back to torch's kernel, saying why, where lstm.cpp cannot be built; asked for by name,
-    that is an error, as it is for a model without an LSTM or a GPU."""
+def read_choices(path: Path) -> dict:
+    try:
+        choices = json.loads(path.read_text())
+        return choices if isinstance(choices, dict) else {}
+    except (OSError, ValueError):  # none yet, or unreadable: timed again, and written whole
+        return {}
+
+
+def timed_choice(trial: Callable[[str], float]) -> tuple[str, dict[str, float]]:
+    """The faster kernel by `trial` (seconds of one training step through a kernel), and each one's median.
+    Alternated, each kernel first in turn, after an untimed step each (oneDNN builds its LSTM primitive, lstm.cpp
+    its buffers), so a slow spell of a shared machine falls on both."""
+    for kernel in ("torch", "loops"):
+        trial(kernel)
+    times: dict[str, list[float]] = {"torch": [], "loops": []}
+    for r in range(TRIAL_ROUNDS):
+        for kernel in (("torch", "loops") if r % 2 == 0 else ("loops", "torch")):
+            times[kernel].append(trial(kernel))
+    median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return ("loops" if median["torch"] >= TRIAL_MARGIN * median["loops"] else "torch"), median
+
+
+def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: torch.nn.Module, B: int, T: int,
+                        trial: Callable[[str], float], say: Callable[[str], None] | None = None) -> str:
+    """`--lstm-kernel` (config.LSTM_KERNELS) for this run of `model` at batch (B, T): "torch" or "loops", building
+    lstm.cpp where loops run. auto times both on this machine, the first time, with `trial` (seconds of one
+    training step through a kernel, leaving the model as it was) and keeps the answer (choices_path(), one per
+    CPU, threads, torch, lstm.cpp, precision and shapes), so a machine's runs all train alike; on a GPU, without
+    an LSTM or under TRIAL_FLOPS a step it is torch's kernel, untimed. `say` (default: standard error) hears the
+    one line said when a choice is timed or lstm.cpp cannot be built. loops asked for where it cannot run, or
+    cannot be built, is an error; auto falls back to torch's kernel."""
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     lstm = any(isinstance(m, torch.nn.LSTM) for m in model.modules())
-    if kernel == "torch" or (kernel == "auto" and not (lstm and loops_faster(precision, dev))):
+    if kernel == "torch" or (kernel == "auto" and not (lstm and dev.type == "cpu" and step_flops(model, B, T) >= TRIAL_FLOPS)):
         return "torch"
     if not lstm:
         raise UserError("--lstm-kernel loops trains the lstm cell; this model has none: use --lstm-kernel auto")
     if dev.type != "cpu":
         raise UserError(f"--lstm-kernel loops runs on a CPU; this run trains on {dev.type}: use --lstm-kernel auto")
+    key, path = choice_key(precision, model, B, T), choices_path()
+    entry = read_choices(path).get(key) if kernel == "auto" else None
+    known = entry.get("kernel") if isinstance(entry, dict) else None
+    if known == "torch":  # timed here before: nothing to build
+        return "torch"
     why = build_lstm()
     if why and kernel == "loops":
         raise UserError(f"--lstm-kernel loops: lstm.cpp did not build ({why}); install a C++ compiler (g++), "
                         "or use --lstm-kernel torch")
     if why:
-        print(f"storyloom: training with torch's LSTM kernel, the C++ recurrence did not build ({why}); install a "
-              "C++ compiler (g++) for faster training here", file=sys.stderr, flush=True)
+        if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # elsewhere no build could help
+            say(f"storyloom: training with torch's LSTM kernel, the C++ recurrence did not build ({why}); install a "
+                "C++ compiler (g++) to let auto time it here")
         return "torch"
-    return "loops"
+    if kernel == "loops" or known == "loops":
+        return "loops"
+    try:
+        choice, median = timed_choice(trial)
+    except RuntimeError as e:  # a kernel that fails here (a oneDNN without the packed product): the reference trains
+        say(f"storyloom: training with torch's LSTM kernel, the C++ recurrence failed its timed trial here "
+            f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}); --lstm-kernel torch says so for good")
+        return "torch"
+    choices = read_choices(path)
+    choices[key] = {"kernel": choice, "ms_per_step": {k: round(v * 1e3, 2) for k, v in median.items()},
+                    "timed": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, (json.dumps(choices, indent=1, sort_keys=True) + "\n").encode())
+        kept = f"kept in {path}"
+    except OSError as e:  # a read-only home: timed again next run, the run itself unharmed
+        kept = f"not kept ({e.strerror or e})"
+    say(f"storyloom: training the LSTM through {'loops, the C++ recurrence' if choice == 'loops' else 'torch, its fused kernel'}"
+        f", timed once for this machine and model: {median['torch'] * 1e3:.1f} ms a step through torch, "
+        f"{median['loops'] * 1e3:.1f} ms through loops; {kept} (--lstm-kernel torch|loops names one)")
+    return choice
 
 
 _active = threading.local()  # the kernel the LSTMs of this thread's forward calls run: "loops" or unset

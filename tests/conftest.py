@@ -28,6 +28,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.device)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_kernel_choices(tmp_path_factory):
+    """auto's timed LSTM kernels kept in this session's folder, not the user's cache (a test's run of the default's
+    size times them)."""
+    from storyloom import kernels
+
+    path = tmp_path_factory.mktemp("cache") / "lstm-kernels.json"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kernels, "choices_path", lambda: path)
+        yield
+
+
 @pytest.fixture(scope="session")
 def dev() -> str:
     """The device under test: STORYLOOM_DEVICE, cpu by default."""

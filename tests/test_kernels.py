@@ -4,6 +4,7 @@ Every test that runs lstm.cpp builds it first (10-30 s once, cached like write.c
 compiler fails test_the_recurrence_builds, naming the fix, instead of skipping what it cannot check.
 """
 
+import json
 import platform
 
 import pytest
@@ -105,49 +106,113 @@ class Model(torch.nn.Module):
 CPU = torch.device("cpu")
 
 
-def test_auto_picks_the_loops_only_where_they_measured_faster(monkeypatch):
-    model = Model(LSTM(4, 8, 1, dropout=0.0))
-    monkeypatch.setattr(kernels, "loops_faster", lambda precision, dev: False)
-    assert kernels.resolve_lstm_kernel("auto", "bf16", CPU, model) == "torch"
-    assert kernels.resolve_lstm_kernel("loops", "fp32", CPU, model) == "loops"  # asked for by name
-    monkeypatch.setattr(kernels, "loops_faster", lambda precision, dev: True)
-    assert kernels.resolve_lstm_kernel("auto", "bf16", CPU, model) == "loops"
-    assert kernels.resolve_lstm_kernel("torch", "bf16", CPU, model) == "torch"
-    assert kernels.resolve_lstm_kernel("auto", "bf16", CPU, Model(GRU(4, 8, 1, 0.0))) == "torch"  # no LSTM to run
+class Trial:
+    """A kernel trial that costs what it is told and counts its calls."""
+
+    def __init__(self, torch_s: float, loops_s: float):
+        self.seconds, self.calls = {"torch": torch_s, "loops": loops_s}, 0
+
+    def __call__(self, kernel: str) -> float:
+        self.calls += 1
+        return self.seconds[kernel]
 
 
-@pytest.mark.parametrize("vendor, flags, precision, dev, faster", [
-    ("AuthenticAMD", {"avx2", "avx512f", "avx512_bf16"}, "bf16", "cpu", True),  # Zen 5: 1.41x a batch
-    ("AuthenticAMD", {"avx2", "avx512f", "avx512_bf16"}, "fp32", "cpu", False),
-    ("AuthenticAMD", {"avx2"}, "fp32", "cpu", False),  # Zen 3, fp32: 0.92-0.97x
-    ("GenuineIntel", {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "bf16", "cpu", False),  # AMX: not yet measured
-    ("AuthenticAMD", {"avx2", "avx512f", "avx512_bf16"}, "bf16", "cuda", False),
-])
-def test_where_the_loops_are_faster(monkeypatch, vendor, flags, precision, dev, faster):
-    from storyloom import cpu
-
-    monkeypatch.setattr(kernels, "cpu_info", lambda: cpu.CPU(vendor, "", frozenset(flags)))
-    assert kernels.loops_faster(precision, torch.device(dev)) is faster
+def never(*_):
+    raise AssertionError("called where nothing should be timed or built")
 
 
-def test_bad_lstm_kernel_requests_are_one_line_naming_the_flag(monkeypatch):
-    with pytest.raises(UserError, match="--lstm-kernel loops trains the lstm cell"):
-        kernels.resolve_lstm_kernel("loops", "fp32", CPU, Model(GRU(4, 8, 1, 0.0)))
-    with pytest.raises(UserError, match="--lstm-kernel loops runs on a CPU"):
-        kernels.resolve_lstm_kernel("loops", "fp32", torch.device("cuda"), Model(LSTM(4, 8, 1, dropout=0.0)))
-    with pytest.raises(UserError, match="--lstm-kernel must be one of auto, torch, loops"):
-        storyloom.config.TrainConfig(lstm_kernel="fast")
+@pytest.fixture
+def timed(monkeypatch, tmp_path):
+    """auto's choices kept under tmp_path, any model timed, lstm.cpp taken as built; what it said, in `said`."""
+    monkeypatch.setattr(kernels, "choices_path", lambda: tmp_path / "cache" / "lstm-kernels.json")
+    monkeypatch.setattr(kernels, "TRIAL_FLOPS", 0)
+    monkeypatch.setattr(kernels, "build_lstm", lambda: "")
+    said = []
+    return lambda kernel, precision, trial, model=None: kernels.resolve_lstm_kernel(
+        kernel, precision, CPU, model or Model(LSTM(4, 8, 1, dropout=0.0)), 2, 3, trial, said.append), said
 
 
-def test_fault_without_a_compiler_auto_trains_with_torchs_kernel_and_says_why(monkeypatch, capsys):
+def test_auto_times_both_kernels_once_per_machine_and_model_and_keeps_the_faster(timed, tmp_path):
+    resolve, said = timed
+    faster_loops = Trial(2.0, 1.0)
+    assert resolve("auto", "bf16", faster_loops) == "loops"
+    assert faster_loops.calls == 2 + 2 * kernels.TRIAL_ROUNDS  # one untimed step each, then the rounds
+    assert len(said) == 1 and "through loops" in said[0] and "2000.0 ms a step through torch" in said[0]
+    assert "kept in" in said[0] and "--lstm-kernel torch|loops" in said[0]
+    assert resolve("auto", "bf16", never) == "loops"  # kept: not timed again, and nothing said
+    assert len(said) == 1
+    faster_torch = Trial(1.0, 2.0)  # another precision is another choice
+    assert resolve("auto", "fp32", faster_torch) == "torch" and faster_torch.calls
+    assert resolve("auto", "fp32", never) == "torch"
+    assert resolve("auto", "fp32", Trial(1.0, 2.0), Model(LSTM(4, 16, 1, dropout=0.0))) == "torch"  # other shapes
+    kept = (tmp_path / "cache" / "lstm-kernels.json").read_text()
+    assert kept.count('"kernel"') == 3 and "bf16, batch 2x3, lstm [(4, 8, 1)]" in kept
+
+
+def test_a_tie_keeps_torchs_kernel_and_by_name_nothing_is_timed(timed):
+    resolve, said = timed
+    assert resolve("auto", "bf16", Trial(1.0, 1.0 / (kernels.TRIAL_MARGIN - 0.01))) == "torch"
+    assert resolve("loops", "bf16", never) == "loops" and resolve("torch", "bf16", never) == "torch"
+
+
+def test_auto_times_nothing_on_a_gpu_without_an_lstm_or_for_a_tiny_step(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "choices_path", lambda: tmp_path / "lstm-kernels.json")
+    monkeypatch.setattr(kernels, "build_lstm", never)
+    lstm = Model(LSTM(4, 8, 1, dropout=0.0))
+    assert kernels.step_flops(lstm, 2, 3) == 3 * 2 * 4 * 8 * (4 + 8) * 2 * 3
+    assert kernels.resolve_lstm_kernel("auto", "bf16", CPU, lstm, 2, 3, never) == "torch"  # under TRIAL_FLOPS
+    monkeypatch.setattr(kernels, "TRIAL_FLOPS", 0)
+    assert kernels.resolve_lstm_kernel("auto", "bf16", torch.device("cuda"), lstm, 2, 3, never) == "torch"
+    assert kernels.resolve_lstm_kernel("auto", "bf16", CPU, Model(GRU(4, 8, 1, 0.0)), 2, 3, never) == "torch"
+    assert not (tmp_path / "lstm-kernels.json").exists()
+
+
+def test_a_kept_torch_choice_builds_nothing(timed, monkeypatch):
+    resolve, _ = timed
+    assert resolve("auto", "bf16", Trial(1.0, 2.0)) == "torch"
+    monkeypatch.setattr(kernels, "build_lstm", never)
+    assert resolve("auto", "bf16", never) == "torch"
+
+
+def test_fault_a_damaged_or_unwritable_choices_file_times_again_and_trains(timed, tmp_path):
+    resolve, said = timed
+    (tmp_path / "cache").mkdir()
+    path = tmp_path / "cache" / "lstm-kernels.json"
+    path.write_text('{"half a file')
+    assert resolve("auto", "bf16", Trial(2.0, 1.0)) == "loops"
+    assert '"loops"' in path.read_text()  # written whole again
+    path.write_text("[1, 2]")  # JSON, but not a file of choices
+    assert resolve("auto", "bf16", Trial(2.0, 1.0)) == "loops"
+    path.unlink()
+    (tmp_path / "cache").rmdir()
+    (tmp_path / "cache").write_text("")  # a file where the folder would go: unwritable, even for root
+    assert resolve("auto", "bf16", Trial(2.0, 1.0)) == "loops"
+    assert "not kept" in said[-1]
+
+
+def test_fault_a_kernel_failing_its_trial_leaves_torchs_kernel_untimed_and_unkept(timed, tmp_path):
+    resolve, said = timed
+
+    def failing(kernel: str) -> float:
+        if kernel == "loops":
+            raise RuntimeError("could not create a primitive\nmore detail")
+        return 1.0
+
+    assert resolve("auto", "bf16", failing) == "torch"
+    assert "failed its timed trial here (could not create a primitive)" in said[-1] and "\n" not in said[-1]
+    assert not (tmp_path / "cache" / "lstm-kernels.json").exists()  # timed again next run
+
+
+def test_fault_without_a_compiler_auto_trains_with_torchs_kernel_and_says_why(monkeypatch, capsys, tmp_path):
     model = Model(LSTM(4, 8, 1, dropout=0.0))
     monkeypatch.setattr(kernels, "_lstm_built", "g++: not found")  # what a failed build leaves
-    monkeypatch.setattr(kernels, "loops_faster", lambda precision, dev: True)
-    assert kernels.resolve_lstm_kernel("auto", "bf16", CPU, model) == "torch"
+    monkeypatch.setattr(kernels, "choices_path", lambda: tmp_path / "lstm-kernels.json")
+    monkeypatch.setattr(kernels, "TRIAL_FLOPS", 0)
+    assert kernels.resolve_lstm_kernel("auto", "bf16", CPU, model, 2, 3, never) == "torch"
     err = capsys.readouterr().err
     assert "torch's LSTM kernel" in err and "g++: not found" in err and "install a C++ compiler" in err
     with pytest.raises(UserError, match="--lstm-kernel loops: lstm.cpp did not build .g\\+\\+: not found.*--lstm-kernel torch"):
-        kernels.resolve_lstm_kernel("loops", "fp32", CPU, model)
+        kernels.resolve_lstm_kernel("loops", "fp32", CPU, model, 2, 3, never)
 
 
 def test_a_run_trained_through_the_loops_learns_what_torchs_kernel_learns(tmp_path, sonnets):
@@ -162,3 +227,20 @@ def test_a_run_trained_through_the_loops_learns_what_torchs_kernel_learns(tmp_pa
     assert len(loss["loops"]) == 12
     assert max(abs(a - b) for a, b in zip(loss["loops"], loss["torch"])) < 1e-3  # fp32: the same steps
     assert loss["loops"][-1] < loss["loops"][0]
+
+
+def test_a_run_with_auto_times_the_kernels_once_and_records_its_answer(tmp_path, sonnets, monkeypatch, capsys):
+    monkeypatch.setattr(kernels, "choices_path", lambda: tmp_path / "cache" / "lstm-kernels.json")
+    monkeypatch.setattr(kernels, "TRIAL_FLOPS", 0)
+    (tmp_path / "s.txt").write_text(sonnets[:30000])
+    run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "a", steps=2, progress=False, device="cpu",
+                          **{**TINY, "lstm_kernel": "auto"})
+    said = [line for line in capsys.readouterr().err.splitlines() if "timed once for this machine" in line]
+    kept = json.loads((tmp_path / "cache" / "lstm-kernels.json").read_text())
+    assert len(said) == 1 and len(kept) == 1
+    (choice,) = [c["kernel"] for c in kept.values()]
+    assert Run.open(run).info()["lstm_kernel"] == choice
+    storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / "b", steps=2, progress=False, device="cpu",
+                    **{**TINY, "lstm_kernel": "auto"})
+    assert "timed once" not in capsys.readouterr().err
+    assert Run.open(tmp_path / "b").info()["lstm_kernel"] == choice

@@ -453,3 +453,21 @@ def test_slow_evaluations_keep_to_their_share_of_a_timed_run_and_all_happen_in_a
     assert during <= EVAL_SHARE * pos.elapsed + max(took), (took, pos.elapsed)
     assert 2 <= len(vals) < 10 and pos.step > 3 * len(vals)  # it trained between them
     assert pos.evals_done == 10 and pos.eval_s > 0
+
+
+@pytest.mark.parametrize("kernel", ["torch", "loops"])
+def test_timing_a_kernel_leaves_the_model_and_the_random_state_as_they_were(kernel):
+    from storyloom import kernels
+    from storyloom.train import step_timer
+
+    if kernel == "loops" and kernels.build_lstm():
+        pytest.skip(f"lstm.cpp does not build here ({kernels.build_lstm()}): test_kernels says why")
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=20, hidden=16, embed=8, dropout=0.3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    trial = step_timer(model, "fp32", 3, 5)
+    assert trial(kernel) > 0 and trial(kernel) > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout drew inside, and the draws were put back
