@@ -4,6 +4,7 @@ Every test that runs lstm.cpp builds it first (10-30 s once, cached like write.c
 compiler fails test_the_recurrence_builds, naming the fix, instead of skipping what it cannot check.
 """
 
+import importlib
 import json
 import platform
 
@@ -244,3 +245,23 @@ def test_a_run_with_auto_times_the_kernels_once_and_records_its_answer(tmp_path,
                     **{**TINY, "lstm_kernel": "auto"})
     assert "timed once" not in capsys.readouterr().err
     assert Run.open(tmp_path / "b").info()["lstm_kernel"] == choice
+
+
+def test_a_resumed_run_goes_on_through_the_kernel_it_started_with(tmp_path, sonnets, monkeypatch):
+    path = tmp_path / "cache" / "lstm-kernels.json"
+    monkeypatch.setattr(kernels, "choices_path", lambda: path)
+    monkeypatch.setattr(kernels, "TRIAL_FLOPS", 0)
+    (tmp_path / "s.txt").write_text(sonnets[:30000])
+    for started, later in (("torch", "loops"), ("loops", "torch")):
+        monkeypatch.setattr(kernels, "timed_choice", lambda trial, k=started: (k, {"torch": 1.0, "loops": 1.0}))
+        path.unlink(missing_ok=True)
+        run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / started, steps=2, progress=False, device="cpu",
+                              **{**TINY, "lstm_kernel": "auto"})
+        assert Run.open(run).info()["lstm_kernel"] == started
+        kept = json.loads(path.read_text())  # the machine's answer changes (lstm.cpp rebuilt, the cache edited)
+        path.write_text(json.dumps({key: {**v, "kernel": later} for key, v in kept.items()}))
+        seen = []
+        with monkeypatch.context() as m:
+            m.setattr(importlib.import_module("storyloom.train").Trainer, "fit", lambda self, **_: seen.append(self.kernel))
+            storyloom.train(resume=run, steps=4, progress=False)
+        assert seen == [started]
