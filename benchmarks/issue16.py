@@ -1,7 +1,7 @@
 """Issue 16 ("Fast on every machine") measured on this machine in one run: each item's figures against its target.
 
-    python benchmarks/issue16.py --out benchmarks/results/issue16-KIND     # every item, about 55 minutes on 2 cores
-    python benchmarks/issue16.py --out /tmp/i16 --items 1,2,3              # some items (item 4 is 45 of the minutes)
+    python benchmarks/issue16.py --out benchmarks/results/issue16-KIND     # every item, about 40 minutes on 2 cores
+    python benchmarks/issue16.py --out /tmp/i16 --items 1,2,3              # some items (item 4 is 35 of the minutes)
     python benchmarks/issue16.py --out /tmp/i16 --quick                    # every script cut short: checks this one
 
 The items' own benchmarks, one after another (each compares its arms side by side in its own run; nothing else

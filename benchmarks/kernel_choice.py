@@ -48,7 +48,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = LanguageModel(cfg.model)
     emit(kind="config", preset=a.preset, B=B, T=T, trials=a.trials, rounds=kernels.TRIAL_ROUNDS,
-         margin=kernels.TRIAL_MARGIN, threads=torch.get_num_threads(), machine=describe())
+         threads=torch.get_num_threads(), machine=describe())
     why = kernels.build_lstm()
     if why:
         sys.exit(f"kernel_choice.py: lstm.cpp did not build here ({why}): auto trains with torch's kernel untimed")

@@ -150,9 +150,10 @@ def test_auto_times_both_kernels_once_per_machine_and_model_and_keeps_the_faster
     assert kept.count('"kernel"') == 3 and "bf16, batch 2x3, lstm [(4, 8, 1)]" in kept
 
 
-def test_a_tie_keeps_torchs_kernel_and_by_name_nothing_is_timed(timed):
+def test_auto_keeps_the_faster_by_any_margin_and_by_name_nothing_is_timed(timed):
     resolve, said = timed
-    assert resolve("auto", "bf16", Trial(1.0, 1.0 / (kernels.TRIAL_MARGIN - 0.01))) == "torch"
+    assert resolve("auto", "bf16", Trial(1.0, 1.0)) == "torch"
+    assert resolve("auto", "fp32", Trial(1.0, 0.99)) == "loops"  # the faster, by any margin
     assert resolve("loops", "bf16", never) == "loops" and resolve("torch", "bf16", never) == "torch"
 
 
