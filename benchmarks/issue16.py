@@ -110,7 +110,8 @@ def item4(out: Path, precision: str) -> list[dict]:
     if kernel in trainer:
         r = trainer[kernel]
         others = ", ".join(f"{k} {v['ratio']}" for k, v in trainer.items() if k != kernel)
-        found.append(judged(f"4. trainer against its {precision} roofline, through {kernel} (auto's pick: {picks or 'untimed'})",
+        pick = f"auto's pick in {picks[kernel]} of {sum(picks.values())} trials" if picks else "auto untimed here"
+        found.append(judged(f"4. trainer against its {precision} roofline, through {kernel} ({pick})",
                             f"{r['ratio']} ({r['chars_per_s']:,.0f} chars/s{'; ' + others if others else ''})",
                             ">= 0.65", r["ratio"] >= 0.65))
     else:

@@ -61,7 +61,8 @@ def main() -> None:
             t = time.perf_counter()
             choice, median = kernels.timed_choice(step_timer(model, precision, B, T))
             ratio = median["torch"] / median["loops"]
-            picks.append(choice), ratios.append(ratio)
+            picks.append(choice)
+            ratios.append(ratio)
             emit(kind="trial", precision=precision, trial=i + 1, choice=choice,
                  ms_per_step={k: round(v * 1e3, 2) for k, v in median.items()}, loops_speedup=round(ratio, 3),
                  trial_s=round(time.perf_counter() - t, 2))
