@@ -28,7 +28,7 @@ from .config import DEFAULT_MINUTES, RESUMABLE, LoadConfig, RunConfig, flag, ove
 from .corpus import benchmark_split, build, clean_sources, note_val_only
 from .cpu import physical_cores
 from .files import read_bytes, sha256
-from .kernels import build_lstm, resolve_lstm_kernel
+from .kernels import resolve_lstm_kernel
 from .prepared import load_prepared, prepare, prepared_dir, texts
 from .errors import UserError
 from .model import LanguageModel, n_params
@@ -121,18 +121,11 @@ def _train(world: World, run: Run | None, cfg: RunConfig, sources, flags: dict, 
     model = model.to(dev)
     B = len(range(tc.batch_size)[world.shard(tc.batch_size)])  # this rank's streams
     trial = step_timer(model, precision, B, tc.seq_len)
-    wanted, started = tc.lstm_kernel, run.info().get("lstm_kernel") if resume else None
-    if wanted == "auto" and dev.type == "cpu" and started in ("torch", "loops"):
-        # a resumed run goes on through the kernel it started with, whatever a timing would say now (a cleared
-        # cache, other threads); auto, which says why, where the loops cannot be built here
-        wanted = started if started == "torch" or not build_lstm() else "auto"
-
-    def choose() -> str:
-        return resolve_lstm_kernel(wanted, precision, dev, model, B, tc.seq_len, trial)
-
+    started = run.info().get("lstm_kernel") if resume else None  # a resumed run goes on through it
     # auto may time both kernels: rank 0 does, and every rank trains through its answer (loaded there by name)
-    kernel = world.broadcast(world.together(lambda: choose() if world.main else None, "choosing the LSTM kernel"),
-                             "sharing the LSTM kernel")
+    kernel = world.broadcast(world.together(
+        lambda: resolve_lstm_kernel(tc.lstm_kernel, precision, dev, model, B, tc.seq_len, trial, started=started)
+        if world.main else None, "choosing the LSTM kernel"), "sharing the LSTM kernel")
     kernel = world.together(lambda: kernel if world.main else
                             resolve_lstm_kernel(kernel, precision, dev, model, B, tc.seq_len, trial), "loading the LSTM kernel")
     if world.rank:  # the same initial weights on every rank, but each rank its own dropout masks

@@ -55,15 +55,25 @@ STALE_LOCK = 600  # seconds: a build takes 10-30, so an older lock is a killed b
 OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]
 
 
+def user_cache() -> Path:
+    """The user's cache folder: ~/Library/Caches on a Mac, else $XDG_CACHE_HOME or ~/.cache."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+def first_line(e: BaseException) -> str:
+    """An error's first line (its type's name where it has no text): what a one-line note quotes of it."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def cache_root() -> Path:
     """Where torch.utils.cpp_extension builds by default ($TORCH_EXTENSIONS_DIR, else torch_extensions in the
     user's cache folder), worked out without importing it: that import (setuptools) and its up-to-date check took
     about 90 ms of a cold first character. Where this guesses wrong, compile_cpp() goes the long way."""
     if os.environ.get("TORCH_EXTENSIONS_DIR"):
         return Path(os.environ["TORCH_EXTENSIONS_DIR"])
-    base = Path.home() / "Library" / "Caches" if sys.platform == "darwin" else \
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return (base / "torch_extensions").resolve()
+    return (user_cache() / "torch_extensions").resolve()
 
 
 def compile_cpp(source: Path, flags: list[str], prefix: str, what: str) -> None:
@@ -119,7 +129,7 @@ def build_lstm() -> str:
                 compile_cpp(LSTM_SOURCE, lstm_flags(), "storyloom_lstm", "the C++ LSTM recurrence")
                 _lstm_built = ""
             except Exception as e:  # no compiler, no ninja, headers missing: torch's kernel trains the same model
-                _lstm_built = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                _lstm_built = first_line(e)[:200]
     return _lstm_built
 
 
@@ -135,9 +145,7 @@ def step_flops(model: torch.nn.Module, B: int, T: int) -> float:
 
 def choices_path() -> Path:
     """Where auto keeps each machine's timed choice: storyloom's folder in the user's cache folder."""
-    base = Path.home() / "Library" / "Caches" if sys.platform == "darwin" else \
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "storyloom" / "lstm-kernels.json"
+    return user_cache() / "storyloom" / "lstm-kernels.json"
 
 
 def choice_key(precision: str, model: torch.nn.Module, B: int, T: int) -> str:
@@ -175,14 +183,16 @@ def timed_choice(trial: Callable[[str], float]) -> tuple[str, dict[str, float]]:
 
 
 def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: torch.nn.Module, B: int, T: int,
-                        trial: Callable[[str], float], say: Callable[[str], None] | None = None) -> str:
+                        trial: Callable[[str], float], say: Callable[[str], None] | None = None,
+                        started: str | None = None) -> str:
     """`--lstm-kernel` (config.LSTM_KERNELS) for this run of `model` at batch (B, T): "torch" or "loops", building
     lstm.cpp where loops run. auto times both on this machine, the first time, with `trial` (seconds of one
     training step through a kernel, leaving the model as it was) and keeps the answer (choices_path(), one per
     CPU, threads, torch, lstm.cpp, precision and shapes), so a machine's runs all train alike; on a GPU, without
-    an LSTM or under TRIAL_FLOPS a step it is torch's kernel, untimed. `say` (default: standard error) hears the
-    one line said when a choice is timed or lstm.cpp cannot be built. loops asked for where it cannot run, or
-    cannot be built, is an error; auto falls back to torch's kernel."""
+    an LSTM or under TRIAL_FLOPS a step it is torch's kernel, untimed. A resumed run's auto takes `started`, the
+    kernel the run recorded, as its answer instead, whatever a timing would say now (a cleared cache, other
+    threads). `say` (default: standard error) hears the one line said when a choice is timed or lstm.cpp cannot be
+    built. loops asked for where it cannot run, or cannot be built, is an error; auto falls back to torch's kernel."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     lstm = any(isinstance(m, torch.nn.LSTM) for m in model.modules())
     if kernel == "torch" or (kernel == "auto" and not (lstm and dev.type == "cpu" and step_flops(model, B, T) >= TRIAL_FLOPS)):
@@ -192,9 +202,11 @@ def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: t
     if dev.type != "cpu":
         raise UserError(f"--lstm-kernel loops runs on a CPU; this run trains on {dev.type}: use --lstm-kernel auto")
     key, path = choice_key(precision, model, B, T), choices_path()
-    entry = read_choices(path).get(key) if kernel == "auto" else None
-    known = entry.get("kernel") if isinstance(entry, dict) else None
-    if known == "torch":  # timed here before: nothing to build
+    known = None
+    if kernel == "auto":  # the kernel a resumed run started with, else the answer kept for this machine
+        entry = {"kernel": started} if started else read_choices(path).get(key)
+        known = entry.get("kernel") if isinstance(entry, dict) else None
+    if known == "torch":  # timed here before, or the run started with it: nothing to build
         return "torch"
     why = build_lstm()
     if why and kernel == "loops":
@@ -211,9 +223,9 @@ def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: t
         choice, median = timed_choice(trial)
     except RuntimeError as e:  # a kernel that fails here (a oneDNN without the packed product): the reference trains
         say(f"storyloom: training with torch's LSTM kernel, the C++ recurrence failed its timed trial here "
-            f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}); --lstm-kernel torch says so for good")
+            f"({first_line(e)[:200]}); --lstm-kernel torch says so for good")
         return "torch"
-    choices = read_choices(path)
+    choices = read_choices(path)  # again: another run may have kept a choice while this one timed
     choices[key] = {"kernel": choice, "ms_per_step": {k: round(v * 1e3, 2) for k, v in median.items()},
                     "timed": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
