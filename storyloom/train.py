@@ -420,7 +420,10 @@ class Trainer:
         if not bool(torch.isfinite(loss + norm)):
             self.opt.zero_grad(set_to_none=True)
             return None
-        if self.cfg.clip:
+        # Clipping multiplies every gradient by clip / (norm + 1e-6), at most 1; only the first few dozen steps of a
+        # run go over the limit, and multiplying by 1 took 0.8 ms of a 35 ms step (default preset, bf16, 2 Zen 5
+        # cores). The coefficient is worked out as torch works it out, so what is skipped is exactly a product by 1.
+        if self.cfg.clip and float(self.cfg.clip / (norm + 1e-6)) < 1.0:
             torch.nn.utils.clip_grads_with_norm_(params, self.cfg.clip, norm)
         self.opt.step()
         if self.average is not None:

@@ -287,6 +287,26 @@ def test_a_trainer_without_a_run_directory_keeps_everything_in_memory(tmp_path, 
     assert pos.best_bpc == best
 
 
+@pytest.mark.parametrize("clip", [1e-3, 1e6])
+def test_clipping_brings_the_gradient_to_the_limit_only_when_it_is_over(sonnets, monkeypatch, clip):
+    from storyloom.train import Trainer
+
+    corpus, model = sonnet_trainer_inputs(sonnets)
+    t = Trainer(model, corpus, TrainConfig(steps=1, seq_len=16, batch_size=4, clip=clip, average=0))
+    norms, clipped = [], []
+    total_norm, clip_with_norm = torch.nn.utils.get_total_norm, torch.nn.utils.clip_grads_with_norm_
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", lambda g: norms.append(total_norm(g)) or norms[-1])
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_", lambda *a: clipped.append(clip_with_norm(*a)))
+    x, y = t.next_batch()
+    assert t.step(x, y, 1e-3) is not None
+    after = float(total_norm([p.grad for p in model.parameters() if p.grad is not None]))
+    raw = float(norms[0])
+    if clip < raw:
+        assert len(clipped) == 1 and after == pytest.approx(clip, rel=1e-4)
+    else:  # under the limit the gradients are the backward's own, untouched
+        assert clipped == [] and after == raw
+
+
 def test_adamw_takes_its_first_beta_from_the_setting_and_a_resumed_run_keeps_it(tmp_path, sonnets):
     (tmp_path / "s.txt").write_text(sonnets)
     betas = []
