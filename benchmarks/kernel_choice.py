@@ -2,19 +2,23 @@
 
     python benchmarks/kernel_choice.py                        # the default preset, bf16 (where it runs) and fp32
     python benchmarks/kernel_choice.py --trials 10 --precisions fp32 --preset mysterious-island
+    python benchmarks/kernel_choice.py --neighbour alternate     # every other trial beside one busy process
 
 auto times one training step of each LSTM kernel (torch's fused LSTM, and storyloom's C++ recurrence, "loops")
 the first time a model of its shapes trains on a machine, and keeps the faster (storyloom/kernels.py). A choice
 taken once must be the right one: this repeats the same trial `--trials` times per precision, never reading or
 writing the kept choices, and prints each trial's pick, both kernels' medians and their ratio, and what the trial
-cost in wall-clock. Against it, `roofline.py --lstm-kernels torch,loops` times whole training runs through each.
-Prints JSON lines.
+cost in wall-clock, and how many cores other processes kept busy meanwhile, as auto reads it (it keeps an answer
+only where that is at most kernels.QUIET). `--neighbour`: none, alternate (every other trial beside one busy
+process, a plain Python loop, as contention.py starts one) or always. Against it, `roofline.py --lstm-kernels
+torch,loops` times whole training runs through each. Prints JSON lines.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +43,8 @@ def main() -> None:
     ap.add_argument("--precisions", default="bf16,fp32", help="comma-separated; bf16 is left out where the CPU has "
                     "no bf16 LSTM kernel")
     ap.add_argument("--trials", type=int, default=6, help="trials per precision")
+    ap.add_argument("--neighbour", choices=("none", "alternate", "always"), default="none",
+                    help="trials beside one busy process")
     a = ap.parse_args()
     runtime.set_threads(physical_cores())  # as storyloom.train sets them (no --threads)
     runtime.keep_freed_memory()
@@ -58,14 +64,25 @@ def main() -> None:
             continue
         picks, ratios = [], []
         for i in range(a.trials):
-            t = time.perf_counter()
-            choice, median = kernels.timed_choice(step_timer(model, precision, B, T))
+            shared = a.neighbour == "always" or (a.neighbour == "alternate" and i % 2 == 1)
+            neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if shared else None
+            try:
+                if neighbour is not None:
+                    time.sleep(0.5)  # under way before the trial starts
+                t, before = time.perf_counter(), runtime.reading()
+                choice, median = kernels.timed_choice(step_timer(model, precision, B, T))
+                others = runtime.others_busy(before, runtime.reading(), runtime.allowed_cpus())
+            finally:
+                if neighbour is not None:
+                    neighbour.kill()
+                    neighbour.wait()
             ratio = median["torch"] / median["loops"]
             picks.append(choice)
             ratios.append(ratio)
-            emit(kind="trial", precision=precision, trial=i + 1, choice=choice,
+            emit(kind="trial", precision=precision, trial=i + 1, neighbour=shared, choice=choice,
                  ms_per_step={k: round(v * 1e3, 2) for k, v in median.items()}, loops_speedup=round(ratio, 3),
-                 trial_s=round(time.perf_counter() - t, 2))
+                 trial_s=round(time.perf_counter() - t, 2), others_busy=None if others is None else round(others, 2),
+                 kept=others is None or others <= kernels.QUIET)
         emit(kind="summary", precision=precision, picks={k: picks.count(k) for k in ("torch", "loops")},
              loops_speedup_range=[round(min(ratios), 3), round(max(ratios), 3)])
 

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from .cpu import cpu_info
 from .errors import UserError
 from .files import write_atomic
+from .runtime import allowed_cpus, others_busy, reading
 
 STALE_LOCK = 600  # seconds: a build takes 10-30, so an older lock is a killed build's
 # -fopenmp: C++ loops split rows over torch's own OpenMP threads (the wheel's libgomp.so.1, which the build links
@@ -135,6 +136,11 @@ def build_lstm() -> str:
 
 TRIAL_FLOPS = 1e9  # a training step's LSTM arithmetic below which auto trains with torch's kernel untimed
 TRIAL_ROUNDS = 5  # timed steps of each kernel, alternated, after one untimed each
+# Cores other processes may keep busy, on average, while auto times the kernels, for its answer to be kept. A
+# busy neighbour slows the two unequally and unsteadily: on 2 Zen 5 cores the loops' fp32 speedup was 0.66-0.67
+# alone and 0.42-0.87 beside one (benchmarks/kernel_choice.py --neighbour alternate), where others_busy read
+# 0.00-0.01 and 0.61-0.76. A choice kept for good must come from a quiet machine; a busier one's trains this run.
+QUIET = 0.25
 
 
 def step_flops(model: torch.nn.Module, B: int, T: int) -> float:
@@ -188,7 +194,8 @@ def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: t
     """`--lstm-kernel` (config.LSTM_KERNELS) for this run of `model` at batch (B, T): "torch" or "loops", building
     lstm.cpp where loops run. auto times both on this machine, the first time, with `trial` (seconds of one
     training step through a kernel, leaving the model as it was) and keeps the answer (choices_path(), one per
-    CPU, threads, torch, lstm.cpp, precision and shapes), so a machine's runs all train alike; on a GPU, without
+    CPU, threads, torch, lstm.cpp, precision and shapes), so a machine's runs all train alike, unless other
+    processes kept more than QUIET cores busy meanwhile (then it trains this run only); on a GPU, without
     an LSTM or under TRIAL_FLOPS a step it is torch's kernel, untimed. A resumed run's auto takes `started`, the
     kernel the run recorded, as its answer instead, whatever a timing would say now (a cleared cache, other
     threads). `say` (default: standard error) hears the one line said when a choice is timed or lstm.cpp cannot be
@@ -220,24 +227,36 @@ def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: t
     if kernel == "loops" or known == "loops":
         return "loops"
     try:
+        before = reading()
         choice, median = timed_choice(trial)
+        others = others_busy(before, reading(), allowed_cpus())
     except RuntimeError as e:  # a kernel that fails here (a oneDNN without the packed product): the reference trains
         say(f"storyloom: training with torch's LSTM kernel, the C++ recurrence failed its timed trial here "
             f"({first_line(e)[:200]}); --lstm-kernel torch says so for good")
         return "torch"
+    if others is not None and others > QUIET:
+        kept = (f"not kept, as other processes kept {others:.1f} of this machine's {allowed_cpus()} CPUs busy while "
+                "it timed, so the next run times again")
+    else:
+        kept = keep_choice(path, key, choice, median, others)
+    say(f"storyloom: training the LSTM through {'loops, the C++ recurrence' if choice == 'loops' else 'torch, its fused kernel'}"
+        f", timed on this machine for this model: {median['torch'] * 1e3:.1f} ms a step through torch, "
+        f"{median['loops'] * 1e3:.1f} ms through loops; {kept} (--lstm-kernel torch|loops names one)")
+    return choice
+
+
+def keep_choice(path: Path, key: str, choice: str, median: dict[str, float], others: float | None) -> str:
+    """Keep auto's answer under `key` in the choices file; what the one line says of it."""
     choices = read_choices(path)  # again: another run may have kept a choice while this one timed
     choices[key] = {"kernel": choice, "ms_per_step": {k: round(v * 1e3, 2) for k, v in median.items()},
+                    "others_busy": None if others is None else round(others, 2),
                     "timed": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, (json.dumps(choices, indent=1, sort_keys=True) + "\n").encode())
-        kept = f"kept in {path}"
+        return f"kept in {path}"
     except OSError as e:  # a read-only home: timed again next run, the run itself unharmed
-        kept = f"not kept ({e.strerror or e})"
-    say(f"storyloom: training the LSTM through {'loops, the C++ recurrence' if choice == 'loops' else 'torch, its fused kernel'}"
-        f", timed once for this machine and model: {median['torch'] * 1e3:.1f} ms a step through torch, "
-        f"{median['loops'] * 1e3:.1f} ms through loops; {kept} (--lstm-kernel torch|loops names one)")
-    return choice
+        return f"not kept ({e.strerror or e})"
 
 
 _active = threading.local()  # the kernel the LSTMs of this thread's forward calls run: "loops" or unset

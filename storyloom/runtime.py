@@ -172,6 +172,30 @@ def _cpu_jiffies() -> tuple[int, int] | None:
     return (busy, total) if total else None
 
 
+Reading = tuple[float, float, tuple[int, int] | None]  # (wall clock, this process's CPU time, _cpu_jiffies())
+
+
+def reading(read=_cpu_jiffies, clock=time.perf_counter, cpu_time=time.process_time) -> Reading:
+    """How busy this process's CPUs have been so far; two readings give others_busy between them."""
+    return clock(), cpu_time(), read()
+
+
+def allowed_cpus() -> int:
+    """The logical CPUs this process may run on (what _cpu_jiffies counts)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def others_busy(a: Reading, b: Reading, cores: int) -> float | None:
+    """The cores other processes kept busy between readings a and b, on average: every busy jiffy of this
+    process's `cores` CPUs, less this process's CPU time (its threads spinning while they wait count as its own).
+    None where /proc/stat says nothing, or no time passed."""
+    (t0, p0, j0), (t1, p1, j1) = a, b
+    if j0 is None or j1 is None or j1[1] <= j0[1] or t1 <= t0:
+        return None
+    busy = cores * (j1[0] - j0[0]) / (j1[1] - j0[1])  # cores busy, ours and others'
+    return max(0.0, busy - (p1 - p0) / (t1 - t0))
+
+
 class Pacer:
     """Fits the thread count to the cores other processes leave free.
 
@@ -190,26 +214,23 @@ class Pacer:
 
     def __init__(self, full: int, read=_cpu_jiffies, clock=time.perf_counter, cpu_time=time.process_time):
         self.full, self.n, self.read, self.clock, self.cpu_time = full, full, read, clock, cpu_time
-        self.last: tuple[float, float, tuple[int, int]] | None = None
+        self.last: Reading | None = None
         self.wanted = full  # what the last reading asked for
-        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else full
+        self.cores = allowed_cpus() if hasattr(os, "sched_getaffinity") else full
 
     def __call__(self) -> int:
         now = self.clock()
         if self.last is not None and now - self.last[0] < self.WINDOW:
             return self.n
-        reading = (now, self.cpu_time(), self.read())
-        if self.last is not None and reading[2] is not None and self.last[2] is not None:
-            (t0, p0, (b0, j0)), (t1, p1, (b1, j1)) = self.last, reading
-            if j1 > j0 and t1 > t0:
-                busy = self.cores * (b1 - b0) / (j1 - j0)  # cores busy, ours and others'
-                ours = (p1 - p0) / (t1 - t0)  # cores this process kept busy (spinning counts)
-                target = max(1, min(self.full, round(self.cores - max(0.0, busy - ours))))
-                if target != self.n and target == self.wanted:
-                    self.n = target
-                    torch.set_num_threads(target)
-                self.wanted = target
-        self.last = reading
+        now_reading = reading(self.read, lambda: now, self.cpu_time)
+        others = None if self.last is None else others_busy(self.last, now_reading, self.cores)
+        if others is not None:
+            target = max(1, min(self.full, round(self.cores - others)))
+            if target != self.n and target == self.wanted:
+                self.n = target
+                torch.set_num_threads(target)
+            self.wanted = target
+        self.last = now_reading
         return self.n
 
 

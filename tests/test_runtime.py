@@ -108,6 +108,18 @@ def test_the_pacer_fits_the_threads_to_the_cores_others_leave_free(monkeypatch):
     assert p() == 2 and calls == [1, 2]
 
 
+def test_others_busy_is_every_busy_core_less_this_process():
+    two_seconds = 2 * 100 * 2  # jiffies of 2 CPUs in 2 seconds
+    a = (10.0, 5.0, (1000, 8000))
+    assert runtime.others_busy(a, (12.0, 7.0, (1000 + two_seconds, 8000 + two_seconds)), 2) == 1.0  # 2 busy, 1 ours
+    assert runtime.others_busy(a, (12.0, 9.0, (1000 + two_seconds, 8000 + two_seconds)), 2) == 0.0  # all ours
+    assert runtime.others_busy(a, (12.0, 7.1, (1000 + 200, 8000 + two_seconds)), 2) == 0.0  # never below 0
+    assert runtime.others_busy(a, (12.0, 7.0, None), 2) is None  # no /proc/stat
+    assert runtime.others_busy(a, (10.0, 5.0, (1000, 8000)), 2) is None  # no time passed
+    here = runtime.reading()
+    assert here[0] > 0 and here[1] >= 0 and runtime.allowed_cpus() >= 1
+
+
 def test_fixed_threads_and_deterministic_runs_keep_their_count():
     runtime.set_threads(1)
     assert runtime.pacer is None
