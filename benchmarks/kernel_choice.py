@@ -53,7 +53,7 @@ def main() -> None:
     B, T = cfg.train.batch_size, cfg.train.seq_len
     torch.manual_seed(0)
     model = LanguageModel(cfg.model)
-    emit(kind="config", preset=a.preset, B=B, T=T, trials=a.trials, rounds=kernels.TRIAL_ROUNDS,
+    emit(kind="config", preset=a.preset, B=B, T=T, trials=a.trials, warmup=kernels.TRIAL_WARMUP, rounds=kernels.TRIAL_ROUNDS,
          threads=torch.get_num_threads(), machine=describe())
     why = kernels.build_lstm()
     if why:

@@ -135,7 +135,11 @@ def build_lstm() -> str:
 
 
 TRIAL_FLOPS = 1e9  # a training step's LSTM arithmetic below which auto trains with torch's kernel untimed
-TRIAL_ROUNDS = 5  # timed steps of each kernel, alternated, after one untimed each
+TRIAL_ROUNDS = 5  # timed steps of each kernel, alternated, after TRIAL_WARMUP untimed ones each
+# Untimed steps of each kernel first: oneDNN builds its LSTM primitive and lstm.cpp its buffers in the first, and
+# torch's kernel's second step still took 1.15-1.3x its later ones on the Zen 5 (bf16 and fp32; the loops' had
+# settled), which put one slow step into torch's five.
+TRIAL_WARMUP = 2
 # Cores other processes may keep busy, on average, while auto times the kernels, for its answer to be kept. A
 # busy neighbour slows the two unequally and unsteadily: on 2 Zen 5 cores the loops' fp32 speedup was 0.66-0.67
 # alone and 0.42-0.87 beside one (benchmarks/kernel_choice.py --neighbour alternate), where others_busy read
@@ -173,10 +177,11 @@ def read_choices(path: Path) -> dict:
 
 def timed_choice(trial: Callable[[str], float]) -> tuple[str, dict[str, float]]:
     """The faster kernel by `trial` (seconds of one training step through a kernel), and each one's median.
-    Alternated, each kernel first in turn, after an untimed step each (oneDNN builds its LSTM primitive, lstm.cpp
-    its buffers), so a slow spell of a shared machine falls on both."""
-    for kernel in ("torch", "loops"):
-        trial(kernel)
+    Alternated, each kernel first in turn, after TRIAL_WARMUP untimed steps each, so a slow spell of a shared
+    machine falls on both."""
+    for _ in range(TRIAL_WARMUP):
+        for kernel in ("torch", "loops"):
+            trial(kernel)
     times: dict[str, list[float]] = {"torch": [], "loops": []}
     for r in range(TRIAL_ROUNDS):
         for kernel in (("torch", "loops") if r % 2 == 0 else ("loops", "torch")):

@@ -137,7 +137,7 @@ def test_auto_times_both_kernels_once_per_machine_and_model_and_keeps_the_faster
     resolve, said = timed
     faster_loops = Trial(2.0, 1.0)
     assert resolve("auto", "bf16", faster_loops) == "loops"
-    assert faster_loops.calls == 2 + 2 * kernels.TRIAL_ROUNDS  # one untimed step each, then the rounds
+    assert faster_loops.calls == 2 * kernels.TRIAL_WARMUP + 2 * kernels.TRIAL_ROUNDS  # untimed steps, then rounds
     assert len(said) == 1 and "through loops" in said[0] and "2000.0 ms a step through torch" in said[0]
     assert "kept in" in said[0] and "--lstm-kernel torch|loops" in said[0]
     assert resolve("auto", "bf16", never) == "loops"  # kept: not timed again, and nothing said
