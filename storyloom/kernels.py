@@ -15,7 +15,7 @@ through torch's fp32 matmul, MKL's AVX2 code on AMD. Which wins depends on the
 machine, and most machines were never measured (an Intel CPU with AMX, Zen 4,
 laptops), so `--lstm-kernel auto` times a few training steps of each on the
 machine, the first time a model of its shapes trains there, and keeps the
-answer (`resolve_lstm_kernel`: 1.4-1.6 s on the Zen 5 in bf16, picking the
+answer (`resolve_lstm_kernel`: about half a second on the Zen 5 in bf16, picking the
 loops in bf16 and torch's kernel in fp32 in every trial, as the runs above).
 No library offers an LSTM whose step products go
 through a weight packed once a batch with the gate arithmetic fused around
