@@ -27,6 +27,12 @@ def test_the_recurrence_builds():
     assert kernels.build_lstm() == "", "lstm.cpp did not build: install a C++ compiler (g++)"
 
 
+@pytest.fixture
+def lstm_cpp():
+    """lstm.cpp loaded into this process, for a test that runs it alone (with -k) as in the whole file."""
+    assert kernels.build_lstm() == "", "lstm.cpp did not build: install a C++ compiler (g++)"
+
+
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).detach().abs().max() / b.detach().abs().max().clamp_min(1e-12))
 
@@ -45,8 +51,19 @@ def both(lstm: LSTM, e: torch.Tensor, state, kernel: str, dtype=None):
             **grads}
 
 
-@pytest.mark.parametrize("layers, B, T, H", [(1, 3, 7, 16), (2, 4, 5, 20), (1, 1, 1, 8)])
-def test_the_loops_equal_nn_lstm_in_outputs_and_every_gradient(layers, B, T, H):
+@pytest.mark.parametrize("layers, B, T, H, threads", [(1, 3, 7, 16, 1), (2, 4, 5, 20, 1), (1, 1, 1, 8, 1),
+                                                       (2, 5, 4, 20, 3)])
+def test_the_loops_equal_nn_lstm_in_outputs_and_every_gradient(layers, B, T, H, threads, lstm_cpp):
+    # 3 threads (the suite runs on 1) split each step's rows and W_hh's transpose at uneven places
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_the_loops_against_nn_lstm(layers, B, T, H)
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_the_loops_against_nn_lstm(layers: int, B: int, T: int, H: int) -> None:
     torch.manual_seed(layers * 100 + H)
     lstm = LSTM(6, H, layers, dropout=0.0)
     e = torch.randn(B, T, 6)
@@ -57,7 +74,7 @@ def test_the_loops_equal_nn_lstm_in_outputs_and_every_gradient(layers, B, T, H):
         assert relative(ours[k], theirs[k]) < 1e-5, k
 
 
-def test_the_loops_in_bf16_stay_as_close_to_fp32_as_torchs_bf16_kernel():
+def test_the_loops_in_bf16_stay_as_close_to_fp32_as_torchs_bf16_kernel(lstm_cpp):
     if not runtime.native_bf16(torch.device("cpu")):  # oneDNN packs bf16 weights only with AVX-512 or AMX
         pytest.skip("bf16 is not native on this CPU: --precision auto trains in fp32, --lstm-kernel auto with torch")
     torch.manual_seed(0)
@@ -69,7 +86,7 @@ def test_the_loops_in_bf16_stay_as_close_to_fp32_as_torchs_bf16_kernel():
         assert relative(ours[k], exact[k]) < max(3 * relative(theirs[k], exact[k]), 2e-2), k
 
 
-def test_the_loops_run_only_where_asked_with_gradients_on_a_cpu(monkeypatch):
+def test_the_loops_run_only_where_asked_with_gradients_on_a_cpu(monkeypatch, lstm_cpp):
     lstm, e = LSTM(4, 8, 1, dropout=0.0), torch.randn(2, 3, 4)
     calls = []
     real = kernels.Recurrence.apply
@@ -87,7 +104,7 @@ def test_the_loops_run_only_where_asked_with_gradients_on_a_cpu(monkeypatch):
     assert calls == [1]
 
 
-def test_dropout_between_layers_applies_in_training_only():
+def test_dropout_between_layers_applies_in_training_only(lstm_cpp):
     torch.manual_seed(1)
     lstm, e = LSTM(4, 8, 2, dropout=0.5), torch.randn(2, 5, 4)
     with kernels.lstm_kernel("loops"):
