@@ -175,9 +175,9 @@ def _cpu_jiffies() -> tuple[int, int] | None:
 Reading = tuple[float, float, tuple[int, int] | None]  # (wall clock, this process's CPU time, _cpu_jiffies())
 
 
-def reading(read=_cpu_jiffies, clock=time.perf_counter, cpu_time=time.process_time) -> Reading:
+def reading() -> Reading:
     """How busy this process's CPUs have been so far; two readings give others_busy between them."""
-    return clock(), cpu_time(), read()
+    return time.perf_counter(), time.process_time(), _cpu_jiffies()
 
 
 def allowed_cpus() -> int:
@@ -222,7 +222,7 @@ class Pacer:
         now = self.clock()
         if self.last is not None and now - self.last[0] < self.WINDOW:
             return self.n
-        now_reading = reading(self.read, lambda: now, self.cpu_time)
+        now_reading: Reading = (now, self.cpu_time(), self.read())
         others = None if self.last is None else others_busy(self.last, now_reading, self.cores)
         if others is not None:
             target = max(1, min(self.full, round(self.cores - others)))
