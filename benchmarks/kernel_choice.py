@@ -9,7 +9,7 @@ the first time a model of its shapes trains on a machine, and keeps the faster (
 taken once must be the right one: this repeats the same trial `--trials` times per precision, never reading or
 writing the kept choices, and prints each trial's pick, both kernels' medians and their ratio, and what the trial
 cost in wall-clock, and how many cores other processes kept busy meanwhile, as auto reads it (it keeps an answer
-only where that is at most kernels.QUIET). `--neighbour`: none, alternate (every other trial beside one busy
+only where kernels.quiet says so). `--neighbour`: none, alternate (every other trial beside one busy
 process, a plain Python loop, as contention.py starts one) or always. Against it, `roofline.py --lstm-kernels
 torch,loops` times whole training runs through each. Prints JSON lines.
 """
@@ -82,7 +82,7 @@ def main() -> None:
             emit(kind="trial", precision=precision, trial=i + 1, neighbour=shared, choice=choice,
                  ms_per_step={k: round(v * 1e3, 2) for k, v in median.items()}, loops_speedup=round(ratio, 3),
                  trial_s=round(time.perf_counter() - t, 2), others_busy=None if others is None else round(others, 2),
-                 kept=others is None or others <= kernels.QUIET)
+                 kept=kernels.quiet(others))
         emit(kind="summary", precision=precision, picks={k: picks.count(k) for k in ("torch", "loops")},
              loops_speedup_range=[round(min(ratios), 3), round(max(ratios), 3)])
 

@@ -140,10 +140,12 @@ TRIAL_ROUNDS = 5  # timed steps of each kernel, alternated, after TRIAL_WARMUP u
 # torch's kernel's second step still took 1.15-1.3x its later ones on the Zen 5 (bf16 and fp32; the loops' had
 # settled), which put one slow step into torch's five.
 TRIAL_WARMUP = 2
-# Cores other processes may keep busy, on average, while auto times the kernels, for its answer to be kept. A
-# busy neighbour slows the two unequally and unsteadily: on 2 Zen 5 cores the loops' fp32 speedup was 0.66-0.67
-# alone and 0.42-0.87 beside one (benchmarks/kernel_choice.py --neighbour alternate), where others_busy read
-# 0.00-0.01 and 0.61-0.76. A choice kept for good must come from a quiet machine; a busier one's trains this run.
+# Cores other processes may keep busy, on average, beyond the CPUs the trial's threads leave free, while auto
+# times the kernels, for its answer to be kept. A busy neighbour on the threads' cores slows the two unequally and
+# unsteadily: on 2 Zen 5 cores the loops' fp32 speedup was 0.66-0.67 alone and 0.42-0.87 beside one
+# (benchmarks/kernel_choice.py --neighbour alternate), where others_busy read 0.00-0.01 and 0.61-0.76. A choice
+# kept for good must come from a quiet machine; a busier one's trains this run only. Work on the CPUs the threads
+# leave free (a big machine's other jobs, `--threads` below the cores) takes nothing from the race.
 QUIET = 0.25
 
 
@@ -200,7 +202,8 @@ def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: t
     lstm.cpp where loops run. auto times both on this machine, the first time, with `trial` (seconds of one
     training step through a kernel, leaving the model as it was) and keeps the answer (choices_path(), one per
     CPU, threads, torch, lstm.cpp, precision and shapes), so a machine's runs all train alike, unless other
-    processes kept more than QUIET cores busy meanwhile (then it trains this run only); on a GPU, without
+    processes kept more than QUIET cores busy beyond those its threads leave free meanwhile (then it trains this
+    run only); on a GPU, without
     an LSTM or under TRIAL_FLOPS a step it is torch's kernel, untimed. A resumed run's auto takes `started`, the
     kernel the run recorded, as its answer instead, whatever a timing would say now (a cleared cache, other
     threads). `say` (default: standard error) hears the one line said when a choice is timed or lstm.cpp cannot be
@@ -239,15 +242,21 @@ def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: t
         say(f"storyloom: training with torch's LSTM kernel, the C++ recurrence failed its timed trial here "
             f"({first_line(e)[:200]}); --lstm-kernel torch says so for good")
         return "torch"
-    if others is not None and others > QUIET:
-        kept = (f"not kept, as other processes kept {others:.1f} of this machine's {allowed_cpus()} CPUs busy while "
-                "it timed, so the next run times again")
+    if not quiet(others):
+        kept = (f"not kept, as other processes kept {others:.1f} of the {allowed_cpus()} CPUs busy while it timed on "
+                f"{torch.get_num_threads()} threads, so the next run times again")
     else:
         kept = keep_choice(path, key, choice, median, others)
     say(f"storyloom: training the LSTM through {'loops, the C++ recurrence' if choice == 'loops' else 'torch, its fused kernel'}"
         f", timed on this machine for this model: {median['torch'] * 1e3:.1f} ms a step through torch, "
         f"{median['loops'] * 1e3:.1f} ms through loops; {kept} (--lstm-kernel torch|loops names one)")
     return choice
+
+
+def quiet(others: float | None) -> bool:
+    """Whether a trial while other processes kept `others` cores busy (runtime.others_busy; None: unknown) may be
+    kept: at most QUIET beyond the CPUs this process's threads leave free."""
+    return others is None or others <= max(0, allowed_cpus() - torch.get_num_threads()) + QUIET
 
 
 def keep_choice(path: Path, key: str, choice: str, median: dict[str, float], others: float | None) -> str:

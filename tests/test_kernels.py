@@ -170,18 +170,25 @@ def test_auto_times_both_kernels_once_per_machine_and_model_and_keeps_the_faster
 def test_auto_keeps_no_answer_timed_while_other_processes_were_busy(timed, monkeypatch, tmp_path):
     resolve, said = timed
     readings = []
+    monkeypatch.setattr(kernels, "allowed_cpus", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the trial's threads on every CPU
     monkeypatch.setattr(kernels, "others_busy", lambda a, b, cores: readings.append((a, b, cores)) or 0.7)
     assert resolve("auto", "bf16", Trial(2.0, 1.0)) == "loops"  # this run trains through the faster
     (before, after, cores) = readings[0]
-    assert before[0] <= after[0] and cores >= 1  # read around the trial
-    assert "not kept, as other processes kept 0.7 of this machine's" in said[-1] and "so the next run times again" in said[-1]
+    assert before[0] <= after[0] and cores == 2  # read around the trial
+    assert "not kept, as other processes kept 0.7 of the 2 CPUs busy while it timed on 2 threads" in said[-1]
+    assert "so the next run times again" in said[-1]
     assert not (tmp_path / "cache" / "lstm-kernels.json").exists()
+    monkeypatch.setattr(kernels, "allowed_cpus", lambda: 8)  # the same neighbour on CPUs the threads leave free
+    assert resolve("auto", "fp32", Trial(1.0, 2.0)) == "torch" and "kept in" in said[-1]
+    monkeypatch.setattr(kernels, "allowed_cpus", lambda: 2)
     monkeypatch.setattr(kernels, "others_busy", lambda *_: kernels.QUIET)  # quiet enough, or no reading at all
     assert resolve("auto", "bf16", Trial(2.0, 1.0)) == "loops" and "kept in" in said[-1]
     monkeypatch.setattr(kernels, "others_busy", lambda *_: None)
-    assert resolve("auto", "fp32", Trial(1.0, 2.0)) == "torch" and "kept in" in said[-1]
+    assert resolve("auto", "fp32", Trial(1.0, 2.0), Model(LSTM(4, 16, 1, dropout=0.0))) == "torch"
+    assert "kept in" in said[-1]
     kept = json.loads((tmp_path / "cache" / "lstm-kernels.json").read_text())
-    assert sorted(c["others_busy"] for c in kept.values() if c["others_busy"] is not None) == [kernels.QUIET]
+    assert sorted(c["others_busy"] for c in kept.values() if c["others_busy"] is not None) == [kernels.QUIET, 0.7]
 
 
 def test_auto_keeps_the_faster_by_any_margin_and_by_name_nothing_is_timed(timed):
