@@ -167,7 +167,7 @@ def test_auto_times_both_kernels_once_per_machine_and_model_and_keeps_the_faster
     assert kept.count('"kernel"') == 3 and "bf16, batch 2x3, lstm [(4, 8, 1)]" in kept
 
 
-def test_auto_keeps_no_answer_timed_while_other_processes_were_busy(timed, monkeypatch, tmp_path):
+def test_fault_a_trial_beside_busy_processes_trains_its_run_and_keeps_nothing(timed, monkeypatch, tmp_path):
     resolve, said = timed
     readings = []
     monkeypatch.setattr(kernels, "allowed_cpus", lambda: 2)
