@@ -69,9 +69,8 @@ def main() -> None:
             try:
                 if neighbour is not None:
                     time.sleep(0.5)  # under way before the trial starts
-                t, before = time.perf_counter(), runtime.reading()
-                choice, median = kernels.timed_choice(step_timer(model, precision, B, T))
-                others = runtime.others_busy(before, runtime.reading(), runtime.allowed_cpus())
+                t = time.perf_counter()
+                choice, median, others = kernels.timed_choice(step_timer(model, precision, B, T))
             finally:
                 if neighbour is not None:
                     neighbour.kill()

@@ -177,10 +177,11 @@ def read_choices(path: Path) -> dict:
         return {}
 
 
-def timed_choice(trial: Callable[[str], float]) -> tuple[str, dict[str, float]]:
-    """The faster kernel by `trial` (seconds of one training step through a kernel), and each one's median.
-    Alternated, each kernel first in turn, after TRIAL_WARMUP untimed steps each, so a slow spell of a shared
-    machine falls on both."""
+def timed_choice(trial: Callable[[str], float]) -> tuple[str, dict[str, float], float | None]:
+    """The faster kernel by `trial` (seconds of one training step through a kernel), each one's median, and the
+    cores other processes kept busy meanwhile (runtime.others_busy; None: unknown). Alternated, each kernel first in
+    turn, after TRIAL_WARMUP untimed steps each, so a slow spell of a shared machine falls on both."""
+    before = reading()
     for _ in range(TRIAL_WARMUP):
         for kernel in ("torch", "loops"):
             trial(kernel)
@@ -192,7 +193,8 @@ def timed_choice(trial: Callable[[str], float]) -> tuple[str, dict[str, float]]:
     # The faster, without a margin for torch's kernel: on the Zen 5 its bf16 step moved from 30 to 44 ms from one
     # process to the next and the loops' stayed at 29-32, so a near tie in the timing process is a loss for torch's
     # kernel in others (a margin of 1.03 kept torch's in 1 trial of 6 where whole runs trained 1.06x through the loops).
-    return ("loops" if median["loops"] < median["torch"] else "torch"), median
+    others = others_busy(before, reading(), allowed_cpus())
+    return ("loops" if median["loops"] < median["torch"] else "torch"), median, others
 
 
 def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: torch.nn.Module, B: int, T: int,
@@ -203,8 +205,7 @@ def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: t
     training step through a kernel, leaving the model as it was) and keeps the answer (choices_path(), one per
     CPU, threads, torch, lstm.cpp, precision and shapes), so a machine's runs all train alike, unless other
     processes kept more than QUIET cores busy beyond those its threads leave free meanwhile (then it trains this
-    run only); on a GPU, without
-    an LSTM or under TRIAL_FLOPS a step it is torch's kernel, untimed. A resumed run's auto takes `started`, the
+    run only); on a GPU, without an LSTM or under TRIAL_FLOPS a step it is torch's kernel, untimed. A resumed run's auto takes `started`, the
     kernel the run recorded, as its answer instead, whatever a timing would say now (a cleared cache, other
     threads). `say` (default: standard error) hears the one line said when a choice is timed or lstm.cpp cannot be
     built. loops asked for where it cannot run, or cannot be built, is an error; auto falls back to torch's kernel."""
@@ -235,9 +236,7 @@ def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: t
     if kernel == "loops" or known == "loops":
         return "loops"
     try:
-        before = reading()
-        choice, median = timed_choice(trial)
-        others = others_busy(before, reading(), allowed_cpus())
+        choice, median, others = timed_choice(trial)
     except RuntimeError as e:  # a kernel that fails here (a oneDNN without the packed product): the reference trains
         say(f"storyloom: training with torch's LSTM kernel, the C++ recurrence failed its timed trial here "
             f"({first_line(e)[:200]}); --lstm-kernel torch says so for good")

@@ -216,7 +216,7 @@ class Pacer:
         self.full, self.n, self.read, self.clock, self.cpu_time = full, full, read, clock, cpu_time
         self.last: Reading | None = None
         self.wanted = full  # what the last reading asked for
-        self.cores = allowed_cpus() if hasattr(os, "sched_getaffinity") else full
+        self.cores = allowed_cpus()
 
     def __call__(self) -> int:
         now = self.clock()

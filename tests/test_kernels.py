@@ -295,7 +295,7 @@ def test_a_resumed_run_goes_on_through_the_kernel_it_started_with(tmp_path, sonn
     monkeypatch.setattr(kernels, "TRIAL_FLOPS", 0)
     (tmp_path / "s.txt").write_text(sonnets[:30000])
     for started, later in (("torch", "loops"), ("loops", "torch")):
-        monkeypatch.setattr(kernels, "timed_choice", lambda trial, k=started: (k, {"torch": 1.0, "loops": 1.0}))
+        monkeypatch.setattr(kernels, "timed_choice", lambda trial, k=started: (k, {"torch": 1.0, "loops": 1.0}, 0.0))
         path.unlink(missing_ok=True)
         run = storyloom.train([str(tmp_path / "s.txt")], out=tmp_path / started, steps=2, progress=False, device="cpu",
                               **{**TINY, "lstm_kernel": "auto"})
