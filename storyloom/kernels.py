@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from .cpu import cpu_info
 from .errors import UserError
 from .files import write_atomic
-from .runtime import allowed_cpus, others_busy, reading
+from .runtime import allowed_cpus, onednn_isa_cap, others_busy, reading
 
 STALE_LOCK = 600  # seconds: a build takes 10-30, so an older lock is a killed build's
 # -fopenmp: C++ loops split rows over torch's own OpenMP threads (the wheel's libgomp.so.1, which the build links
@@ -161,12 +161,15 @@ def choices_path() -> Path:
 
 
 def choice_key(precision: str, model: torch.nn.Module, B: int, T: int) -> str:
-    """What a timed choice holds for: this CPU, its threads, torch, lstm.cpp, the precision and the shapes."""
+    """What a timed choice holds for: this CPU, the instructions ATen and oneDNN may use on it (lstm.cpp is built
+    for ATen's; a cap on oneDNN's changes both kernels' products, and below AVX-512 refuses lstm.cpp's bf16 ones),
+    its threads, torch, lstm.cpp, the precision and the shapes."""
     info = cpu_info()
     shapes = [(m.input_size, m.hidden_size, m.num_layers) for m in model.modules() if isinstance(m, torch.nn.LSTM)]
     source = hashlib.sha256(LSTM_SOURCE.read_bytes()).hexdigest()[:12]
-    return (f"{info.model} (family {info.family} model {info.model_number}), {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}, lstm.cpp {source}, {precision}, batch {B}x{T}, lstm {shapes}")
+    isa = f"{torch.backends.cpu.get_cpu_capability()}, oneDNN up to {onednn_isa_cap() or 'all'}"
+    return (f"{info.model} (family {info.family} model {info.model_number}), {isa}, {torch.get_num_threads()} "
+            f"threads, torch {torch.__version__}, lstm.cpp {source}, {precision}, batch {B}x{T}, lstm {shapes}")
 
 
 def read_choices(path: Path) -> dict:

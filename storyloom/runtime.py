@@ -58,6 +58,17 @@ def onednn_may_use_amx() -> bool:
     return "AMX" in cap or cap == "ALL"
 
 
+# oneDNN's instruction caps (its `cpu_isa` names) that leave out AVX512-BF16's products. Under them bf16 is
+# emulated: a 512-square bf16 product took 4.5x its time under AVX512_CORE than under AVX512_CORE_BF16 on a Zen 5,
+# and below AVX-512 oneDNN's LSTM has no bf16 form and lstm.cpp's packed bf16 weights are refused.
+BELOW_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
+def onednn_may_use_bf16() -> bool:
+    """Whether a cap leaves oneDNN the AVX512-BF16 products (a name it does not list is taken as leaving them)."""
+    return (onednn_isa_cap() or "ALL").upper() not in BELOW_BF16
+
+
 def _cpu_has_native_bf16() -> bool:
     # Whether bf16 trains faster than fp32 on this CPU (benchmarks/README.md, "bf16 or fp32 by machine kind").
     # AMX tiles: 2.1x fp32 (Intel Sapphire Rapids). AVX512-BF16 on AMD: 1.35-1.6x (EPYC; Zen 5 measured again,
@@ -68,7 +79,7 @@ def _cpu_has_native_bf16() -> bool:
     vendor, flags = info.vendor, info.flags
     if "amx_bf16" in flags and onednn_may_use_amx():
         return True
-    return vendor == "AuthenticAMD" and "avx512_bf16" in flags
+    return vendor == "AuthenticAMD" and "avx512_bf16" in flags and onednn_may_use_bf16()
 
 
 def native_bf16(dev: torch.device) -> bool:
@@ -77,7 +88,8 @@ def native_bf16(dev: torch.device) -> bool:
         # no CUDA kernel at all, so `auto` stays in fp32 there.
         cudnn = torch.backends.cudnn.version() or 0
         return torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(dev)[0] >= 8 and cudnn >= 91300
-    return _cpu_has_native_bf16()
+    # the kernel is asked too, once: a flag the CPU reports is not always one its libraries may use
+    return _cpu_has_native_bf16() and bf16_lstm_runs(dev)
 
 
 @functools.cache

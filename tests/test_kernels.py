@@ -167,6 +167,23 @@ def test_auto_times_both_kernels_once_per_machine_and_model_and_keeps_the_faster
     assert kept.count('"kernel"') == 3 and "bf16, batch 2x3, lstm [(4, 8, 1)]" in kept
 
 
+@pytest.mark.parametrize("env, value", [("ONEDNN_MAX_CPU_ISA", "AVX2"), ("ATEN_CPU_CAPABILITY", None)])
+def test_fault_an_answer_kept_before_oneDNN_or_ATen_were_capped_is_timed_again(timed, monkeypatch, env, value):
+    # lstm.cpp is built for ATen's vector unit, and under a cap on oneDNN both kernels' products change (below
+    # AVX-512 lstm.cpp's bf16 products are refused): an answer kept without the cap is another machine's
+    resolve, _ = timed
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    assert resolve("auto", "fp32", Trial(2.0, 1.0)) == "loops"
+    if env == "ONEDNN_MAX_CPU_ISA":
+        monkeypatch.setenv(env, value)
+    else:
+        other = "AVX2" if torch.backends.cpu.get_cpu_capability() != "AVX2" else "AVX512"
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: other)
+    assert resolve("auto", "fp32", Trial(1.0, 2.0)) == "torch"  # timed again, and kept beside the first
+    assert resolve("auto", "fp32", never) == "torch"
+
+
 def test_fault_a_trial_beside_busy_processes_trains_its_run_and_keeps_nothing(timed, monkeypatch, tmp_path):
     resolve, said = timed
     readings = []

@@ -23,6 +23,9 @@ def test_auto_precision_on_cuda_needs_a_cudnn_that_runs_lstms_in_bf16(monkeypatc
     ("GenuineIntel", {"avx2", "avx512_bf16", "amx_bf16"}, "AVX512_CORE_BF16", "fp32"),  # oneDNN kept off AMX
     ("GenuineIntel", {"avx2", "avx512_bf16"}, None, "fp32"),  # AMX hidden, or Cooper Lake
     ("AuthenticAMD", {"avx2", "avx512_bf16"}, None, "bf16"),  # Zen 4 and later
+    ("AuthenticAMD", {"avx2", "avx512_bf16"}, "AVX512_CORE_BF16", "bf16"),
+    ("AuthenticAMD", {"avx2", "avx512_bf16"}, "avx512_core", "fp32"),  # oneDNN kept off its bf16 products
+    ("AuthenticAMD", {"avx2", "avx512_bf16"}, "AVX2", "fp32"),  # a Zen 3's instructions on a Zen 5
     ("AuthenticAMD", {"avx2"}, None, "fp32"),
     ("", set(), None, "fp32"),  # no /proc/cpuinfo
 ])
@@ -33,9 +36,11 @@ def test_auto_precision_on_a_cpu_is_bf16_only_where_it_trains_faster(monkeypatch
         monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     else:
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
-    assert runtime.resolve_precision("auto", torch.device("cpu")) == want
     monkeypatch.setattr(runtime, "bf16_lstm_runs", lambda dev: True)
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == want
     assert runtime.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked by name, given where it runs
+    monkeypatch.setattr(runtime, "bf16_lstm_runs", lambda dev: False)  # flags that say more than the kernel runs
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == "fp32"
 
 
 def test_bf16_asked_by_name_where_the_lstm_kernel_has_none_is_one_clear_error(monkeypatch):
