@@ -68,6 +68,16 @@ def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
+UNWRITABLE = "cannot write the build folder"  # how compile_cpp's error for a folder, not a compiler, begins
+
+
+def remedy(why: str) -> str:
+    """What a user does about a build that failed for `why` (a first line of compile_cpp's error)."""
+    if why.startswith(UNWRITABLE):
+        return "set TORCH_EXTENSIONS_DIR (or XDG_CACHE_HOME) to a folder you can write"
+    return "install a C++ compiler (g++)"
+
+
 def cache_root() -> Path:
     """Where torch.utils.cpp_extension builds by default ($TORCH_EXTENSIONS_DIR, else torch_extensions in the
     user's cache folder), worked out without importing it: that import (setuptools) and its up-to-date check took
@@ -92,6 +102,12 @@ def compile_cpp(source: Path, flags: list[str], prefix: str, what: str) -> None:
     from torch.utils import cpp_extension  # imported on first use: it pulls in setuptools
 
     where = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
+    try:  # a read-only or missing home (a container's arbitrary user) fails here, not for want of a compiler
+        where.mkdir(parents=True, exist_ok=True)
+        if not os.access(where, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise OSError(f"{UNWRITABLE} {where.parent} ({e.strerror or e})") from e
     if not (where / f"{name}.so").exists():
         print(f"storyloom: building {what} (once; 10-30 s)", file=sys.stderr, flush=True)
     bindir = str(Path(sys.executable).parent)  # pip's ninja, which torch's builder runs by name, lives here
@@ -100,7 +116,6 @@ def compile_cpp(source: Path, flags: list[str], prefix: str, what: str) -> None:
     lock = where / "lock"  # torch's builder holds it while it builds, and waits on it for ever if it is left
     if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK:  # by a build killed mid-way
         lock.unlink(missing_ok=True)
-    where.mkdir(parents=True, exist_ok=True)
     cpp_extension.load(name, [str(source)], extra_cflags=flags, extra_ldflags=OPENMP, build_directory=str(where),
                        is_python_module=False, verbose=False)
 
@@ -206,11 +221,10 @@ def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: t
     """`--lstm-kernel` (config.LSTM_KERNELS) for this run of `model` at batch (B, T): "torch" or "loops", building
     lstm.cpp where loops run. auto times both on this machine, the first time, with `trial` (seconds of one
     training step through a kernel, leaving the model as it was) and keeps the answer (choices_path(), one per
-    CPU, threads, torch, lstm.cpp, precision and shapes), so a machine's runs all train alike, unless other
-    processes kept more than QUIET cores busy beyond those its threads leave free meanwhile (then it trains this
-    run only); on a GPU, without an LSTM or under TRIAL_FLOPS a step it is torch's kernel, untimed. A resumed run's auto takes `started`, the
-    kernel the run recorded, as its answer instead, whatever a timing would say now (a cleared cache, other
-    threads). `say` (default: standard error) hears the one line said when a choice is timed or lstm.cpp cannot be
+    choice_key), so a machine's runs all train alike, unless other processes kept more than QUIET cores busy
+    beyond those its threads leave free meanwhile (then it trains this run only); on a GPU, without an LSTM or
+    under TRIAL_FLOPS a step it is torch's kernel, untimed. A resumed run's auto takes `started`, the kernel the
+    run recorded, as its answer instead, whatever a timing would say now (a cleared cache, other threads). `say` (default: standard error) hears the one line said when a choice is timed or lstm.cpp cannot be
     built. loops asked for where it cannot run, or cannot be built, is an error; auto falls back to torch's kernel."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     lstm = any(isinstance(m, torch.nn.LSTM) for m in model.modules())
@@ -229,12 +243,12 @@ def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: t
         return "torch"
     why = build_lstm()
     if why and kernel == "loops":
-        raise UserError(f"--lstm-kernel loops: lstm.cpp did not build ({why}); install a C++ compiler (g++), "
+        raise UserError(f"--lstm-kernel loops: lstm.cpp did not build ({why}); {remedy(why)}, "
                         "or use --lstm-kernel torch")
     if why:
         if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # elsewhere no build could help
-            say(f"storyloom: training with torch's LSTM kernel, the C++ recurrence did not build ({why}); install a "
-                "C++ compiler (g++) to let auto time it here")
+            say(f"storyloom: training with torch's LSTM kernel, the C++ recurrence did not build ({why}); "
+                f"{remedy(why)} to let auto time it here")
         return "torch"
     if kernel == "loops" or known == "loops":
         return "loops"

@@ -32,7 +32,7 @@ import torch
 
 from .cells import cached
 from .config import SampleConfig
-from .kernels import OPENMP, compile_cpp, first_line
+from .kernels import OPENMP, compile_cpp, first_line, remedy
 from .model import LanguageModel, State
 
 SOURCE = Path(__file__).with_name("write.cpp")
@@ -123,7 +123,8 @@ def build() -> bool:
             compile_cpp(SOURCE, FLAGS, "storyloom_write", "the native writing loop")
             _built = True
         except Exception as e:  # no compiler, no ninja, headers missing: the Python loop writes the same text
-            print(f"storyloom: writing in Python, the native loop did not build ({first_line(e)[:200]}); "
-                  "install a C++ compiler (g++) for about 3x faster writing at batch 1", file=sys.stderr, flush=True)
+            why = first_line(e)[:200]
+            print(f"storyloom: writing in Python, the native loop did not build ({why}); {remedy(why)} for about "
+                  "3x faster writing at batch 1", file=sys.stderr, flush=True)
             _built = False
     return _built

@@ -275,6 +275,21 @@ def test_fault_without_a_compiler_auto_trains_with_torchs_kernel_and_says_why(mo
         kernels.resolve_lstm_kernel("loops", "fp32", CPU, model, 2, 3, never)
 
 
+def test_fault_an_unwritable_build_folder_trains_with_torchs_kernel_and_names_the_folder(monkeypatch, capsys, tmp_path):
+    model = Model(LSTM(4, 8, 1, dropout=0.0))
+    why = f"cannot write the build folder {tmp_path / 'home'} (Not a directory)"  # what compile_cpp raised
+    monkeypatch.setattr(kernels, "_lstm_built", why)
+    monkeypatch.setattr(kernels, "choices_path", lambda: tmp_path / "lstm-kernels.json")
+    monkeypatch.setattr(kernels, "TRIAL_FLOPS", 0)
+    assert kernels.resolve_lstm_kernel("auto", "bf16", CPU, model, 2, 3, never) == "torch"
+    err = capsys.readouterr().err
+    assert why in err and "set TORCH_EXTENSIONS_DIR (or XDG_CACHE_HOME) to a folder you can write" in err
+    assert "compiler" not in err
+    with pytest.raises(UserError, match="lstm.cpp did not build .cannot write the build folder.*a folder you can "
+                                        "write, or use --lstm-kernel torch"):
+        kernels.resolve_lstm_kernel("loops", "fp32", CPU, model, 2, 3, never)
+
+
 def test_a_run_trained_through_the_loops_learns_what_torchs_kernel_learns(tmp_path, sonnets):
     (tmp_path / "s.txt").write_text(sonnets[:30000])
     runs = {}

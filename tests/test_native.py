@@ -282,6 +282,22 @@ def test_fault_without_a_compiler_writing_stays_in_python_and_says_so_once(w, mo
     assert written(w, True, length=30, seed=1) == written(w, False, length=30, seed=1)
 
 
+def test_fault_an_unwritable_build_folder_writes_in_python_and_names_the_folder(w, monkeypatch, capsys, tmp_path):
+    from torch.utils import cpp_extension
+
+    (tmp_path / "home").write_text("a file where the cache folder would be: not even root can build under it")
+    monkeypatch.setattr(native, "_built", None)
+    monkeypatch.setattr(kernels, "cache_root", lambda: tmp_path / "home" / "torch_extensions")  # nothing cached
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "home" / "torch_extensions"))
+    monkeypatch.setattr(cpp_extension, "load", lambda *a, **k: pytest.fail("the builder ran without a folder"))
+    assert native.build() is False
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "writing in Python" in err and "building" not in err
+    assert f"cannot write the build folder {tmp_path / 'home' / 'torch_extensions'}" in err
+    assert "set TORCH_EXTENSIONS_DIR (or XDG_CACHE_HOME) to a folder you can write" in err and "compiler" not in err
+    assert written(w, True, length=30, seed=1) == written(w, False, length=30, seed=1)
+
+
 def test_fault_a_build_killed_midway_leaves_a_lock_that_does_not_hang_the_next(monkeypatch, tmp_path):
     import os
     import time
