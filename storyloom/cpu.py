@@ -79,9 +79,9 @@ def cpu_limit(mountinfo: str = "/proc/self/mountinfo", cgroup: str = "/proc/self
         return None
     limits = []
     for fields in mounts:
-        if "-" not in fields or len(fields) < fields.index("-") + 4:
+        sep = fields.index("-") if "-" in fields else len(fields)  # optional fields end at a lone "-"
+        if len(fields) < sep + 4:
             continue
-        sep = fields.index("-")
         root, point, fstype, options = fields[3], fields[4], fields[sep + 1], fields[sep + 3].split(",")
         if fstype == "cgroup2":  # v2: one hierarchy, its line "0::PATH"
             path = next((g[2] for g in groups if len(g) == 3 and g[0] == "0" and g[1] == ""), None)

@@ -224,8 +224,9 @@ def resolve_lstm_kernel(kernel: str, precision: str, dev: torch.device, model: t
     choice_key), so a machine's runs all train alike, unless other processes kept more than QUIET cores busy
     beyond those its threads leave free meanwhile (then it trains this run only); on a GPU, without an LSTM or
     under TRIAL_FLOPS a step it is torch's kernel, untimed. A resumed run's auto takes `started`, the kernel the
-    run recorded, as its answer instead, whatever a timing would say now (a cleared cache, other threads). `say` (default: standard error) hears the one line said when a choice is timed or lstm.cpp cannot be
-    built. loops asked for where it cannot run, or cannot be built, is an error; auto falls back to torch's kernel."""
+    run recorded, as its answer instead, whatever a timing would say now (a cleared cache, other threads). `say`
+    (default: standard error) hears the one line said when a choice is timed or lstm.cpp cannot be built. loops
+    asked for where it cannot run, or cannot be built, is an error; auto falls back to torch's kernel."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     lstm = any(isinstance(m, torch.nn.LSTM) for m in model.modules())
     if kernel == "torch" or (kernel == "auto" and not (lstm and dev.type == "cpu" and step_flops(model, B, T) >= TRIAL_FLOPS)):
